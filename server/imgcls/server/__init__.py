@@ -1,0 +1,1 @@
+"""The imgcls server: engine (models, batcher, preprocessing), ONNX Runtime backend and gRPC layer."""

@@ -1,0 +1,102 @@
+"""Assembling and running the gRPC server: servicer, health, reflection, limits, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from imgcls.server.engine import Engine
+from imgcls.server.servicer import ImageClassifierServicer
+from imgcls.server.settings import ServerSettings
+from imgcls.v1 import classifier_pb2 as pb
+from imgcls.v1 import classifier_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageClassifierService"].full_name
+
+
+@dataclass
+class RunningServer:
+    """A started server: its port, engine and the handles needed to stop it."""
+
+    server: grpc.aio.Server
+    engine: Engine
+    servicer: ImageClassifierServicer
+    health: health.aio.HealthServicer
+    port: int
+    settings: ServerSettings
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful: NOT_SERVING at once, refuse new calls, let accepted work finish within grace."""
+        grace = self.settings.grace_period_s if grace is None else grace
+        await self.set_serving(False)
+        self.engine.accepting = False
+        await self.server.stop(grace)
+        await self.engine.stop(drain=True)
+
+
+def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+async def start_server(settings: ServerSettings, engine: Engine | None = None) -> RunningServer:
+    """Load the models (unless given an engine), bind, and report SERVING once everything is ready."""
+    engine = engine or await asyncio.to_thread(Engine.load, settings)
+    engine.start(asyncio.get_running_loop())
+    server = grpc.aio.server(options=server_options(settings))
+    servicer = ImageClassifierServicer(engine)
+    pb_grpc.add_ImageClassifierServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    address = f"{settings.host}:{settings.port}"
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    await server.start()
+    running = RunningServer(server, engine, servicer, health_servicer, port, settings)
+    await running.set_serving(True)
+    return running
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    running = await start_server(settings)
+    log.info(
+        "imgcls serving on %s:%d: models %s (default %s); batching max_batch_size=%d max_queue_delay_us=%d "
+        "queue_limit=%d",
+        settings.host,
+        running.port,
+        ", ".join(running.engine.models),
+        running.engine.default_model,
+        settings.batching.max_batch_size,
+        settings.batching.max_queue_delay_us,
+        settings.batching.queue_limit,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: finishing accepted requests (grace %.1fs)", settings.grace_period_s)
+    await running.stop()
+    log.info("stopped")

@@ -1,0 +1,276 @@
+"""The dynamic batcher: one per served model.
+
+Callers on the event loop submit samples and await one future per sample. A
+dedicated inference thread forms batches and runs them, so the session stays
+busy however busy the event loop is:
+
+- a batch closes when it holds max_batch_size samples, or when
+  max_queue_delay has passed since its *oldest* sample was queued;
+- only samples of the same shape and dtype share a run;
+- cancelled and past-deadline samples are dropped while forming a batch;
+- a failed run fails every future in that batch, and the thread goes on;
+- if the thread itself dies, every pending future is failed and the batcher
+  reports not ready, so no caller waits forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from imgcls.server.errors import (
+    DeadlineExceededError,
+    ImgclsError,
+    InferenceError,
+    QueueFullError,
+    UnavailableError,
+)
+
+log = logging.getLogger(__name__)
+
+RunFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(slots=True)
+class _Pending:
+    sample: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    enqueued: float
+    deadline: float | None
+    dropped: bool = False  # set on the loop when the caller gives up
+
+    @property
+    def key(self) -> tuple[tuple[int, ...], str]:
+        return self.sample.shape, self.sample.dtype.str
+
+
+@dataclass
+class BatcherStats:
+    """Updated by the inference thread; read as plain ints (a snapshot may be a batch behind)."""
+
+    inputs: int = 0
+    batches: int = 0
+    batch_size_counts: dict[int, int] = field(default_factory=dict)
+    queue_time_s: float = 0.0
+    compute_time_s: float = 0.0
+    dropped_inputs: int = 0
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        name: str,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        queue_limit: int,
+        fixed_batch: int | None = None,
+        on_batch: Callable[[int, float, float], None] | None = None,
+    ) -> None:
+        self._run = run
+        self.name = name
+        # A model with a fixed batch dimension runs at exactly that size (padded when short).
+        self.max_batch_size = fixed_batch or max_batch_size
+        self._fixed_batch = fixed_batch
+        self._max_delay = max_queue_delay_s
+        self.queue_limit = queue_limit
+        self._on_batch = on_batch
+        self._queue: deque[_Pending] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stats = BatcherStats()
+        self.crashed: BaseException | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._worker, name=f"batcher-{self.name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def ready(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    async def stop(self, drain: bool = True) -> None:
+        """Stop taking work; finish what is queued (drain) or fail it with UNAVAILABLE."""
+        with self._cond:
+            self._stopping = True
+            if not drain:
+                pending = list(self._queue)
+                self._queue.clear()
+            else:
+                pending = []
+            self._cond.notify_all()
+        self._fail(pending, UnavailableError(f"model {self.name} is shutting down"))
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+    # -- submitting (event loop) ---------------------------------------------
+    def submit(self, samples: list[np.ndarray], deadline: float | None = None) -> list[asyncio.Future[np.ndarray]]:
+        """Queue samples (each one model input without batch dim); one future per sample, in order.
+
+        All or nothing: QueueFullError when they do not all fit under the queue limit.
+        deadline is a time.monotonic() value after which the samples are not worth running.
+        """
+        loop = self._loop
+        if loop is None or self.crashed is not None:
+            raise UnavailableError(f"model {self.name} is not serving")
+        now = time.monotonic()
+        pending = [_Pending(s, loop.create_future(), now, deadline) for s in samples]
+        with self._cond:
+            if self._stopping:
+                raise UnavailableError(f"model {self.name} is shutting down")
+            if len(self._queue) + len(pending) > self.queue_limit:
+                raise QueueFullError(
+                    f"model {self.name}: queue full ({len(self._queue)} queued, limit {self.queue_limit}); "
+                    "retry later"
+                )
+            self._queue.extend(pending)
+            self._cond.notify()
+        for item in pending:
+            item.future.add_done_callback(lambda f, item=item: self._mark_dropped(f, item))
+        return [item.future for item in pending]
+
+    @staticmethod
+    def _mark_dropped(future: asyncio.Future[np.ndarray], item: _Pending) -> None:
+        if future.cancelled():
+            item.dropped = True
+
+    # -- the inference thread ------------------------------------------------
+    def _worker(self) -> None:
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                self._execute(batch)
+        except BaseException as exc:  # a bug: fail everyone rather than leave them hanging
+            log.exception("batcher for model %s crashed; failing all pending requests", self.name)
+            self.crashed = exc
+            with self._cond:
+                pending = list(self._queue)
+                self._queue.clear()
+                self._stopping = True
+            self._fail(pending, UnavailableError(f"model {self.name}: batcher stopped ({exc})"))
+
+    def _next_batch(self) -> list[_Pending] | None:
+        with self._cond:
+            while True:
+                self._drop_stale_head()
+                if not self._queue:
+                    if self._stopping:
+                        return None
+                    self._cond.wait()
+                    continue
+                oldest = self._queue[0]
+                close_at = oldest.enqueued + self._max_delay
+                key = oldest.key
+                matching = sum(1 for p in self._queue if p.key == key)
+                now = time.monotonic()
+                if matching >= self.max_batch_size or now >= close_at or self._stopping:
+                    return self._take(key)
+                self._cond.wait(timeout=close_at - now)
+
+    def _drop_stale_head(self) -> None:
+        now = time.monotonic()
+        expired: list[_Pending] = []
+        while self._queue and (
+            self._queue[0].dropped or (self._queue[0].deadline is not None and self._queue[0].deadline <= now)
+        ):
+            item = self._queue.popleft()
+            if not item.dropped:
+                expired.append(item)
+            self.stats.dropped_inputs += 1
+        if expired:
+            self._fail(expired, DeadlineExceededError("deadline passed before the input could run"))
+
+    def _take(self, key: tuple[tuple[int, ...], str]) -> list[_Pending]:
+        """Up to max_batch_size live samples with this key, oldest first; the rest stay queued in order."""
+        now = time.monotonic()
+        batch: list[_Pending] = []
+        keep: deque[_Pending] = deque()
+        expired: list[_Pending] = []
+        for item in self._queue:
+            if len(batch) < self.max_batch_size and item.key == key:
+                if item.dropped:
+                    self.stats.dropped_inputs += 1
+                elif item.deadline is not None and item.deadline <= now:
+                    self.stats.dropped_inputs += 1
+                    expired.append(item)
+                else:
+                    batch.append(item)
+            else:
+                keep.append(item)
+        self._queue = keep
+        if expired:
+            self._fail(expired, DeadlineExceededError("deadline passed before the input could run"))
+        return batch
+
+    def _execute(self, batch: list[_Pending]) -> None:
+        if not batch:
+            return
+        started = time.monotonic()
+        samples = [p.sample for p in batch]
+        if self._fixed_batch and len(samples) < self._fixed_batch:
+            samples += [np.zeros_like(samples[0])] * (self._fixed_batch - len(samples))
+        try:
+            outputs = self._run(np.stack(samples))
+        except ImgclsError as exc:
+            self._fail(batch, exc)
+            return
+        except Exception as exc:
+            log.exception("model %s: inference failed for a batch of %d", self.name, len(batch))
+            self._fail(batch, InferenceError(f"model {self.name}: inference failed: {exc}"))
+            return
+        finished = time.monotonic()
+        queue_time = sum(started - p.enqueued for p in batch)
+        stats = self.stats
+        stats.batches += 1
+        stats.inputs += len(batch)
+        stats.batch_size_counts[len(batch)] = stats.batch_size_counts.get(len(batch), 0) + 1
+        stats.queue_time_s += queue_time
+        stats.compute_time_s += finished - started
+        if self._on_batch is not None:
+            self._on_batch(len(batch), queue_time / len(batch), finished - started)
+        self._deliver(batch, outputs)
+
+    def _deliver(self, batch: list[_Pending], outputs: np.ndarray) -> None:
+        def resolve() -> None:
+            for item, row in zip(batch, outputs, strict=False):
+                if not item.future.done():
+                    item.future.set_result(row)
+
+        self._call_soon(resolve)
+
+    def _fail(self, items: list[_Pending], error: BaseException) -> None:
+        if not items:
+            return
+
+        def reject() -> None:
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(error)
+
+        self._call_soon(reject)
+
+    def _call_soon(self, callback: Callable[[], None]) -> None:
+        if self._loop is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(callback)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass

@@ -1,0 +1,166 @@
+"""protobuf <-> domain types. The only module besides the servicer that knows the protobuf messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from imgcls.server.errors import ImgclsError, InvalidInputError
+from imgcls.server.model import ServedModel
+from imgcls.server.streams import FrameResult, StreamFrame
+from imgcls.server.types import (
+    Base64Image,
+    ClassifyOptions,
+    ClassifyRequest,
+    EncodedImage,
+    FunctionToApply,
+    ImageInput,
+    PixelFormat,
+    Ranking,
+    RawImage,
+    TensorDType,
+    TensorInput,
+)
+from imgcls.v1 import classifier_pb2 as pb
+
+_FUNCTIONS = {
+    pb.FUNCTION_TO_APPLY_UNSPECIFIED: None,
+    pb.FUNCTION_TO_APPLY_SOFTMAX: FunctionToApply.SOFTMAX,
+    pb.FUNCTION_TO_APPLY_SIGMOID: FunctionToApply.SIGMOID,
+    pb.FUNCTION_TO_APPLY_NONE: FunctionToApply.NONE,
+}
+_FUNCTIONS_PB = {v: k for k, v in _FUNCTIONS.items() if v is not None}
+_PIXEL_FORMATS = {
+    pb.PIXEL_FORMAT_RGB8: PixelFormat.RGB8,
+    pb.PIXEL_FORMAT_RGBA8: PixelFormat.RGBA8,
+    pb.PIXEL_FORMAT_BGR8: PixelFormat.BGR8,
+    pb.PIXEL_FORMAT_GRAY8: PixelFormat.GRAY8,
+}
+_DTYPES = {pb.DATA_TYPE_FLOAT32: TensorDType.FLOAT32, pb.DATA_TYPE_FLOAT16: TensorDType.FLOAT16}
+_DTYPES_PB = {"float32": pb.DATA_TYPE_FLOAT32, "float16": pb.DATA_TYPE_FLOAT16}
+
+
+def input_from_pb(message: pb.Input, index: int) -> ImageInput:
+    kind = message.WhichOneof("kind")
+    if kind == "image":
+        return EncodedImage(message.image)
+    if kind == "image_base64":
+        return Base64Image(message.image_base64)
+    if kind == "raw":
+        raw = message.raw
+        pixel_format = _PIXEL_FORMATS.get(raw.format)
+        if pixel_format is None:
+            raise InvalidInputError(
+                f"inputs[{index}]: raw.format {raw.format} is not a known PixelFormat "
+                "(PIXEL_FORMAT_RGB8, PIXEL_FORMAT_RGBA8, PIXEL_FORMAT_BGR8, PIXEL_FORMAT_GRAY8)"
+            )
+        return RawImage(raw.width, raw.height, pixel_format, raw.data)
+    if kind == "tensor":
+        tensor = message.tensor
+        dtype = _DTYPES.get(tensor.dtype)
+        if dtype is None:
+            raise InvalidInputError(
+                f"inputs[{index}]: tensor.dtype {tensor.dtype} is not DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT16"
+            )
+        return TensorInput(tuple(tensor.dims), dtype, tensor.raw_data, tensor.float_data)
+    raise InvalidInputError(f"inputs[{index}]: set one of image, image_base64, raw or tensor")
+
+
+def options_from_pb(parameters: pb.Parameters) -> ClassifyOptions:
+    if parameters.function_to_apply not in _FUNCTIONS:
+        raise InvalidInputError(
+            f"parameters.function_to_apply {parameters.function_to_apply} is not a known FunctionToApply"
+        )
+    return ClassifyOptions(
+        top_k=parameters.top_k if parameters.HasField("top_k") else None,
+        threshold=parameters.threshold if parameters.HasField("threshold") else None,
+        function_to_apply=_FUNCTIONS[parameters.function_to_apply],
+    )
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(struct)
+
+
+def request_from_pb(request: pb.ClassifyRequest) -> ClassifyRequest:
+    return ClassifyRequest(
+        model=request.model,
+        inputs=tuple(input_from_pb(item, i) for i, item in enumerate(request.inputs)),
+        options=options_from_pb(request.parameters),
+        request_id=request.request_id,
+        preprocessor_overrides=struct_to_dict(request.preprocessor_overrides),
+    )
+
+
+def frame_from_pb(request: pb.ClassifyStreamRequest) -> StreamFrame:
+    return StreamFrame(
+        inputs=tuple(input_from_pb(item, i) for i, item in enumerate(request.inputs)),
+        request_id=request.request_id,
+        model=request.model,
+        options=options_from_pb(request.parameters) if request.HasField("parameters") else None,
+        overrides=(
+            struct_to_dict(request.preprocessor_overrides) if request.HasField("preprocessor_overrides") else None
+        ),
+        drop_stale=request.drop_stale,
+    )
+
+
+def results_to_pb(rankings: list[Ranking]) -> list[pb.Result]:
+    return [
+        pb.Result(labels=[pb.Label(label=s.label, score=s.score, index=s.index) for s in ranking])
+        for ranking in rankings
+    ]
+
+
+def response_to_pb(request_id: str, model: str, rankings: list[Ranking]) -> pb.ClassifyResponse:
+    return pb.ClassifyResponse(request_id=request_id, model=model, results=results_to_pb(rankings))
+
+
+def frame_result_to_pb(result: FrameResult) -> pb.ClassifyStreamResponse:
+    response = pb.ClassifyStreamResponse(
+        request_id=result.request_id, model=result.model, skipped=result.skipped
+    )
+    if result.error is not None:
+        response.status.code = error_code(result.error)
+        response.status.message = result.error.message
+    else:
+        response.results.extend(results_to_pb(result.rankings))
+    return response
+
+
+def error_code(error: ImgclsError) -> int:
+    return int(error.status_code.value[0])
+
+
+def model_info_to_pb(model: ServedModel, *, is_default: bool) -> pb.ModelInfo:
+    graph = model.backend.graph
+    batcher = model.batcher
+    stats = batcher.stats
+    info = pb.ModelInfo(
+        name=model.name,
+        source=model.files.source,
+        variant=model.files.variant,
+        input_name=graph.input_name,
+        input_shape=[-1 if d is None else d for d in graph.input_shape],
+        input_dtype=_DTYPES_PB.get(graph.input_dtype.name, pb.DATA_TYPE_UNSPECIFIED),
+        num_labels=len(model.labels),
+        labels=list(model.labels),
+        default_function_to_apply=_FUNCTIONS_PB[model.default_function],
+        is_default=is_default,
+        input_layout=model.layout,
+        max_batch_size=batcher.max_batch_size,
+        ready=model.ready,
+        stats=pb.ModelStats(
+            requests=model.request_stats.requests,
+            inputs=stats.inputs,
+            batches=stats.batches,
+            batch_size_counts=dict(stats.batch_size_counts),
+            queue_time_us=int(stats.queue_time_s * 1e6),
+            compute_time_us=int(stats.compute_time_s * 1e6),
+            failed_requests=model.request_stats.failed_requests,
+            dropped_inputs=stats.dropped_inputs,
+        ),
+    )
+    info.preprocessing.update(model.preprocessing)
+    return info

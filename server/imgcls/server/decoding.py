@@ -1,0 +1,163 @@
+"""Inputs -> PIL images or model-ready arrays, with every way they can be wrong refused clearly."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from imgcls.server.errors import InvalidInputError
+from imgcls.server.types import Base64Image, EncodedImage, PixelFormat, RawImage, TensorDType, TensorInput
+
+# Pillow's own bomb check warns or raises depending on size; imgcls enforces its own limit instead.
+Image.MAX_IMAGE_PIXELS = None
+
+_PIL_MODES = {
+    PixelFormat.RGB8: "RGB",
+    PixelFormat.RGBA8: "RGBA",
+    PixelFormat.BGR8: "RGB",
+    PixelFormat.GRAY8: "L",
+}
+_NUMPY_DTYPES = {TensorDType.FLOAT32: np.dtype("<f4"), TensorDType.FLOAT16: np.dtype("<f2")}
+
+
+def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Open an encoded image (header only: pixels are decoded later, possibly at reduced size)."""
+    if not data:
+        raise InvalidInputError("empty image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise InvalidInputError("not a decodable image (unknown or corrupt format)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InvalidInputError(f"not a decodable image ({exc})") from None
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidInputError(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise InvalidInputError(
+            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+        )
+    return image
+
+
+def load_pixels(image: Image.Image) -> Image.Image:
+    """Decode the (first frame's) pixels, turning decoder failures into InvalidInputError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image.load()
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidInputError(f"image data is truncated or corrupt ({exc})") from None
+    except Image.DecompressionBombError as exc:
+        raise InvalidInputError(str(exc)) from None
+    return image
+
+
+def decode_base64(text: str) -> bytes:
+    """Plain base64 (standard or URL-safe) or a data: URL."""
+    if text.startswith("data:"):
+        header, sep, text = text.partition(",")
+        if not sep or ";base64" not in header:
+            raise InvalidInputError("image_base64: a data: URL must be base64-encoded (data:<type>;base64,...)")
+    text = "".join(text.split())
+    if "-" in text or "_" in text:
+        text = text.replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInputError("image_base64 is not valid base64") from None
+
+
+def raw_to_image(raw: RawImage, *, max_pixels: int) -> Image.Image:
+    if raw.format not in _PIL_MODES:
+        raise InvalidInputError(f"raw: unknown pixel format {raw.format!r}")
+    if raw.width < 1 or raw.height < 1:
+        raise InvalidInputError(f"raw: width and height must be positive, got {raw.width}x{raw.height}")
+    if raw.width * raw.height > max_pixels:
+        raise InvalidInputError(
+            f"raw: {raw.width}x{raw.height} = {raw.width * raw.height} pixels, over the limit of {max_pixels}"
+        )
+    channels = raw.format.channels
+    expected = raw.width * raw.height * channels
+    if len(raw.data) != expected:
+        raise InvalidInputError(
+            f"raw: data has {len(raw.data)} bytes but {raw.width}x{raw.height} {raw.format.value} "
+            f"needs {expected}"
+        )
+    if raw.format is PixelFormat.BGR8:
+        pixels = np.frombuffer(raw.data, dtype=np.uint8).reshape(raw.height, raw.width, 3)[:, :, ::-1]
+        return Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+    return Image.frombuffer(_PIL_MODES[raw.format], (raw.width, raw.height), raw.data, "raw")
+
+
+def to_pil(item: EncodedImage | Base64Image | RawImage, *, max_pixels: int) -> Image.Image:
+    """Any image input as a (lazily decoded) PIL image."""
+    if isinstance(item, RawImage):
+        return raw_to_image(item, max_pixels=max_pixels)
+    data = decode_base64(item.text) if isinstance(item, Base64Image) else item.data
+    return open_image(data, max_pixels=max_pixels)
+
+
+def tensor_to_array(
+    tensor: TensorInput,
+    *,
+    sample_shape: tuple[int | None, ...],
+    dtype: np.dtype,  # type: ignore[type-arg]
+    max_elements: int,
+) -> np.ndarray:
+    """A pre-processed tensor as an array of samples (N, *sample_shape) in the model's dtype.
+
+    Values are taken as they are; NaN and Inf are passed to the model and answered with
+    whatever scores it gives.
+    """
+    dims = tuple(tensor.dims)
+    if any(d <= 0 for d in dims):
+        raise InvalidInputError(f"tensor: dims must be positive, got {list(dims)}")
+    rank = len(sample_shape)
+    if len(dims) == rank:
+        dims = (1, *dims)
+    if len(dims) != rank + 1:
+        raise InvalidInputError(
+            f"tensor: dims {list(tensor.dims)} have rank {len(tensor.dims)}; the model takes "
+            f"{rank} dims per sample ({_shape_text(sample_shape)}), with or without a batch dimension"
+        )
+    for got, want in zip(dims[1:], sample_shape, strict=True):
+        if want is not None and got != want:
+            raise InvalidInputError(
+                f"tensor: dims {list(tensor.dims)} do not match the model input {_shape_text(sample_shape)}"
+            )
+    count = math.prod(dims)
+    if count > max_elements:
+        raise InvalidInputError(f"tensor: {count} elements, over the limit of {max_elements}")
+    if tensor.dtype not in _NUMPY_DTYPES:
+        raise InvalidInputError(f"tensor: unknown dtype {tensor.dtype!r}; use FLOAT32 or FLOAT16")
+    if tensor.raw_data and len(tensor.float_data):
+        raise InvalidInputError("tensor: set raw_data or float_data, not both")
+    if tensor.raw_data:
+        source_dtype = _NUMPY_DTYPES[tensor.dtype]
+        if len(tensor.raw_data) != count * source_dtype.itemsize:
+            raise InvalidInputError(
+                f"tensor: raw_data has {len(tensor.raw_data)} bytes but dims {list(tensor.dims)} of "
+                f"{tensor.dtype.value} need {count * source_dtype.itemsize}"
+            )
+        array = np.frombuffer(tensor.raw_data, dtype=source_dtype)
+    else:
+        if len(tensor.float_data) != count:
+            raise InvalidInputError(
+                f"tensor: float_data has {len(tensor.float_data)} values but dims {list(tensor.dims)} need {count}"
+            )
+        array = np.asarray(tensor.float_data, dtype=np.float32)
+    return array.reshape(dims).astype(dtype, copy=False)
+
+
+def _shape_text(shape: tuple[int | None, ...]) -> str:
+    return "x".join("?" if d is None else str(d) for d in shape)

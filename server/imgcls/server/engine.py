@@ -1,0 +1,118 @@
+"""The engine: the served models and the request path, with no knowledge of gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+from imgcls.server.errors import ModelLoadError, ModelNotFoundError, UnavailableError
+from imgcls.server.model import ModelLimits, ServedModel
+from imgcls.server.model_source import ModelFiles, load_hf_folder, resolve_local
+from imgcls.server.settings import ModelSettings, ServerSettings
+from imgcls.server.types import ClassifyRequest, Ranking
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model_files(model: ModelSettings, settings: ServerSettings) -> ModelFiles:
+    """Local folder, spec or .onnx file first; otherwise a Hugging Face repo id (downloaded or cached)."""
+    local = resolve_local(model.source, model.dtype)
+    if local is not None:
+        return local
+    from imgcls.server import hub  # only servers that name a hub model pay for importing huggingface_hub
+
+    if not hub.looks_like_repo_id(model.source):
+        raise ModelLoadError(f"model {model.name}: {model.source} is neither an existing path nor a repo id")
+    repo_id, revision = hub.parse_repo_ref(model.source)
+    fetched = hub.fetch_hub_model(
+        repo_id,
+        revision=revision,
+        dtype=model.dtype,
+        token=settings.hf_token,
+        cache_dir=settings.cache_dir,
+        prefer_gpu=any(p != "CPUExecutionProvider" for p in settings.runtime_for(model).providers),
+    )
+    return load_hf_folder(fetched.folder, fetched.dtype, source=model.source)
+
+
+class Engine:
+    """Owns the models, the preprocessing pool and their lifecycle."""
+
+    def __init__(self, settings: ServerSettings, models: Iterable[ServedModel], pool: ThreadPoolExecutor) -> None:
+        self.settings = settings
+        self.models: dict[str, ServedModel] = {m.name: m for m in models}
+        self.default_model = settings.default_model_name
+        self._pool = pool
+        self.accepting = True
+
+    @classmethod
+    def load(cls, settings: ServerSettings) -> Engine:
+        """Load every configured model (downloading hub models first); ModelLoadError names the one that failed."""
+        workers = settings.preprocess_threads or os.cpu_count() or 2
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
+        limits = ModelLimits(
+            max_inputs_per_request=settings.max_inputs_per_request,
+            max_image_pixels=settings.max_image_pixels,
+            max_tensor_elements=settings.max_tensor_elements,
+            jpeg_draft=settings.jpeg_draft,
+        )
+        models = []
+        for model in settings.served_models:
+            files = resolve_model_files(model, settings)
+            try:
+                served = ServedModel(
+                    model.name,
+                    files,
+                    batching=settings.batching_for(model),
+                    runtime=settings.runtime_for(model),
+                    limits=limits,
+                    preprocess_pool=pool,
+                )
+            except ModelLoadError as exc:
+                raise ModelLoadError(f"model {model.name}: {exc.message}") from None
+            except Exception as exc:  # e.g. preprocessing config the compiler refuses
+                raise ModelLoadError(f"model {model.name} ({model.source}): {exc}") from exc
+            models.append(served)
+            log.info(
+                "loaded model %s from %s (variant %s, input %s %s %s, %d labels, providers %s) in %.2fs",
+                model.name,
+                files.source,
+                files.variant or "-",
+                served.backend.graph.input_name,
+                list(served.backend.graph.input_shape),
+                served.layout,
+                len(served.labels),
+                ",".join(served.backend.providers),
+                served.load_seconds,
+            )
+        return cls(settings, models, pool)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        for model in self.models.values():
+            model.start(loop)
+
+    async def stop(self, drain: bool = True) -> None:
+        self.accepting = False
+        await asyncio.gather(*(m.stop(drain) for m in self.models.values()))
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def ready(self) -> bool:
+        return self.accepting and all(m.ready for m in self.models.values())
+
+    def get(self, name: str) -> ServedModel:
+        model = self.models.get(name or self.default_model)
+        if model is None:
+            raise ModelNotFoundError(f"model {name!r} is not served; served models: {', '.join(self.models)}")
+        return model
+
+    async def classify(self, request: ClassifyRequest, deadline: float | None = None) -> tuple[str, list[Ranking]]:
+        """(served model name, one ranking per result)."""
+        if not self.accepting:
+            raise UnavailableError("server is shutting down")
+        model = self.get(request.model)
+        rankings = await model.classify(request.inputs, request.options, request.preprocessor_overrides, deadline)
+        return model.name, rankings

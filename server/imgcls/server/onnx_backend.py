@@ -1,0 +1,114 @@
+"""The ONNX Runtime session behind a served model, and what its graph says about it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from imgcls.server.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+_ORT_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    intra_op_threads: int = 0  # 0 = ONNX Runtime's default (one per physical core)
+    inter_op_threads: int = 0
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # Spinning intra-op threads burn the cores that decode and preprocessing need.
+    allow_spinning: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GraphInfo:
+    """What the ONNX graph says: input name, shape (None = dynamic), dtype, layout, outputs."""
+
+    input_name: str
+    input_shape: tuple[int | None, ...]
+    input_dtype: np.dtype  # type: ignore[type-arg]
+    output_name: str
+    num_classes: int | None
+
+    @property
+    def fixed_batch(self) -> int | None:
+        return self.input_shape[0]
+
+    @property
+    def sample_shape(self) -> tuple[int | None, ...]:
+        return self.input_shape[1:]
+
+    def guess_layout(self) -> str:
+        """NHWC when the last dim is 1 or 3 and the second is not; NCHW otherwise (the HF norm)."""
+        if len(self.input_shape) == 4 and self.input_shape[3] in (1, 3) and self.input_shape[1] not in (1, 3):
+            return "NHWC"
+        return "NCHW"
+
+
+def _dim(value: Any) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None
+
+
+class OnnxBackend:
+    """One ONNX Runtime InferenceSession; run() takes a stacked batch and returns (N, classes) scores."""
+
+    def __init__(self, path: Path, options: RuntimeOptions, output_name: str | None = None) -> None:
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.inter_op_num_threads = options.inter_op_threads
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not options.allow_spinning:
+            session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.providers = select_providers(options.providers)
+        try:
+            self._session = ort.InferenceSession(str(path), session_options, providers=list(self.providers))
+        except Exception as exc:
+            raise ModelLoadError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+        self.graph = self._inspect(path, output_name)
+
+    def _inspect(self, path: Path, output_name: str | None) -> GraphInfo:
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            names = [i.name for i in inputs]
+            raise ModelLoadError(f"{path}: image classifiers take one input, this model takes {names}")
+        model_input = inputs[0]
+        dtype = _ORT_DTYPES.get(model_input.type)
+        if dtype is None:
+            raise ModelLoadError(f"{path}: input {model_input.name} is {model_input.type}; float or float16 needed")
+        shape = tuple(_dim(d) for d in model_input.shape)
+        if len(shape) != 4:
+            raise ModelLoadError(f"{path}: input {model_input.name} has shape {model_input.shape}; 4 dims needed")
+        outputs = {o.name: o for o in self._session.get_outputs()}
+        if output_name is None:
+            output = self._session.get_outputs()[0]
+        elif output_name in outputs:
+            output = outputs[output_name]
+        else:
+            raise ModelLoadError(f"{path}: no output named {output_name!r}; it has {list(outputs)}")
+        num_classes = _dim(output.shape[-1]) if output.shape else None
+        return GraphInfo(model_input.name, shape, dtype, output.name, num_classes)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        (scores,) = self._session.run([self.graph.output_name], {self.graph.input_name: batch})
+        return np.asarray(scores).reshape(batch.shape[0], -1)
+
+
+def select_providers(requested: tuple[str, ...]) -> tuple[str, ...]:
+    """The requested execution providers this onnxruntime build has, always ending with CPU."""
+    available = set(ort.get_available_providers())
+    chosen = []
+    for name in requested:
+        if name in available:
+            chosen.append(name)
+        else:
+            log.warning("execution provider %s is not available in this onnxruntime build; skipped", name)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return tuple(chosen)

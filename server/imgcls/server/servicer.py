@@ -1,0 +1,89 @@
+"""The gRPC servicer: converts protobuf <-> domain types and calls the engine. Nothing else."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from imgcls.server import converters
+from imgcls.server.engine import Engine
+from imgcls.server.errors import InvalidInputError
+from imgcls.server.grpc_errors import translate_stream, translate_unary
+from imgcls.server.streams import FrameStream, StreamFrame
+from imgcls.v1 import classifier_pb2 as pb
+from imgcls.v1 import classifier_pb2_grpc as pb_grpc
+
+log = logging.getLogger("imgcls.requests")
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.active_streams = 0
+
+    @translate_unary
+    async def Classify(  # noqa: N802 - gRPC method name
+        self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClassifyResponse:
+        started = time.perf_counter()
+        domain = converters.request_from_pb(request)
+        model, rankings = await self._engine.classify(domain, _deadline(context))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "Classify request_id=%r model=%s inputs=%d results=%d %.1fms",
+                request.request_id,
+                model,
+                len(request.inputs),
+                len(rankings),
+                (time.perf_counter() - started) * 1e3,
+            )
+        return converters.response_to_pb(request.request_id, model, rankings)
+
+    @translate_stream
+    async def ClassifyStream(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[pb.ClassifyStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ClassifyStreamResponse]:
+        self.active_streams += 1
+        try:
+            stream = FrameStream(self._engine, self._engine.settings.stream_max_in_flight)
+            async for result in stream.run(self._frames(request_iterator)):
+                yield converters.frame_result_to_pb(result)
+        finally:
+            self.active_streams -= 1
+
+    async def _frames(self, request_iterator: AsyncIterator[pb.ClassifyStreamRequest]) -> AsyncIterator[StreamFrame]:
+        async for message in request_iterator:
+            try:
+                yield converters.frame_from_pb(message)
+            except InvalidInputError as exc:  # a bad frame is answered with its error; the stream goes on
+                yield StreamFrame(inputs=(), request_id=message.request_id, model=message.model, error=exc)
+
+    @translate_unary
+    async def ListModels(  # noqa: N802 - gRPC method name
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        default = self._engine.default_model
+        return pb.ListModelsResponse(
+            models=[
+                converters.model_info_to_pb(m, is_default=m.name == default) for m in self._engine.models.values()
+            ]
+        )
+
+    @translate_unary
+    async def GetModel(  # noqa: N802 - gRPC method name
+        self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelResponse:
+        model = self._engine.get(request.name)
+        return pb.GetModelResponse(
+            model=converters.model_info_to_pb(model, is_default=model.name == self._engine.default_model)
+        )

@@ -1,0 +1,185 @@
+"""Bidirectional frame streams: one result per frame, in frame order, with bounded frames in flight.
+
+Frames are classified concurrently (they share the model's batcher with everyone else) and
+answered in order from a FIFO of per-frame futures. The reader takes a new frame only when a
+slot is free, so a client that sends faster than the server classifies, or never reads its
+responses, is held back by gRPC flow control and server memory stays bounded.
+
+In drop_stale mode the reader keeps reading, and a frame still waiting for a slot when a newer
+frame arrives is answered as skipped, so results stay close to real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from imgcls.server.engine import Engine
+from imgcls.server.errors import ImgclsError, InferenceError, InvalidInputError
+from imgcls.server.types import ClassifyOptions, ImageInput, Ranking
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFrame:
+    """One stream message; None fields were left empty and take the stream's defaults."""
+
+    inputs: tuple[ImageInput, ...]
+    request_id: str = ""
+    model: str = ""
+    options: ClassifyOptions | None = None
+    overrides: dict[str, Any] | None = None
+    drop_stale: bool = False
+    error: ImgclsError | None = None  # the message itself was invalid: answered with this, stream goes on
+
+
+@dataclass(slots=True)
+class FrameResult:
+    request_id: str
+    model: str
+    rankings: list[Ranking] = field(default_factory=list)
+    error: ImgclsError | None = None
+    skipped: bool = False
+
+
+@dataclass(slots=True)
+class _Defaults:
+    model: str
+    options: ClassifyOptions
+    overrides: dict[str, Any]
+    drop_stale: bool
+
+
+class _EndOfStream:
+    pass
+
+
+_END = _EndOfStream()
+
+
+class FrameStream:
+    """One ClassifyStream call. Iterate run(frames) to get results in order."""
+
+    def __init__(self, engine: Engine, max_in_flight: int) -> None:
+        self._engine = engine
+        self._max_in_flight = max_in_flight
+        self._defaults: _Defaults | None = None
+        self._fifo: asyncio.Queue[asyncio.Future[FrameResult] | BaseException | _EndOfStream] = asyncio.Queue()
+        # Frames read but not yet answered; bounds memory whatever the client does.
+        self._unanswered = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._running = 0
+        self._waiting: tuple[StreamFrame, asyncio.Future[FrameResult], str, ClassifyOptions, dict[str, Any]] | None
+        self._waiting = None
+
+    async def run(self, frames: AsyncIterator[StreamFrame]) -> AsyncIterator[FrameResult]:
+        reader = asyncio.create_task(self._read(frames))
+        try:
+            while True:
+                entry = await self._fifo.get()
+                if isinstance(entry, _EndOfStream):
+                    return
+                if isinstance(entry, BaseException):
+                    raise entry
+                result = await entry
+                yield result
+                self._unanswered.release()
+        finally:
+            reader.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    def _resolve(self, frame: StreamFrame) -> tuple[str, ClassifyOptions, dict[str, Any]]:
+        if self._defaults is None:
+            self._defaults = _Defaults(
+                model=frame.model,
+                options=frame.options or ClassifyOptions(),
+                overrides=frame.overrides or {},
+                drop_stale=frame.drop_stale,
+            )
+            if frame.drop_stale:
+                # Keep reading while frames run, so newer frames can replace stale ones.
+                self._unanswered = asyncio.Semaphore(self._max_in_flight * 4)
+        defaults = self._defaults
+        model = frame.model or defaults.model
+        self._engine.get(model)  # an unknown model ends the stream (NOT_FOUND)
+        options = frame.options if frame.options is not None else defaults.options
+        overrides = frame.overrides if frame.overrides is not None else defaults.overrides
+        return model, options, overrides
+
+    async def _read(self, frames: AsyncIterator[StreamFrame]) -> None:
+        try:
+            async for frame in frames:
+                model, options, overrides = self._resolve(frame)
+                await self._unanswered.acquire()
+                future: asyncio.Future[FrameResult] = asyncio.get_running_loop().create_future()
+                await self._fifo.put(future)
+                assert self._defaults is not None
+                if not self._defaults.drop_stale or self._running < self._max_in_flight:
+                    self._start(frame, future, model, options, overrides)
+                else:
+                    if self._waiting is not None:
+                        stale = self._waiting
+                        stale[1].set_result(FrameResult(stale[0].request_id, stale[2], skipped=True))
+                    self._waiting = (frame, future, model, options, overrides)
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
+            await self._fifo.put(_END)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # stream-level failure: answered after the frames before it
+            await self._fifo.put(exc)
+
+    def _start(
+        self,
+        frame: StreamFrame,
+        future: asyncio.Future[FrameResult],
+        model: str,
+        options: ClassifyOptions,
+        overrides: dict[str, Any],
+    ) -> None:
+        self._running += 1
+        task = asyncio.create_task(self._classify(frame, future, model, options, overrides))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._running -= 1
+        if self._waiting is not None and not task.cancelled():
+            waiting, self._waiting = self._waiting, None
+            self._start(*waiting)
+
+    async def _classify(
+        self,
+        frame: StreamFrame,
+        future: asyncio.Future[FrameResult],
+        model_name: str,
+        options: ClassifyOptions,
+        overrides: dict[str, Any],
+    ) -> None:
+        result = FrameResult(frame.request_id, model_name)
+        try:
+            if frame.error is not None:
+                raise frame.error
+            model = self._engine.get(model_name)
+            result.rankings = await model.classify(frame.inputs, options, overrides)
+        except ImgclsError as exc:
+            result.error = exc
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("stream frame %r failed unexpectedly", frame.request_id)
+            result.error = InferenceError(f"internal error: {exc}")
+        if not future.done():
+            future.set_result(result)
+
+
+__all__ = ["FrameResult", "FrameStream", "InvalidInputError", "StreamFrame"]
