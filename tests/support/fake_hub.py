@@ -68,7 +68,9 @@ class FakeHub:
         self._server: _Server | None = None
         self.url = ""
 
-    def add_repo(self, repo_id: str, root: Path, *, branch: str = "main", gated_token: str | None = None) -> str:
+    def add_repo(
+        self, repo_id: str, root: Path, *, branch: str = "main", gated_token: str | None = None
+    ) -> str:
         """Serve every file under root as branch of repo_id; returns the branch's commit sha."""
         files = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
         etags = {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in files.items()}
@@ -135,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the real Hub: the client pools connections
     server: _Server
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: object) -> None:
         pass  # the request log replaces stderr noise
 
     def do_HEAD(self) -> None:
@@ -166,21 +168,33 @@ class _Handler(BaseHTTPRequestHandler):
         if info:
             # Metadata of a gated repo is public on the real Hub; only its files need a token.
             siblings = [{"rfilename": name} for name in tree.files]
-            data = {"id": repo_id, "modelId": repo_id, "sha": tree.sha, "private": False,
-                    "gated": "auto" if repo.token else False, "siblings": siblings}
+            data = {
+                "id": repo_id,
+                "modelId": repo_id,
+                "sha": tree.sha,
+                "private": False,
+                "gated": "auto" if repo.token else False,
+                "siblings": siblings,
+            }
             return self._send(200, json.dumps(data).encode(), {"Content-Type": "application/json"}, body)
         filename = unquote(resolve.group(3)) if resolve else ""
         if repo.token and self.headers.get("Authorization") != f"Bearer {repo.token}":
             msg = f"Access to model {repo_id} is restricted. You must have access to it and be authenticated."
             return self._error(401, "GatedRepo", msg)
         if filename not in tree.files:
-            return self._error(404, "EntryNotFound", f"{filename} does not exist", {"X-Repo-Commit": tree.sha})
+            return self._error(
+                404, "EntryNotFound", f"{filename} does not exist", {"X-Repo-Commit": tree.sha}
+            )
         self._send_file(repo_id, filename, tree, body)
 
     def _send_file(self, repo_id: str, filename: str, tree: _Tree, body: bool) -> None:
         data = tree.files[filename].read_bytes()
-        headers = {"X-Repo-Commit": tree.sha, "ETag": f'"{tree.etags[filename]}"', "Accept-Ranges": "bytes",
-                   "Content-Type": "application/octet-stream"}
+        headers = {
+            "X-Repo-Commit": tree.sha,
+            "ETag": f'"{tree.etags[filename]}"',
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+        }
         key = (repo_id, filename)
         if body and key in self.server.hub._pending_status:
             return self._error(self.server.hub._pending_status.pop(key), None, "Service Unavailable")
@@ -204,7 +218,9 @@ class _Handler(BaseHTTPRequestHandler):
         with suppress(OSError):  # the client may be gone already (killed while stalled)
             self.connection.shutdown(socket.SHUT_RDWR)  # drop mid-body: the client sees a short read
 
-    def _error(self, status: int, code: str | None, message: str, extra: dict[str, str] | None = None) -> None:
+    def _error(
+        self, status: int, code: str | None, message: str, extra: dict[str, str] | None = None
+    ) -> None:
         headers = {"Content-Type": "application/json", "X-Error-Message": message, **(extra or {})}
         if code:
             headers["X-Error-Code"] = code

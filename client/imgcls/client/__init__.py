@@ -1,0 +1,11 @@
+"""The imgcls client: ``Client`` (sync) and ``AsyncClient``.
+
+>>> from imgcls.client import Client
+>>> with Client("127.0.0.1:50051") as client:
+...     client.classify("cat.jpg", top_k=3)
+[Prediction(label='Egyptian cat', score=0.37), ...]
+"""
+
+from imgcls.client.client import AsyncClient, Client, ClientError, Prediction, StreamResult
+
+__all__ = ["AsyncClient", "Client", "ClientError", "Prediction", "StreamResult"]

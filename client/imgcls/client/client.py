@@ -1,0 +1,310 @@
+"""Sync and async clients over the generated stubs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import grpc
+from google.protobuf import struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from imgcls.client.inputs import ImageLike, to_input
+from imgcls.v1 import classifier_pb2 as pb
+from imgcls.v1 import classifier_pb2_grpc as pb_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+_FUNCTIONS = {
+    None: pb.FUNCTION_TO_APPLY_UNSPECIFIED,
+    "softmax": pb.FUNCTION_TO_APPLY_SOFTMAX,
+    "sigmoid": pb.FUNCTION_TO_APPLY_SIGMOID,
+    "none": pb.FUNCTION_TO_APPLY_NONE,
+}
+
+
+class Prediction(NamedTuple):
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """One frame's answer: predictions per input, or the frame's error code and message."""
+
+    request_id: str
+    predictions: list[list[Prediction]]
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    message: str = ""
+    skipped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.code == grpc.StatusCode.OK and not self.skipped
+
+
+class ClientError(Exception):
+    """A call failed; code is the grpc.StatusCode."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+def channel_target(target: str | Sequence[str]) -> str:
+    """One address, a dns:/// target, or several addresses (balanced round-robin)."""
+    if isinstance(target, str):
+        return target
+    if len(target) == 1:
+        return target[0]
+    return "ipv4:" + ",".join(target)
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    service_config = {"loadBalancingConfig": [{"round_robin": {}}]}
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.service_config", json.dumps(service_config)),
+        ("grpc.enable_retries", 1),
+    ]
+
+
+def _credentials(
+    tls: bool, root_certificates: bytes | None, client_cert: tuple[bytes, bytes] | None
+) -> grpc.ChannelCredentials | None:
+    if not tls and root_certificates is None and client_cert is None:
+        return None
+    key, cert = (client_cert[1], client_cert[0]) if client_cert else (None, None)
+    return grpc.ssl_channel_credentials(root_certificates, key, cert)
+
+
+def build_request(
+    images: Sequence[ImageLike],
+    *,
+    model: str = "",
+    top_k: int | None = None,
+    threshold: float | None = None,
+    function_to_apply: str | None = None,
+    preprocessor_overrides: dict[str, Any] | None = None,
+    request_id: str = "",
+) -> pb.ClassifyRequest:
+    request = pb.ClassifyRequest(model=model, inputs=[to_input(i) for i in images], request_id=request_id)
+    if top_k is not None:
+        request.parameters.top_k = top_k
+    if threshold is not None:
+        request.parameters.threshold = threshold
+    request.parameters.function_to_apply = _FUNCTIONS[function_to_apply]
+    if preprocessor_overrides:
+        request.preprocessor_overrides.update(preprocessor_overrides)
+    return request
+
+
+def predictions(result: pb.Result) -> list[Prediction]:
+    return [Prediction(label.label, label.score) for label in result.labels]
+
+
+def stream_result(response: pb.ClassifyStreamResponse) -> StreamResult:
+    return StreamResult(
+        request_id=response.request_id,
+        predictions=[predictions(r) for r in response.results],
+        code=grpc.StatusCode.OK if response.status.code == 0 else _status_code(response.status.code),
+        message=response.status.message,
+        skipped=response.skipped,
+    )
+
+
+def _status_code(value: int) -> grpc.StatusCode:
+    for code in grpc.StatusCode:
+        if code.value[0] == value:
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def _frame_request(frame: ImageLike | pb.ClassifyStreamRequest, index: int) -> pb.ClassifyStreamRequest:
+    if isinstance(frame, pb.ClassifyStreamRequest):
+        return frame
+    return pb.ClassifyStreamRequest(inputs=[to_input(frame)], request_id=str(index))
+
+
+def _first_frame(request: pb.ClassifyStreamRequest, first: pb.ClassifyStreamRequest) -> pb.ClassifyStreamRequest:
+    merged = pb.ClassifyStreamRequest()
+    merged.CopyFrom(first)
+    merged.MergeFrom(request)
+    return merged
+
+
+class _Options:
+    """Shared constructor arguments of Client and AsyncClient."""
+
+    def __init__(
+        self,
+        target: str | Sequence[str] = DEFAULT_TARGET,
+        *,
+        timeout: float | None = 60.0,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        client_cert: tuple[bytes, bytes] | None = None,  # (certificate chain PEM, private key PEM)
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.target = channel_target(target)
+        self.timeout = timeout
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self.credentials = _credentials(tls, root_certificates, client_cert)
+        self.options = channel_options(max_message_bytes)
+
+
+class Client(_Options):
+    """Blocking client. ``classify`` one image -> [Prediction]; ``classify_batch`` several -> [[Prediction]]."""
+
+    def __init__(self, target: str | Sequence[str] = DEFAULT_TARGET, **kwargs: Any) -> None:
+        super().__init__(target, **kwargs)
+        if self.credentials is None:
+            self.channel = grpc.insecure_channel(self.target, options=self.options)
+        else:
+            self.channel = grpc.secure_channel(self.target, self.credentials, options=self.options)
+        self.stub = pb_grpc.ImageClassifierServiceStub(self.channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout, metadata=self.metadata)
+        except grpc.RpcError as exc:
+            raise ClientError(exc.code(), exc.details() or "") from None
+
+    def classify(self, image: ImageLike, **options: Any) -> list[Prediction]:
+        return self.classify_batch([image], **options)[0]
+
+    def classify_batch(self, images: Sequence[ImageLike], **options: Any) -> list[list[Prediction]]:
+        response = self.classify_request(build_request(images, **options))
+        return [predictions(r) for r in response.results]
+
+    def classify_request(self, request: pb.ClassifyRequest) -> pb.ClassifyResponse:
+        return self._call(self.stub.Classify, request)
+
+    def classify_stream(
+        self,
+        frames: Iterable[ImageLike | pb.ClassifyStreamRequest],
+        *,
+        model: str = "",
+        top_k: int | None = None,
+        threshold: float | None = None,
+        drop_stale: bool = False,
+    ) -> Iterator[StreamResult]:
+        """Yield one StreamResult per frame, in order, as they come back."""
+        first = build_request([], model=model, top_k=top_k, threshold=threshold)
+        stream_defaults = pb.ClassifyStreamRequest(model=first.model, parameters=first.parameters, drop_stale=drop_stale)
+
+        def requests() -> Iterator[pb.ClassifyStreamRequest]:
+            for index, frame in enumerate(frames):
+                request = _frame_request(frame, index)
+                yield _first_frame(request, stream_defaults) if index == 0 else request
+
+        try:
+            for response in self.stub.ClassifyStream(requests(), metadata=self.metadata):
+                yield stream_result(response)
+        except grpc.RpcError as exc:
+            raise ClientError(exc.code(), exc.details() or "") from None
+
+    def list_models(self) -> list[pb.ModelInfo]:
+        return list(self._call(self.stub.ListModels, pb.ListModelsRequest()).models)
+
+    def get_model(self, name: str = "") -> pb.ModelInfo:
+        return self._call(self.stub.GetModel, pb.GetModelRequest(name=name)).model
+
+    def health(self, service: str = "") -> bool:
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service))
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class AsyncClient(_Options):
+    """The asyncio twin of Client."""
+
+    def __init__(self, target: str | Sequence[str] = DEFAULT_TARGET, **kwargs: Any) -> None:
+        super().__init__(target, **kwargs)
+        if self.credentials is None:
+            self.channel = grpc.aio.insecure_channel(self.target, options=self.options)
+        else:
+            self.channel = grpc.aio.secure_channel(self.target, self.credentials, options=self.options)
+        self.stub = pb_grpc.ImageClassifierServiceStub(self.channel)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return await method(request, timeout=self.timeout, metadata=self.metadata)
+        except grpc.RpcError as exc:
+            raise ClientError(exc.code(), exc.details() or "") from None
+
+    async def classify(self, image: ImageLike, **options: Any) -> list[Prediction]:
+        return (await self.classify_batch([image], **options))[0]
+
+    async def classify_batch(self, images: Sequence[ImageLike], **options: Any) -> list[list[Prediction]]:
+        response = await self._call(self.stub.Classify, build_request(images, **options))
+        return [predictions(r) for r in response.results]
+
+    async def classify_stream(
+        self,
+        frames: AsyncIterable[ImageLike | pb.ClassifyStreamRequest] | Iterable[ImageLike | pb.ClassifyStreamRequest],
+        *,
+        model: str = "",
+        top_k: int | None = None,
+        threshold: float | None = None,
+        drop_stale: bool = False,
+    ) -> AsyncIterator[StreamResult]:
+        first = build_request([], model=model, top_k=top_k, threshold=threshold)
+        stream_defaults = pb.ClassifyStreamRequest(model=first.model, parameters=first.parameters, drop_stale=drop_stale)
+
+        async def requests() -> AsyncIterator[pb.ClassifyStreamRequest]:
+            index = 0
+            if isinstance(frames, AsyncIterable):
+                async for frame in frames:
+                    request = _frame_request(frame, index)
+                    yield _first_frame(request, stream_defaults) if index == 0 else request
+                    index += 1
+            else:
+                for frame in frames:
+                    request = _frame_request(frame, index)
+                    yield _first_frame(request, stream_defaults) if index == 0 else request
+                    index += 1
+
+        try:
+            async for response in self.stub.ClassifyStream(requests(), metadata=self.metadata):
+                yield stream_result(response)
+        except grpc.RpcError as exc:
+            raise ClientError(exc.code(), exc.details() or "") from None
+
+    async def list_models(self) -> list[pb.ModelInfo]:
+        return list((await self._call(self.stub.ListModels, pb.ListModelsRequest())).models)
+
+    async def get_model(self, name: str = "") -> pb.ModelInfo:
+        return (await self._call(self.stub.GetModel, pb.GetModelRequest(name=name))).model
+
+    async def health(self, service: str = "") -> bool:
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        response = await self._call(stub.Check, health_pb2.HealthCheckRequest(service=service))
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+__all__ = ["AsyncClient", "Client", "ClientError", "Prediction", "StreamResult", "struct_pb2"]
