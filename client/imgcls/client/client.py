@@ -10,7 +10,6 @@ from typing import Any, NamedTuple
 import grpc
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from imgcls.client.inputs import ImageLike, to_input
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
@@ -65,7 +64,7 @@ def channel_target(target: str | Sequence[str]) -> str:
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    service_config = {"loadBalancingConfig": [{"round_robin": {}}]}
+    service_config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -131,7 +130,9 @@ def _frame_request(frame: ImageLike | pb.ClassifyStreamRequest, index: int) -> p
     return pb.ClassifyStreamRequest(inputs=[to_input(frame)], request_id=str(index))
 
 
-def _first_frame(request: pb.ClassifyStreamRequest, first: pb.ClassifyStreamRequest) -> pb.ClassifyStreamRequest:
+def _first_frame(
+    request: pb.ClassifyStreamRequest, first: pb.ClassifyStreamRequest
+) -> pb.ClassifyStreamRequest:
     merged = pb.ClassifyStreamRequest()
     merged.CopyFrom(first)
     merged.MergeFrom(request)
@@ -206,7 +207,9 @@ class Client(_Options):
     ) -> Iterator[StreamResult]:
         """Yield one StreamResult per frame, in order, as they come back."""
         first = build_request([], model=model, top_k=top_k, threshold=threshold)
-        stream_defaults = pb.ClassifyStreamRequest(model=first.model, parameters=first.parameters, drop_stale=drop_stale)
+        stream_defaults = pb.ClassifyStreamRequest(
+            model=first.model, parameters=first.parameters, drop_stale=drop_stale
+        )
 
         def requests() -> Iterator[pb.ClassifyStreamRequest]:
             for index, frame in enumerate(frames):
@@ -249,7 +252,7 @@ class AsyncClient(_Options):
         await self.close()
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.channel.close(None)
 
     async def _call(self, method: Any, request: Any) -> Any:
         try:
@@ -266,7 +269,8 @@ class AsyncClient(_Options):
 
     async def classify_stream(
         self,
-        frames: AsyncIterable[ImageLike | pb.ClassifyStreamRequest] | Iterable[ImageLike | pb.ClassifyStreamRequest],
+        frames: AsyncIterable[ImageLike | pb.ClassifyStreamRequest]
+        | Iterable[ImageLike | pb.ClassifyStreamRequest],
         *,
         model: str = "",
         top_k: int | None = None,
@@ -274,7 +278,9 @@ class AsyncClient(_Options):
         drop_stale: bool = False,
     ) -> AsyncIterator[StreamResult]:
         first = build_request([], model=model, top_k=top_k, threshold=threshold)
-        stream_defaults = pb.ClassifyStreamRequest(model=first.model, parameters=first.parameters, drop_stale=drop_stale)
+        stream_defaults = pb.ClassifyStreamRequest(
+            model=first.model, parameters=first.parameters, drop_stale=drop_stale
+        )
 
         async def requests() -> AsyncIterator[pb.ClassifyStreamRequest]:
             index = 0

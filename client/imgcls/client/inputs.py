@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
-
 from imgcls.v1 import classifier_pb2 as pb
 
 try:  # Pillow is optional for the client
@@ -15,7 +14,7 @@ try:  # Pillow is optional for the client
 except ImportError:  # pragma: no cover
     _PILImage = None  # type: ignore[assignment]
 
-ImageLike = Union[str, os.PathLike[str], bytes, bytearray, memoryview, np.ndarray, Any]
+ImageLike = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray | Any
 
 _RAW_FORMATS = {1: pb.PIXEL_FORMAT_GRAY8, 3: pb.PIXEL_FORMAT_RGB8, 4: pb.PIXEL_FORMAT_RGBA8}
 
@@ -52,7 +51,9 @@ def to_input(value: ImageLike) -> pb.Input:
             dtype = pb.DATA_TYPE_FLOAT32 if value.dtype == np.float32 else pb.DATA_TYPE_FLOAT16
             return pb.Input(
                 tensor=pb.Tensor(
-                    dims=list(value.shape), dtype=dtype, raw_data=np.ascontiguousarray(value).astype("<" + value.dtype.char).tobytes()
+                    dims=list(value.shape),
+                    dtype=dtype,
+                    raw_data=np.ascontiguousarray(value).astype("<" + value.dtype.char).tobytes(),
                 )
             )
         raise ValueError(f"arrays must be uint8 pixels or float32/float16 tensors, got {value.dtype}")

@@ -9,9 +9,12 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+HealthServicer = health.aio.HealthServicer  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
 from imgcls.server.engine import Engine
+from imgcls.server.metrics import Metrics
+from imgcls.server.security import BearerTokenInterceptor, server_credentials
 from imgcls.server.servicer import ImageClassifierServicer
 from imgcls.server.settings import ServerSettings
 from imgcls.v1 import classifier_pb2 as pb
@@ -29,12 +32,16 @@ class RunningServer:
     server: grpc.aio.Server
     engine: Engine
     servicer: ImageClassifierServicer
-    health: health.aio.HealthServicer
+    health: HealthServicer
     port: int
     settings: ServerSettings
+    metrics: Metrics
+    metrics_port: int | None = None
 
     async def set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for service in ("", SERVICE_NAME):
             await self.health.set(service, status)
 
@@ -42,9 +49,10 @@ class RunningServer:
         """Graceful: NOT_SERVING at once, refuse new calls, let accepted work finish within grace."""
         grace = self.settings.grace_period_s if grace is None else grace
         await self.set_serving(False)
-        self.engine.accepting = False
+        # gRPC refuses new calls from here (UNAVAILABLE) and waits up to grace for accepted ones.
         await self.server.stop(grace)
         await self.engine.stop(drain=True)
+        self.metrics.shutdown()
 
 
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
@@ -57,23 +65,38 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
 
 async def start_server(settings: ServerSettings, engine: Engine | None = None) -> RunningServer:
     """Load the models (unless given an engine), bind, and report SERVING once everything is ready."""
-    engine = engine or await asyncio.to_thread(Engine.load, settings)
+    if engine is None:
+        engine = await asyncio.to_thread(Engine.load, settings)
     engine.start(asyncio.get_running_loop())
-    server = grpc.aio.server(options=server_options(settings))
-    servicer = ImageClassifierServicer(engine)
+    interceptors = []
+    if settings.auth_tokens:
+        interceptors.append(
+            BearerTokenInterceptor(settings.auth_tokens, open_health=settings.auth_open_health)
+        )
+    server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
+    metrics = Metrics(engine)
+    servicer = ImageClassifierServicer(engine, metrics)
     pb_grpc.add_ImageClassifierServiceServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
     address = f"{settings.host}:{settings.port}"
-    port = server.add_insecure_port(address)
+    if settings.tls is not None:
+        port = server.add_secure_port(address, server_credentials(settings.tls))
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {address}")
     await server.start()
-    running = RunningServer(server, engine, servicer, health_servicer, port, settings)
+    metrics_port = (
+        metrics.serve_http(settings.host, settings.metrics_port)
+        if settings.metrics_port is not None
+        else None
+    )
+    running = RunningServer(server, engine, servicer, health_servicer, port, settings, metrics, metrics_port)
     await running.set_serving(True)
     return running
 
@@ -82,10 +105,15 @@ async def serve(settings: ServerSettings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     running = await start_server(settings)
     log.info(
-        "imgcls serving on %s:%d: models %s (default %s); batching max_batch_size=%d max_queue_delay_us=%d "
-        "queue_limit=%d",
+        "imgcls serving on %s:%d (%s%s, metrics %s): models %s (default %s); batching max_batch_size=%d "
+        "max_queue_delay_us=%d queue_limit=%d",
         settings.host,
         running.port,
+        "TLS" if settings.tls else "plaintext",
+        " mTLS" if settings.tls and settings.tls.client_ca_file else "",
+        f"http://{settings.host}:{running.metrics_port}/metrics"
+        if running.metrics_port is not None
+        else "off",
         ", ".join(running.engine.models),
         running.engine.default_model,
         settings.batching.max_batch_size,

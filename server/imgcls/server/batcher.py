@@ -16,6 +16,8 @@ busy however busy the event loop is:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import threading
 import time
@@ -24,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from imgcls.server.errors import (
     DeadlineExceededError,
     ImgclsError,
@@ -82,7 +83,7 @@ class DynamicBatcher:
         self._fixed_batch = fixed_batch
         self._max_delay = max_queue_delay_s
         self.queue_limit = queue_limit
-        self._on_batch = on_batch
+        self.on_batch = on_batch
         self._queue: deque[_Pending] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -120,7 +121,9 @@ class DynamicBatcher:
             await asyncio.to_thread(self._thread.join)
 
     # -- submitting (event loop) ---------------------------------------------
-    def submit(self, samples: list[np.ndarray], deadline: float | None = None) -> list[asyncio.Future[np.ndarray]]:
+    def submit(
+        self, samples: list[np.ndarray], deadline: float | None = None
+    ) -> list[asyncio.Future[np.ndarray]]:
         """Queue samples (each one model input without batch dim); one future per sample, in order.
 
         All or nothing: QueueFullError when they do not all fit under the queue limit.
@@ -142,11 +145,11 @@ class DynamicBatcher:
             self._queue.extend(pending)
             self._cond.notify()
         for item in pending:
-            item.future.add_done_callback(lambda f, item=item: self._mark_dropped(f, item))
+            item.future.add_done_callback(functools.partial(self._mark_dropped, item=item))
         return [item.future for item in pending]
 
     @staticmethod
-    def _mark_dropped(future: asyncio.Future[np.ndarray], item: _Pending) -> None:
+    def _mark_dropped(future: asyncio.Future[np.ndarray], *, item: _Pending) -> None:
         if future.cancelled():
             item.dropped = True
 
@@ -244,8 +247,8 @@ class DynamicBatcher:
         stats.batch_size_counts[len(batch)] = stats.batch_size_counts.get(len(batch), 0) + 1
         stats.queue_time_s += queue_time
         stats.compute_time_s += finished - started
-        if self._on_batch is not None:
-            self._on_batch(len(batch), queue_time / len(batch), finished - started)
+        if self.on_batch is not None:
+            self.on_batch(len(batch), queue_time / len(batch), finished - started)
         self._deliver(batch, outputs)
 
     def _deliver(self, batch: list[_Pending], outputs: np.ndarray) -> None:
@@ -270,7 +273,5 @@ class DynamicBatcher:
     def _call_soon(self, callback: Callable[[], None]) -> None:
         if self._loop is None:
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
             self._loop.call_soon_threadsafe(callback)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
-
 from imgcls.server.errors import ImgclsError, InvalidInputError
 from imgcls.server.model import ServedModel
 from imgcls.server.streams import FrameResult, StreamFrame
@@ -63,7 +62,7 @@ def input_from_pb(message: pb.Input, index: int) -> ImageInput:
             raise InvalidInputError(
                 f"inputs[{index}]: tensor.dtype {tensor.dtype} is not DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT16"
             )
-        return TensorInput(tuple(tensor.dims), dtype, tensor.raw_data, tensor.float_data)
+        return TensorInput(tuple(tensor.dims), dtype, tensor.raw_data, tensor.float_data)  # type: ignore[arg-type]
     raise InvalidInputError(f"inputs[{index}]: set one of image, image_base64, raw or tensor")
 
 
@@ -100,7 +99,9 @@ def frame_from_pb(request: pb.ClassifyStreamRequest) -> StreamFrame:
         model=request.model,
         options=options_from_pb(request.parameters) if request.HasField("parameters") else None,
         overrides=(
-            struct_to_dict(request.preprocessor_overrides) if request.HasField("preprocessor_overrides") else None
+            struct_to_dict(request.preprocessor_overrides)
+            if request.HasField("preprocessor_overrides")
+            else None
         ),
         drop_stale=request.drop_stale,
     )

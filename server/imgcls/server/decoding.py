@@ -7,12 +7,12 @@ import binascii
 import io
 import math
 import warnings
+from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-
 from imgcls.server.errors import InvalidInputError
 from imgcls.server.types import Base64Image, EncodedImage, PixelFormat, RawImage, TensorDType, TensorInput
+from PIL import Image, UnidentifiedImageError
 
 # Pillow's own bomb check warns or raises depending on size; imgcls enforces its own limit instead.
 Image.MAX_IMAGE_PIXELS = None
@@ -23,7 +23,10 @@ _PIL_MODES = {
     PixelFormat.BGR8: "RGB",
     PixelFormat.GRAY8: "L",
 }
-_NUMPY_DTYPES = {TensorDType.FLOAT32: np.dtype("<f4"), TensorDType.FLOAT16: np.dtype("<f2")}
+_NUMPY_DTYPES: dict[TensorDType, np.dtype[Any]] = {
+    TensorDType.FLOAT32: np.dtype("<f4"),
+    TensorDType.FLOAT16: np.dtype("<f2"),
+}
 
 
 def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -66,7 +69,9 @@ def decode_base64(text: str) -> bytes:
     if text.startswith("data:"):
         header, sep, text = text.partition(",")
         if not sep or ";base64" not in header:
-            raise InvalidInputError("image_base64: a data: URL must be base64-encoded (data:<type>;base64,...)")
+            raise InvalidInputError(
+                "image_base64: a data: URL must be base64-encoded (data:<type>;base64,...)"
+            )
     text = "".join(text.split())
     if "-" in text or "_" in text:
         text = text.replace("-", "+").replace("_", "/")

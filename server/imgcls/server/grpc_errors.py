@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-
 from imgcls.server.errors import ImgclsError
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,9 @@ def translate_stream(
     handler: Callable[[Self, Any, grpc.aio.ServicerContext], AsyncIterator[Resp]],
 ) -> Callable[[Self, Any, grpc.aio.ServicerContext], AsyncIterator[Resp]]:
     @functools.wraps(handler)
-    async def wrapper(self: Self, request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Resp]:
+    async def wrapper(
+        self: Self, request_iterator: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Resp]:
         try:
             async for response in handler(self, request_iterator, context):
                 yield response

@@ -138,7 +138,7 @@ class _Fetch:
         data_files = sorted(f for f in repo_files if _is_external_data_of(f, onnx_file))
         # The graph goes last: its presence in a snapshot then means its external data is there too,
         # which is what an offline start relies on.
-        for name in (PREPROCESSOR_FILE, *data_files, onnx_file):
+        for name in (PREPROCESSOR_FILE, onnx_file, *data_files):
             self.download(name, folder.name)
         log.info("model %s (%s) ready in %s", self.where, resolved, folder)
         return HubModel(folder=folder, dtype=resolved, repo_id=self.repo_id, revision=self.revision)
@@ -244,9 +244,13 @@ class _Fetch:
         else:
             # Interrupted transfers land here. huggingface_hub writes each download to a
             # process-unique *.incomplete file and deletes it on failure, so nothing partial is reused.
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if isinstance(e, HfHubHTTPError):
+                detail = f"the Hub answered HTTP {e.response.status_code}"
+            else:
+                text = str(e).strip()
+                detail = f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
             msg = (
-                f"repo {self.where}: could not {action} ({type(e).__name__}: {first_line}); "
+                f"repo {self.where}: could not {action} ({detail}); "
                 "no partial file was kept, start again to retry"
             )
         return ModelLoadError(msg)

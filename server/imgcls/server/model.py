@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
 from imgcls.server import decoding
 from imgcls.server.batcher import DynamicBatcher
 from imgcls.server.errors import ImgclsError, InvalidInputError, ModelLoadError
@@ -30,6 +28,7 @@ from imgcls.server.types import (
     Ranking,
     TensorInput,
 )
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,9 @@ class ServedModel:
             raise ModelLoadError(
                 f"{files.source}: {len(files.labels)} labels but the model outputs {graph.num_classes} scores"
             )
-        self.default_function = files.default_function or default_function(files.problem_type, len(self.labels))
+        self.default_function = files.default_function or default_function(
+            files.problem_type, len(self.labels)
+        )
         self._preprocessors: OrderedDict[str, Preprocessor] = OrderedDict()
         self.default_preprocessor = self._compile(self.preprocessing)
         self.batcher = DynamicBatcher(
@@ -171,7 +172,7 @@ class ServedModel:
         """Decode and preprocess: images on the thread pool, tensors inline (zero-copy views)."""
         preprocessor = self.preprocessor_for(overrides)
         loop = asyncio.get_running_loop()
-        tasks = []
+        tasks: list[Any] = []
         for index, item in enumerate(inputs):
             if isinstance(item, TensorInput):
                 tasks.append(self._tensor_samples(index, item))

@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from imgcls.server.errors import ModelLoadError
 from imgcls.server.types import FunctionToApply
 from imgcls.server.variants import AUTO, VARIANT_FILES, variants_in
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 _RESAMPLE_NAMES = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}

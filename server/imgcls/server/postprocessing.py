@@ -6,7 +6,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-
 from imgcls.server.errors import InvalidInputError
 from imgcls.server.types import ClassifyOptions, FunctionToApply, LabelScore, Ranking
 

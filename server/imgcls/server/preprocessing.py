@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
-
 from imgcls.server.errors import InvalidInputError
+from PIL import Image, ImageOps
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -181,7 +180,9 @@ def _center_crop(image: Image.Image, crop_height: int, crop_width: int) -> Image
     canvas = Image.new(image.mode, (new_width, new_height))
     canvas.paste(image, (left_pad, top_pad))
     top, left = top + top_pad, left + left_pad
-    return canvas.crop((max(0, left), max(0, top), min(new_width, left + crop_width), min(new_height, top + crop_height)))
+    return canvas.crop(
+        (max(0, left), max(0, top), min(new_width, left + crop_width), min(new_height, top + crop_height))
+    )
 
 
 def merge_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -192,9 +193,11 @@ def merge_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
             raise InvalidInputError(
                 f"preprocessor_overrides: unknown key {key!r}; allowed: {', '.join(sorted(OVERRIDABLE_KEYS))}"
             )
-        if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
             names = "/".join(t.__name__ for t in allowed)
-            raise InvalidInputError(f"preprocessor_overrides: {key} must be {names}, got {type(value).__name__}")
+            raise InvalidInputError(
+                f"preprocessor_overrides: {key} must be {names}, got {type(value).__name__}"
+            )
     return {**config, **overrides}
 
 
@@ -229,7 +232,9 @@ def _channels(value: Any, key: str) -> np.ndarray:
     return array
 
 
-def compile_preprocessor(config: Mapping[str, Any], *, dtype: np.dtype[Any], jpeg_draft: bool) -> Preprocessor:
+def compile_preprocessor(
+    config: Mapping[str, Any], *, dtype: np.dtype[Any], jpeg_draft: bool
+) -> Preprocessor:
     """Turn a preprocessor_config.json-style dict into a Preprocessor; InvalidInputError when it is wrong."""
     processor_type = str(config.get("image_processor_type") or config.get("feature_extractor_type") or "")
     processor_type = processor_type.replace("FeatureExtractor", "ImageProcessor")
@@ -276,7 +281,9 @@ def compile_preprocessor(config: Mapping[str, Any], *, dtype: np.dtype[Any], jpe
     channel_order = str(config.get("channel_order", "RGB")).upper()
     layout = str(config.get("input_layout", "NCHW")).upper()
     if channel_order not in ("RGB", "BGR") or layout not in ("NCHW", "NHWC"):
-        raise InvalidInputError(f"channel_order must be RGB or BGR and input_layout NCHW or NHWC, got {config!r}")
+        raise InvalidInputError(
+            f"channel_order must be RGB or BGR and input_layout NCHW or NHWC, got {config!r}"
+        )
     # mean and std are given in the model's channel order; keep them in RGB order here.
     if channel_order == "BGR":
         mean, std = mean[::-1], std[::-1]

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
 
 import grpc
-
 from imgcls.server import converters
 from imgcls.server.engine import Engine
 from imgcls.server.errors import InvalidInputError
 from imgcls.server.grpc_errors import translate_stream, translate_unary
-from imgcls.server.streams import FrameStream, StreamFrame
+from imgcls.server.metrics import Metrics
+from imgcls.server.streams import FrameResult, FrameStream, StreamFrame
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 
@@ -25,17 +26,30 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, metrics: Metrics | None = None) -> None:
         self._engine = engine
+        self._metrics = metrics
         self.active_streams = 0
 
+    def _model_label(self, name: str) -> str:
+        # Only served names become metric labels: callers must not be able to grow the label set.
+        if not name:
+            return self._engine.default_model
+        return name if name in self._engine.models else "_unknown"
+
+    def _track(self, model: str, method: str, inputs: int) -> contextlib.AbstractContextManager[None]:
+        if self._metrics is None:
+            return contextlib.nullcontext()
+        return self._metrics.track(self._model_label(model), method, inputs)
+
     @translate_unary
-    async def Classify(  # noqa: N802 - gRPC method name
+    async def Classify(
         self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyResponse:
         started = time.perf_counter()
-        domain = converters.request_from_pb(request)
-        model, rankings = await self._engine.classify(domain, _deadline(context))
+        with self._track(request.model, "Classify", len(request.inputs)):
+            domain = converters.request_from_pb(request)
+            model, rankings = await self._engine.classify(domain, _deadline(context))
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "Classify request_id=%r model=%s inputs=%d results=%d %.1fms",
@@ -48,20 +62,35 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
         return converters.response_to_pb(request.request_id, model, rankings)
 
     @translate_stream
-    async def ClassifyStream(  # noqa: N802 - gRPC method name
+    async def ClassifyStream(
         self,
         request_iterator: AsyncIterator[pb.ClassifyStreamRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ClassifyStreamResponse]:
         self.active_streams += 1
+        if self._metrics is not None:
+            self._metrics.streams.inc()
         try:
             stream = FrameStream(self._engine, self._engine.settings.stream_max_in_flight)
             async for result in stream.run(self._frames(request_iterator)):
+                self._observe_frame(result)
                 yield converters.frame_result_to_pb(result)
         finally:
             self.active_streams -= 1
+            if self._metrics is not None:
+                self._metrics.streams.dec()
 
-    async def _frames(self, request_iterator: AsyncIterator[pb.ClassifyStreamRequest]) -> AsyncIterator[StreamFrame]:
+    def _observe_frame(self, result: FrameResult) -> None:
+        if self._metrics is None:
+            return
+        code = result.error.status_code if result.error is not None else grpc.StatusCode.OK
+        self._metrics.observe(
+            self._model_label(result.model), "ClassifyStream", code, len(result.rankings), result.seconds
+        )
+
+    async def _frames(
+        self, request_iterator: AsyncIterator[pb.ClassifyStreamRequest]
+    ) -> AsyncIterator[StreamFrame]:
         async for message in request_iterator:
             try:
                 yield converters.frame_from_pb(message)
@@ -69,18 +98,19 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
                 yield StreamFrame(inputs=(), request_id=message.request_id, model=message.model, error=exc)
 
     @translate_unary
-    async def ListModels(  # noqa: N802 - gRPC method name
+    async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         default = self._engine.default_model
         return pb.ListModelsResponse(
             models=[
-                converters.model_info_to_pb(m, is_default=m.name == default) for m in self._engine.models.values()
+                converters.model_info_to_pb(m, is_default=m.name == default)
+                for m in self._engine.models.values()
             ]
         )
 
     @translate_unary
-    async def GetModel(  # noqa: N802 - gRPC method name
+    async def GetModel(
         self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelResponse:
         model = self._engine.get(request.name)

@@ -12,11 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
 from imgcls.server.errors import ConfigError
 from imgcls.server.onnx_backend import RuntimeOptions
 from imgcls.server.variants import DTYPES
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "IMGCLS_"
 DEFAULT_MODEL_NAME = "efficientnet-lite0"
@@ -201,7 +200,10 @@ def load_settings(
             tokens = [t.strip() for t in Path(auth_file).read_text().splitlines()]
         except OSError as exc:
             raise ConfigError(f"auth_token_file: {exc}") from exc
-        merged["auth_tokens"] = (*merged.get("auth_tokens", ()), *(t for t in tokens if t and not t.startswith("#")))
+        merged["auth_tokens"] = (
+            *merged.get("auth_tokens", ()),
+            *(t for t in tokens if t and not t.startswith("#")),
+        )
     try:
         return ServerSettings.model_validate(merged)
     except ValidationError as exc:

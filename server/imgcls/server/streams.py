@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,7 @@ class FrameResult:
     rankings: list[Ranking] = field(default_factory=list)
     error: ImgclsError | None = None
     skipped: bool = False
+    seconds: float = 0.0  # from the frame's start to its answer
 
 
 @dataclass(slots=True)
@@ -69,12 +71,16 @@ class FrameStream:
         self._engine = engine
         self._max_in_flight = max_in_flight
         self._defaults: _Defaults | None = None
-        self._fifo: asyncio.Queue[asyncio.Future[FrameResult] | BaseException | _EndOfStream] = asyncio.Queue()
+        self._fifo: asyncio.Queue[asyncio.Future[FrameResult] | BaseException | _EndOfStream] = (
+            asyncio.Queue()
+        )
         # Frames read but not yet answered; bounds memory whatever the client does.
         self._unanswered = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = 0
-        self._waiting: tuple[StreamFrame, asyncio.Future[FrameResult], str, ClassifyOptions, dict[str, Any]] | None
+        self._waiting: (
+            tuple[StreamFrame, asyncio.Future[FrameResult], str, ClassifyOptions, dict[str, Any]] | None
+        )
         self._waiting = None
 
     async def run(self, frames: AsyncIterator[StreamFrame]) -> AsyncIterator[FrameResult]:
@@ -166,6 +172,7 @@ class FrameStream:
         overrides: dict[str, Any],
     ) -> None:
         result = FrameResult(frame.request_id, model_name)
+        started = time.perf_counter()
         try:
             if frame.error is not None:
                 raise frame.error
@@ -178,6 +185,7 @@ class FrameStream:
         except Exception as exc:
             log.exception("stream frame %r failed unexpectedly", frame.request_id)
             result.error = InferenceError(f"internal error: {exc}")
+        result.seconds = time.perf_counter() - started
         if not future.done():
             future.set_result(result)
 

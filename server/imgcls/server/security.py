@@ -1,0 +1,93 @@
+"""TLS credentials and bearer-token authentication for the gRPC server."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from imgcls.server.errors import ConfigError
+from imgcls.server.settings import TlsSettings
+
+# Health and reflection stay reachable without a token unless the settings close them,
+# so load balancers and grpcurl users can see the server is up.
+OPEN_SERVICES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+
+def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    try:
+        key = tls.key_file.read_bytes()
+        cert = tls.cert_file.read_bytes()
+        client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    except OSError as exc:
+        raise ConfigError(f"tls: cannot read {exc.filename}: {exc.strerror}") from exc
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without ``authorization: Bearer <token>`` for an accepted token (UNAUTHENTICATED).
+
+    Tokens are compared in constant time and never logged.
+    """
+
+    def __init__(self, tokens: Sequence[str], *, open_health: bool) -> None:
+        self._tokens = [t.encode() for t in tokens]
+        self._open_prefixes = OPEN_SERVICES if open_health else ()
+
+    def _authorized(self, metadata: Sequence[tuple[str, Any]] | None) -> bool:
+        for key, value in metadata or ():
+            if key == "authorization":
+                text = value.decode() if isinstance(value, bytes) else str(value)
+                scheme, _, token = text.partition(" ")
+                if scheme.lower() != "bearer":
+                    return False
+                given = token.strip().encode()
+                return any(hmac.compare_digest(given, t) for t in self._tokens)
+        return False
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method or ""
+        if method.startswith(self._open_prefixes) or self._authorized(
+            handler_call_details.invocation_metadata
+        ):
+            return await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
+        return _refusing(handler)
+
+
+def _refusing(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
+    message = "missing or invalid bearer token (send 'authorization: Bearer <token>')"
+
+    async def refuse_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def refuse_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    if handler is None or (not handler.request_streaming and not handler.response_streaming):
+        deserializer = handler.request_deserializer if handler else None
+        serializer = handler.response_serializer if handler else None
+        return grpc.unary_unary_rpc_method_handler(refuse_unary, deserializer, serializer)
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(
+            refuse_stream, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(
+            refuse_stream, handler.request_deserializer, handler.response_serializer
+        )
+    return grpc.stream_unary_rpc_method_handler(
+        refuse_unary, handler.request_deserializer, handler.response_serializer
+    )

@@ -1,0 +1,525 @@
+"""fetch_hub_model against a loopback fake Hub: what is downloaded, offline starts, errors, interruptions."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from huggingface_hub import constants
+from huggingface_hub.utils import close_session
+from imgcls.server.errors import ModelLoadError
+from imgcls.server.hub import HubModel, fetch_hub_model, looks_like_repo_id, parse_repo_ref
+from imgcls.server.variants import VARIANT_FILES
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.fake_hub import FakeHub, Fault, dead_endpoint
+
+SHARED = Path("/work/shared/models/efficientnet-lite0")
+TOKEN = "hf_test_token_123"
+
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is not available")
+
+
+# --- repo builders ---------------------------------------------------------------------
+
+
+def efficientnet_repo(root: Path, variants: tuple[str, ...] = ("fp32", "fp16", "q8", "int8")) -> Path:
+    """The real efficientnet-lite0 in HF layout, ONNX files symlinked from the shared copy."""
+    (root / "onnx").mkdir(parents=True)
+    shutil.copy(SHARED / "config.json", root / "config.json")
+    shutil.copy(SHARED / "preprocessor_config.json", root / "preprocessor_config.json")
+    (root / "README.md").write_text("# efficientnet-lite0\n")
+    for dtype in variants:
+        (root / "onnx" / VARIANT_FILES[dtype]).symlink_to(SHARED / "onnx" / VARIANT_FILES[dtype])
+    return root
+
+
+def tiny_repo(
+    root: Path,
+    onnx_files: dict[str, bytes] | None = None,
+    *,
+    config: dict[str, Any] | None = None,
+    preprocessor: bool = True,
+) -> Path:
+    """A repo whose ONNX bytes do not matter, only their names."""
+    (root / "onnx").mkdir(parents=True)
+    base = {"architectures": ["ViTForImageClassification"], "id2label": {"0": "cat", "1": "dog"}}
+    (root / "config.json").write_text(json.dumps(base if config is None else config))
+    if preprocessor:
+        (root / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 8, "width": 8}}))
+    files = onnx_files if onnx_files is not None else {"model.onnx": b"fp32-graph"}
+    for name, data in files.items():
+        (root / "onnx" / name).write_bytes(data)
+    return root
+
+
+def snapshot_files(model: HubModel) -> set[str]:
+    return {p.relative_to(model.folder).as_posix() for p in model.folder.rglob("*") if p.is_file()}
+
+
+def repo_paths(hub: FakeHub, repo_id: str) -> list[tuple[str, str]]:
+    """(method, path) of every request about repo_id (the library's own side calls left out)."""
+    return [(r.method, r.path) for r in hub.requests if f"/{repo_id}/" in r.path or r.path.endswith(repo_id)]
+
+
+# --- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    return tmp_path.resolve() / "hf-cache"
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cache: Path) -> Iterator[FakeHub]:
+    """A fake Hub that huggingface_hub talks to, with an empty cache and no token anywhere."""
+    with FakeHub() as fake:
+        # huggingface_hub reads these env vars once at import into `constants`, and looks the
+        # constants up at call time: patch the constants, as the env would have set them.
+        monkeypatch.setattr(constants, "ENDPOINT", fake.url)
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
+        monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent-harnesses.json"))
+        for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+            monkeypatch.delenv(var, raising=False)
+        close_session()  # no pooled connection to an earlier test's hub
+        yield fake
+        close_session()
+
+
+def child_env(tmp_path: Path, cache: Path, endpoint: str, *, offline: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(HF_ENDPOINT=endpoint, HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / "hf-home"))
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+CHILD = """
+import json, sys
+from imgcls.server.errors import ModelLoadError
+from imgcls.server.hub import fetch_hub_model
+try:
+    model = fetch_hub_model(sys.argv[1], dtype=sys.argv[2])
+except ModelLoadError as e:
+    print(json.dumps({"error": e.message}))
+else:
+    print(json.dumps({"folder": str(model.folder), "dtype": model.dtype}))
+"""
+
+
+def run_child(repo_id: str, dtype: str, env: dict[str, str]) -> dict[str, str]:
+    """fetch_hub_model in a fresh interpreter, so env vars are read at import as in a real start."""
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, repo_id, dtype], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+# --- what gets downloaded ---------------------------------------------------------------
+
+
+@needs_shared
+@pytest.mark.parametrize(
+    ("dtype", "onnx_name"), [("q8", "model_quantized.onnx"), ("fp16", "model_fp16.onnx")]
+)
+def test_downloads_only_the_variant_files(
+    hub: FakeHub, tmp_path: Path, cache: Path, dtype: str, onnx_name: str
+):
+    sha = hub.add_repo("owner/effnet", efficientnet_repo(tmp_path / "repo"))
+
+    model = fetch_hub_model("owner/effnet", dtype=dtype)
+
+    expected = {"config.json", "preprocessor_config.json", f"onnx/{onnx_name}"}
+    assert hub.downloaded("owner/effnet") == expected
+    assert snapshot_files(model) == expected
+    assert model == HubModel(folder=cache / "models--owner--effnet" / "snapshots" / sha, dtype=dtype,
+                             repo_id="owner/effnet", revision=None)  # fmt: skip
+    assert (model.folder / "onnx" / onnx_name).read_bytes() == (SHARED / "onnx" / onnx_name).read_bytes()
+    # One metadata call, then a HEAD + GET per file and nothing else about this repo.
+    assert repo_paths(hub, "owner/effnet")[0] == ("GET", "/api/models/owner/effnet")
+    assert len(repo_paths(hub, "owner/effnet")) == 1 + 2 * len(expected)
+
+
+def test_external_data_files_are_fetched_with_their_graph(hub: FakeHub, tmp_path: Path):
+    files = {
+        "model.onnx": b"graph",
+        "model.onnx_data": b"weights-0",
+        "model.onnx_data_1": b"weights-1",
+        "model_fp16.onnx": b"graph16",
+        "model_fp16.onnx_data": b"weights16",
+    }
+    hub.add_repo("owner/big", tiny_repo(tmp_path / "repo", files))
+
+    model = fetch_hub_model("owner/big", dtype="fp32")
+
+    expected = {"config.json", "preprocessor_config.json", "onnx/model.onnx", "onnx/model.onnx_data",
+                "onnx/model.onnx_data_1"}  # fmt: skip
+    assert hub.downloaded("owner/big") == expected
+    assert snapshot_files(model) == expected
+    assert (model.folder / "onnx" / "model.onnx_data_1").read_bytes() == b"weights-1"
+    # The graph is fetched last, so its presence in a snapshot implies its data files are there.
+    gets = [p for m, p in repo_paths(hub, "owner/big") if m == "GET" and "/resolve/" in p]
+    assert gets[-1].endswith("/onnx/model.onnx")
+
+
+@pytest.mark.parametrize(
+    ("js_dtype", "expected"),
+    [("q8", "q8"), ({"model": "fp16"}, "fp16"), ({"vision_model": "int8"}, "int8"), ("auto", "fp32")],
+)
+def test_auto_dtype_from_transformers_js_config(hub: FakeHub, tmp_path: Path, js_dtype: Any, expected: str):
+    config = {"architectures": ["ViTForImageClassification"], "id2label": {"0": "a"},
+              "transformers.js_config": {"dtype": js_dtype}}  # fmt: skip
+    files = {VARIANT_FILES[d]: d.encode() for d in ("fp32", "fp16", "q8", "int8")}
+    hub.add_repo("owner/js", tiny_repo(tmp_path / "repo", files, config=config))
+
+    model = fetch_hub_model("owner/js")
+
+    assert model.dtype == expected
+    assert f"onnx/{VARIANT_FILES[expected]}" in hub.downloaded("owner/js")
+    assert (model.folder / "onnx" / VARIANT_FILES[expected]).read_bytes() == expected.encode()
+
+
+def test_auto_dtype_falls_back_to_fp32(hub: FakeHub, tmp_path: Path):
+    hub.add_repo("owner/plain", tiny_repo(tmp_path / "repo", {"model.onnx": b"g", "model_q4.onnx": b"q"}))
+
+    model = fetch_hub_model("owner/plain", dtype="auto", prefer_gpu=True)
+
+    assert model.dtype == "fp32"
+    assert hub.downloaded("owner/plain") == {"config.json", "preprocessor_config.json", "onnx/model.onnx"}
+
+
+def test_auto_dtype_missing_from_repo_says_where_it_came_from(hub: FakeHub, tmp_path: Path):
+    config = {"architectures": ["ViTForImageClassification"], "id2label": {"0": "a"},
+              "transformers.js_config": {"dtype": "q4"}}  # fmt: skip
+    hub.add_repo("owner/js", tiny_repo(tmp_path / "repo", config=config))
+
+    with pytest.raises(ModelLoadError) as info:
+        fetch_hub_model("owner/js")
+
+    assert info.value.message == (
+        "repo owner/js has no q4 variant (onnx/model_q4.onnx) (chosen by transformers.js_config.dtype "
+        "in config.json); it has: fp32"
+    )
+
+
+def test_revision_branch_and_commit(hub: FakeHub, tmp_path: Path, cache: Path):
+    hub.add_repo("owner/rev", tiny_repo(tmp_path / "main", {"model.onnx": b"main-graph"}))
+    v2 = hub.add_repo("owner/rev", tiny_repo(tmp_path / "v2", {"model.onnx": b"v2-graph"}), branch="v2")
+
+    by_branch = fetch_hub_model("owner/rev", revision="v2")
+    by_commit = fetch_hub_model("owner/rev", revision=v2)
+
+    assert by_branch.folder == by_commit.folder == cache / "models--owner--rev" / "snapshots" / v2
+    assert (by_branch.folder / "onnx" / "model.onnx").read_bytes() == b"v2-graph"
+    assert by_branch.revision == "v2"
+    assert (cache / "models--owner--rev" / "refs" / "v2").read_text() == v2
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+def test_repo_not_found(hub: FakeHub):
+    with pytest.raises(ModelLoadError) as info:
+        fetch_hub_model("owner/missing")
+
+    assert info.value.message.startswith("repo owner/missing not found on the Hub")
+    assert "HF_TOKEN" in info.value.message
+
+
+def test_revision_not_found(hub: FakeHub, tmp_path: Path):
+    hub.add_repo("owner/x", tiny_repo(tmp_path / "repo"))
+
+    with pytest.raises(ModelLoadError) as info:
+        fetch_hub_model("owner/x", revision="nope")
+
+    assert info.value.message == "repo owner/x has no revision 'nope'"
+    assert hub.downloaded("owner/x") == set()
+
+
+@needs_shared
+def test_missing_variant_lists_the_repo_variants(hub: FakeHub, tmp_path: Path):
+    hub.add_repo("owner/x", efficientnet_repo(tmp_path / "repo", ("fp32", "fp16", "q8")))
+
+    with pytest.raises(ModelLoadError) as info:
+        fetch_hub_model("owner/x", dtype="q4")
+
+    assert info.value.message == "repo owner/x has no q4 variant (onnx/model_q4.onnx); it has: fp32, fp16, q8"
+    assert hub.downloaded("owner/x") == {"config.json"}  # failed before any ONNX byte
+
+
+def test_unknown_dtype_is_refused_before_any_request(hub: FakeHub):
+    with pytest.raises(ModelLoadError) as info:
+        fetch_hub_model("owner/x", dtype="fp8")
+
+    assert info.value.message == (
+        "unknown dtype 'fp8' for repo owner/x; "
+        "valid dtypes: auto, fp32, fp16, q8, int8, uint8, q4, q4f16, bnb4"
+    )
+    assert hub.requests == []
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        ({"architectures": ["ViTForImageClassification"]}, "has neither id2label nor num_labels"),
+        ({"architectures": ["GPT2LMHeadModel"], "id2label": {"0": "LABEL_0"}}, "['GPT2LMHeadModel']"),
+        (
+            {"architectures": ["DetrForObjectDetection"], "num_labels": 91},
+            "no ...ForImageClassification head",
+        ),
+    ],
+)
+def test_not_an_image_classifier(hub: FakeHub, tmp_path: Path, config: dict[str, Any], reason: str):
+    hub.add_repo("owner/llm", tiny_repo(tmp_path / "repo", config=config))
+
+    with pytest.raises(ModelLoadError) as info:
+        fetch_hub_model("owner/llm")
+
+    assert info.value.message.startswith("repo owner/llm is not an image-classification model: ")
+    assert reason in info.value.message
+    assert hub.downloaded("owner/llm") == {"config.json"}
+
+
+def test_config_without_architectures_but_with_labels_is_accepted(hub: FakeHub, tmp_path: Path):
+    hub.add_repo("owner/bare", tiny_repo(tmp_path / "repo", config={"num_labels": 3}))
+
+    assert fetch_hub_model("owner/bare").dtype == "fp32"
+
+
+def test_repo_without_preprocessor_config(hub: FakeHub, tmp_path: Path):
+    hub.add_repo("owner/nopre", tiny_repo(tmp_path / "repo", preprocessor=False))
+
+    with pytest.raises(ModelLoadError, match=r"^repo owner/nopre has no preprocessor_config.json"):
+        fetch_hub_model("owner/nopre")
+
+
+def test_gated_repo_needs_a_token(hub: FakeHub, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch):
+    hub.add_repo("owner/gated", tiny_repo(tmp_path / "repo"), gated_token=TOKEN)
+
+    with pytest.raises(ModelLoadError) as info:
+        fetch_hub_model("owner/gated")
+    assert info.value.message.startswith("repo owner/gated is gated")
+    assert "HF_TOKEN" in info.value.message and "--hf-token" in info.value.message
+
+    with pytest.raises(ModelLoadError, match="gated"):
+        fetch_hub_model("owner/gated", token="hf_wrong")
+    assert not (cache / "models--owner--gated" / "snapshots").exists()
+
+    hub.clear_log()
+    by_argument = fetch_hub_model("owner/gated", token=TOKEN)
+    assert snapshot_files(by_argument) == {"config.json", "preprocessor_config.json", "onnx/model.onnx"}
+    assert {r.authorization for r in hub.requests if "/resolve/" in r.path} == {f"Bearer {TOKEN}"}
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    by_env = fetch_hub_model("owner/gated", cache_dir=tmp_path / "other-cache")
+    assert by_env.folder.is_relative_to((tmp_path / "other-cache").resolve())
+    assert snapshot_files(by_env) == snapshot_files(by_argument)
+
+
+# --- offline ----------------------------------------------------------------------------
+
+
+def test_offline_start_uses_the_cache_with_zero_requests(hub: FakeHub, tmp_path: Path, cache: Path):
+    config = {"architectures": ["ViTForImageClassification"], "id2label": {"0": "a"},
+              "transformers.js_config": {"dtype": "q8"}}  # fmt: skip
+    files = {"model.onnx": b"fp32", "model_quantized.onnx": b"q8", "model_quantized.onnx_data": b"w"}
+    hub.add_repo("owner/off", tiny_repo(tmp_path / "repo", files, config=config))
+    online = fetch_hub_model("owner/off")
+    hub.clear_log()
+
+    # HF_ENDPOINT still points at the live fake Hub: any request would be logged.
+    offline = run_child("owner/off", "auto", child_env(tmp_path, cache, hub.url, offline=True))
+
+    assert offline == {"folder": str(online.folder), "dtype": "q8"}
+    assert hub.requests == []
+
+
+def test_unreachable_hub_falls_back_to_the_cache(hub: FakeHub, tmp_path: Path, cache: Path):
+    hub.add_repo("owner/off", tiny_repo(tmp_path / "repo", {"model.onnx": b"g", "model_fp16.onnx": b"h"}))
+    online = fetch_hub_model("owner/off", dtype="fp16")
+
+    with dead_endpoint() as nowhere:
+        result = run_child("owner/off", "fp16", child_env(tmp_path, cache, nowhere, offline=False))
+
+    assert result == {"folder": str(online.folder), "dtype": "fp16"}
+
+
+def test_offline_and_not_cached(hub: FakeHub, monkeypatch: pytest.MonkeyPatch, cache: Path):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    with pytest.raises(ModelLoadError) as info:
+        fetch_hub_model("owner/never")
+
+    assert info.value.message == (
+        f"repo owner/never is not in the local Hugging Face cache ({cache}) and HF_HUB_OFFLINE is set; "
+        "connect to the Hub once (without HF_HUB_OFFLINE=1) to download it"
+    )
+    assert hub.requests == []
+
+
+def test_unreachable_and_not_cached(tmp_path: Path, cache: Path):
+    with dead_endpoint() as nowhere:
+        result = run_child("owner/never", "auto", child_env(tmp_path, cache, nowhere, offline=False))
+
+    assert result["error"].startswith(
+        f"repo owner/never is not in the local Hugging Face cache ({cache}) "
+        "and the Hub is unreachable (ConnectError"
+    )
+    assert "connect to the Hub once" in result["error"]
+
+
+def test_offline_other_variant_not_cached(hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    hub.add_repo("owner/x", tiny_repo(tmp_path / "repo", {"model.onnx": b"g", "model_fp16.onnx": b"h"}))
+    fetch_hub_model("owner/x", dtype="fp32")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    hub.clear_log()
+
+    with pytest.raises(ModelLoadError) as info:
+        fetch_hub_model("owner/x", dtype="fp16")
+
+    assert info.value.message == (
+        "repo owner/x is cached without the fp16 variant (onnx/model_fp16.onnx) and HF_HUB_OFFLINE is set "
+        "(cached variants: fp32); connect to the Hub once (without HF_HUB_OFFLINE=1) to download it"
+    )
+    assert fetch_hub_model("owner/x", dtype="fp32").dtype == "fp32"
+    assert hub.requests == []
+
+
+# --- interrupted downloads --------------------------------------------------------------
+
+
+def no_partial_files(cache: Path) -> list[Path]:
+    return list(cache.rglob("*.incomplete"))
+
+
+@needs_shared
+def test_dropped_connection_is_resumed_by_huggingface_hub(hub: FakeHub, tmp_path: Path, cache: Path):
+    hub.add_repo("owner/x", efficientnet_repo(tmp_path / "repo", ("fp32",)))
+    fault = hub.add_fault("owner/x", "onnx/model.onnx", Fault(after_bytes=12 << 20))
+
+    model = fetch_hub_model("owner/x", dtype="fp32")
+
+    assert fault.reached.is_set()
+    ranges = [r.range for r in hub.requests if r.method == "GET" and r.path.endswith("/onnx/model.onnx")]
+    # huggingface_hub writes 10 MiB chunks; it resumes after the last whole chunk it wrote.
+    assert ranges == [None, f"bytes={10 << 20}-"]
+    original = (SHARED / "onnx" / "model.onnx").read_bytes()
+    assert (model.folder / "onnx" / "model.onnx").read_bytes() == original
+    assert no_partial_files(cache) == []
+
+
+def test_failed_download_keeps_nothing_and_a_retry_is_complete(hub: FakeHub, tmp_path: Path, cache: Path):
+    graph = os.urandom(3 << 20)
+    hub.add_repo("owner/x", tiny_repo(tmp_path / "repo", {"model.onnx": graph}))
+    # The connection drops half-way, and the resume attempt finds the Hub down.
+    hub.add_fault("owner/x", "onnx/model.onnx", Fault(after_bytes=len(graph) // 2, then_status=503))
+
+    with pytest.raises(ModelLoadError) as info:
+        fetch_hub_model("owner/x")
+
+    assert info.value.message == (
+        "repo owner/x: could not download onnx/model.onnx (the Hub answered HTTP 503); "
+        "no partial file was kept, start again to retry"
+    )
+    snapshot = next((cache / "models--owner--x" / "snapshots").iterdir())
+    assert not (snapshot / "onnx" / "model.onnx").exists()
+    assert no_partial_files(cache) == []
+
+    hub.clear_log()
+    model = fetch_hub_model("owner/x")
+
+    assert (model.folder / "onnx" / "model.onnx").read_bytes() == graph
+    ranges = [r.range for r in hub.requests if r.method == "GET" and r.path.endswith("/onnx/model.onnx")]
+    assert ranges == [None]  # started afresh, nothing resumed from a leftover
+
+
+def test_killed_mid_download_leaves_nothing_a_later_start_uses(hub: FakeHub, tmp_path: Path, cache: Path):
+    graph = os.urandom(4 << 20)
+    hub.add_repo("owner/x", tiny_repo(tmp_path / "repo", {"model.onnx": graph}))
+    fault = hub.add_fault("owner/x", "onnx/model.onnx", Fault(after_bytes=len(graph) // 2, stall=True))
+    env = child_env(tmp_path, cache, hub.url, offline=False)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, "owner/x", "fp32"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert fault.reached.wait(timeout=60)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+    assert [p.parent.name for p in no_partial_files(cache)] == ["blobs"]  # the killed download's temp file
+
+    model = fetch_hub_model("owner/x")
+
+    assert (model.folder / "onnx" / "model.onnx").read_bytes() == graph
+    assert not (model.folder / "onnx" / "model.onnx").resolve().name.endswith(".incomplete")
+
+
+# --- repo references --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ref", "parsed"),
+    [
+        ("owner/repo", ("owner/repo", None)),
+        (
+            "onnx-community/mobilenetv4_conv_small.e2400_r224_in1k",
+            ("onnx-community/mobilenetv4_conv_small.e2400_r224_in1k", None),
+        ),
+        ("Xenova/vit-base-patch16-224@main", ("Xenova/vit-base-patch16-224", "main")),
+        ("owner/repo@refs/pr/1", ("owner/repo", "refs/pr/1")),
+        (
+            "owner/repo@0123456789abcdef0123456789abcdef01234567",
+            ("owner/repo", "0123456789abcdef0123456789abcdef01234567"),
+        ),
+    ],
+)
+def test_parse_repo_ref(ref: str, parsed: tuple[str, str | None]):
+    assert parse_repo_ref(ref) == parsed
+    assert looks_like_repo_id(ref)
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "repo",
+        "owner/repo/extra",
+        "./models/x",
+        "/abs/path",
+        "models/x.onnx/",
+        "owner/repo@",
+        "owner/re po",
+        "owner/-repo",
+        "owner/repo-",
+        "owner/re--po",
+        "owner/re..po",
+        "owner/repo.git",
+        "owner/rep\u00f6",
+        "owner/repo@a b",
+        "",
+    ],
+)
+def test_not_a_repo_ref(ref: str):
+    assert not looks_like_repo_id(ref)
+    with pytest.raises(ModelLoadError, match="is not a Hugging Face repo reference"):
+        parse_repo_ref(ref)
+
+
+def test_revision_inside_the_repo_id_is_refused(hub: FakeHub):
+    with pytest.raises(ModelLoadError, match="pass the revision of owner/x separately"):
+        fetch_hub_model("owner/x@v2")
+    assert hub.requests == []
