@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,12 +135,8 @@ def run_child(repo_id: str, dtype: str, env: dict[str, str]) -> dict[str, str]:
 
 
 @needs_shared
-@pytest.mark.parametrize(
-    ("dtype", "onnx_name"), [("q8", "model_quantized.onnx"), ("fp16", "model_fp16.onnx")]
-)
-def test_downloads_only_the_variant_files(
-    hub: FakeHub, tmp_path: Path, cache: Path, dtype: str, onnx_name: str
-):
+@pytest.mark.parametrize(("dtype", "onnx_name"), [("q8", "model_quantized.onnx"), ("fp16", "model_fp16.onnx")])
+def test_downloads_only_the_variant_files(hub: FakeHub, tmp_path: Path, cache: Path, dtype: str, onnx_name: str):
     sha = hub.add_repo("owner/effnet", efficientnet_repo(tmp_path / "repo"))
 
     model = fetch_hub_model("owner/effnet", dtype=dtype)
@@ -267,8 +264,7 @@ def test_unknown_dtype_is_refused_before_any_request(hub: FakeHub):
         fetch_hub_model("owner/x", dtype="fp8")
 
     assert info.value.message == (
-        "unknown dtype 'fp8' for repo owner/x; "
-        "valid dtypes: auto, fp32, fp16, q8, int8, uint8, q4, q4f16, bnb4"
+        "unknown dtype 'fp8' for repo owner/x; valid dtypes: auto, fp32, fp16, q8, int8, uint8, q4, q4f16, bnb4"
     )
     assert hub.requests == []
 
@@ -359,6 +355,20 @@ def test_unreachable_hub_falls_back_to_the_cache(hub: FakeHub, tmp_path: Path, c
     assert result == {"folder": str(online.folder), "dtype": "fp16"}
 
 
+def test_hub_outage_falls_back_to_the_cache(hub: FakeHub, tmp_path: Path):
+    hub.add_repo("owner/x", tiny_repo(tmp_path / "repo"))
+    online = fetch_hub_model("owner/x")
+    hub.down_status = 503
+
+    assert fetch_hub_model("owner/x") == online
+
+    with pytest.raises(ModelLoadError) as info:
+        fetch_hub_model("owner/other")
+    assert info.value.message.startswith("repo owner/other is not in the local Hugging Face cache (")
+    assert info.value.message.endswith(") and the Hub answered HTTP 503; "
+                                       "connect to the Hub once (without HF_HUB_OFFLINE=1) to download it")  # fmt: skip
+
+
 def test_offline_and_not_cached(hub: FakeHub, monkeypatch: pytest.MonkeyPatch, cache: Path):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
@@ -377,8 +387,7 @@ def test_unreachable_and_not_cached(tmp_path: Path, cache: Path):
         result = run_child("owner/never", "auto", child_env(tmp_path, cache, nowhere, offline=False))
 
     assert result["error"].startswith(
-        f"repo owner/never is not in the local Hugging Face cache ({cache}) "
-        "and the Hub is unreachable (ConnectError"
+        f"repo owner/never is not in the local Hugging Face cache ({cache}) and the Hub is unreachable (ConnectError"
     )
     assert "connect to the Hub once" in result["error"]
 
@@ -403,7 +412,7 @@ def test_offline_other_variant_not_cached(hub: FakeHub, tmp_path: Path, monkeypa
 # --- interrupted downloads --------------------------------------------------------------
 
 
-def no_partial_files(cache: Path) -> list[Path]:
+def partial_files(cache: Path) -> list[Path]:
     return list(cache.rglob("*.incomplete"))
 
 
@@ -420,7 +429,7 @@ def test_dropped_connection_is_resumed_by_huggingface_hub(hub: FakeHub, tmp_path
     assert ranges == [None, f"bytes={10 << 20}-"]
     original = (SHARED / "onnx" / "model.onnx").read_bytes()
     assert (model.folder / "onnx" / "model.onnx").read_bytes() == original
-    assert no_partial_files(cache) == []
+    assert partial_files(cache) == []
 
 
 def test_failed_download_keeps_nothing_and_a_retry_is_complete(hub: FakeHub, tmp_path: Path, cache: Path):
@@ -438,7 +447,7 @@ def test_failed_download_keeps_nothing_and_a_retry_is_complete(hub: FakeHub, tmp
     )
     snapshot = next((cache / "models--owner--x" / "snapshots").iterdir())
     assert not (snapshot / "onnx" / "model.onnx").exists()
-    assert no_partial_files(cache) == []
+    assert partial_files(cache) == []
 
     hub.clear_log()
     model = fetch_hub_model("owner/x")
@@ -449,24 +458,30 @@ def test_failed_download_keeps_nothing_and_a_retry_is_complete(hub: FakeHub, tmp
 
 
 def test_killed_mid_download_leaves_nothing_a_later_start_uses(hub: FakeHub, tmp_path: Path, cache: Path):
-    graph = os.urandom(4 << 20)
+    graph = os.urandom(16 << 20)
     hub.add_repo("owner/x", tiny_repo(tmp_path / "repo", {"model.onnx": graph}))
-    fault = hub.add_fault("owner/x", "onnx/model.onnx", Fault(after_bytes=len(graph) // 2, stall=True))
+    fault = hub.add_fault("owner/x", "onnx/model.onnx", Fault(after_bytes=12 << 20, stall=True))
     env = child_env(tmp_path, cache, hub.url, offline=False)
     child = subprocess.Popen([sys.executable, "-c", CHILD, "owner/x", "fp32"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         assert fault.reached.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        # Kill it once its first 10 MiB chunk is on disk, so a real partial file is left behind.
+        while not any(p.stat().st_size for p in partial_files(cache)) and time.monotonic() < deadline:
+            time.sleep(0.02)
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
     finally:
         child.kill()
-    assert [p.parent.name for p in no_partial_files(cache)] == ["blobs"]  # the killed download's temp file
+    [leftover] = partial_files(cache)
+    assert leftover.parent.name == "blobs" and leftover.stat().st_size == 10 << 20
 
     model = fetch_hub_model("owner/x")
 
     assert (model.folder / "onnx" / "model.onnx").read_bytes() == graph
-    assert not (model.folder / "onnx" / "model.onnx").resolve().name.endswith(".incomplete")
+    ranges = [r.range for r in hub.requests if r.method == "GET" and r.path.endswith("/onnx/model.onnx")]
+    assert ranges == [None, None]  # the later start downloaded from byte 0, ignoring the leftover
 
 
 # --- repo references --------------------------------------------------------------------

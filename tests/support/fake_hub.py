@@ -61,6 +61,7 @@ class FakeHub:
     def __init__(self) -> None:
         self.repos: dict[str, _Repo] = {}
         self.faults: dict[tuple[str, str], Fault] = {}
+        self.down_status: int | None = None  # when set, every request is answered with it (Hub outage)
         self._pending_status: dict[tuple[str, str], int] = {}
         self._log: list[HubRequest] = []
         self._lock = threading.Lock()
@@ -68,9 +69,7 @@ class FakeHub:
         self._server: _Server | None = None
         self.url = ""
 
-    def add_repo(
-        self, repo_id: str, root: Path, *, branch: str = "main", gated_token: str | None = None
-    ) -> str:
+    def add_repo(self, repo_id: str, root: Path, *, branch: str = "main", gated_token: str | None = None) -> str:
         """Serve every file under root as branch of repo_id; returns the branch's commit sha."""
         files = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
         etags = {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in files.items()}
@@ -154,6 +153,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.hub._record(
             HubRequest(self.command, path, self.headers.get("Range"), self.headers.get("Authorization"))
         )
+        if self.server.hub.down_status is not None:
+            return self._error(self.server.hub.down_status, None, "Service Unavailable")
         info, resolve = _INFO.match(raw_path), _RESOLVE.match(raw_path)
         match = info or resolve
         if match is None:
@@ -182,9 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
             msg = f"Access to model {repo_id} is restricted. You must have access to it and be authenticated."
             return self._error(401, "GatedRepo", msg)
         if filename not in tree.files:
-            return self._error(
-                404, "EntryNotFound", f"{filename} does not exist", {"X-Repo-Commit": tree.sha}
-            )
+            return self._error(404, "EntryNotFound", f"{filename} does not exist", {"X-Repo-Commit": tree.sha})
         self._send_file(repo_id, filename, tree, body)
 
     def _send_file(self, repo_id: str, filename: str, tree: _Tree, body: bool) -> None:
@@ -218,9 +217,7 @@ class _Handler(BaseHTTPRequestHandler):
         with suppress(OSError):  # the client may be gone already (killed while stalled)
             self.connection.shutdown(socket.SHUT_RDWR)  # drop mid-body: the client sees a short read
 
-    def _error(
-        self, status: int, code: str | None, message: str, extra: dict[str, str] | None = None
-    ) -> None:
+    def _error(self, status: int, code: str | None, message: str, extra: dict[str, str] | None = None) -> None:
         headers = {"Content-Type": "application/json", "X-Error-Message": message, **(extra or {})}
         if code:
             headers["X-Error-Code"] = code

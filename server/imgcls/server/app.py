@@ -6,11 +6,10 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-HealthServicer = health.aio.HealthServicer  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 from imgcls.server.engine import Engine
 from imgcls.server.metrics import Metrics
@@ -32,7 +31,7 @@ class RunningServer:
     server: grpc.aio.Server
     engine: Engine
     servicer: ImageClassifierServicer
-    health: HealthServicer
+    health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     port: int
     settings: ServerSettings
     metrics: Metrics
@@ -77,7 +76,7 @@ async def start_server(settings: ServerSettings, engine: Engine | None = None) -
     metrics = Metrics(engine)
     servicer = ImageClassifierServicer(engine, metrics)
     pb_grpc.add_ImageClassifierServiceServicer_to_server(servicer, server)
-    health_servicer = HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

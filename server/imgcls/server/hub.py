@@ -102,9 +102,7 @@ def fetch_hub_model(
         return fetch.from_cache(dtype, f"the Hub is unreachable ({type(e).__name__}: {e})")
     except HfHubHTTPError as e:
         if e.response.status_code >= 500:  # Hub down: a cached copy is still good
-            log.warning(
-                "Hugging Face Hub answered %s; looking for %s in the cache", e.response.status_code, repo_id
-            )
+            log.warning("Hugging Face Hub answered %s; looking for %s in the cache", e.response.status_code, repo_id)
             return fetch.from_cache(dtype, f"the Hub answered HTTP {e.response.status_code}")
         raise fetch.error(e, "look up the repo") from e
     return fetch.online(dtype, {s.rfilename for s in info.siblings or []})
@@ -122,9 +120,7 @@ class _Fetch:
 
     def online(self, dtype: str, repo_files: set[str]) -> HubModel:
         if CONFIG_FILE not in repo_files:
-            raise ModelLoadError(
-                f"repo {self.where} has no config.json; it is not a transformers-style model"
-            )
+            raise ModelLoadError(f"repo {self.where} has no config.json; it is not a transformers-style model")
         # config.json is fetched by branch/tag so huggingface_hub records refs/<revision> for offline
         # starts; every other file is then pinned to the commit it came from so all files match.
         config_path = self.download(CONFIG_FILE, self.revision)
@@ -138,7 +134,7 @@ class _Fetch:
         data_files = sorted(f for f in repo_files if _is_external_data_of(f, onnx_file))
         # The graph goes last: its presence in a snapshot then means its external data is there too,
         # which is what an offline start relies on.
-        for name in (PREPROCESSOR_FILE, onnx_file, *data_files):
+        for name in (PREPROCESSOR_FILE, *data_files, onnx_file):
             self.download(name, folder.name)
         log.info("model %s (%s) ready in %s", self.where, resolved, folder)
         return HubModel(folder=folder, dtype=resolved, repo_id=self.repo_id, revision=self.revision)
@@ -149,8 +145,7 @@ class _Fetch:
             config_path = self.cached(CONFIG_FILE, self.revision)
         except LocalEntryNotFoundError:
             raise ModelLoadError(
-                f"repo {self.where} is not in the local Hugging Face cache ({self.cache_root()}) "
-                f"and {reason}; {hint}"
+                f"repo {self.where} is not in the local Hugging Face cache ({self.cache_root()}) and {reason}; {hint}"
             ) from None
         folder = config_path.parent
         resolved = self.resolve(dtype, config_path)
@@ -184,9 +179,7 @@ class _Fetch:
 
     def cached(self, filename: str, revision: str | None) -> Path:
         return Path(
-            hf_hub_download(
-                self.repo_id, filename, revision=revision, cache_dir=self.cache_dir, local_files_only=True
-            )
+            hf_hub_download(self.repo_id, filename, revision=revision, cache_dir=self.cache_dir, local_files_only=True)
         )
 
     def cache_root(self) -> str:
@@ -229,10 +222,7 @@ class _Fetch:
                 f"accept its terms on the Hub, then {token_hint}"
             )
         elif isinstance(e, RepositoryNotFoundError):
-            msg = (
-                f"repo {self.repo_id} not found on the Hub ({constants.ENDPOINT}); "
-                f"if it is private, {token_hint}"
-            )
+            msg = f"repo {self.repo_id} not found on the Hub ({constants.ENDPOINT}); if it is private, {token_hint}"
         elif isinstance(e, RevisionNotFoundError):
             msg = f"repo {self.repo_id} has no revision {self.revision!r}"
         elif isinstance(e, EntryNotFoundError) and not isinstance(e, LocalEntryNotFoundError):
@@ -249,10 +239,7 @@ class _Fetch:
             else:
                 text = str(e).strip()
                 detail = f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-            msg = (
-                f"repo {self.where}: could not {action} ({detail}); "
-                "no partial file was kept, start again to retry"
-            )
+            msg = f"repo {self.where}: could not {action} ({detail}); no partial file was kept, start again to retry"
         return ModelLoadError(msg)
 
 
@@ -286,13 +273,10 @@ def _transformers_js_dtype(config: dict[str, Any]) -> str | None:
 def _check_image_classifier(config: dict[str, Any], where: str) -> None:
     id2label = config.get("id2label")
     num_labels = config.get("num_labels")
-    has_labels = (isinstance(id2label, dict) and len(id2label) > 0) or (
-        isinstance(num_labels, int) and num_labels > 0
-    )
+    has_labels = (isinstance(id2label, dict) and len(id2label) > 0) or (isinstance(num_labels, int) and num_labels > 0)
     if not has_labels:
         raise ModelLoadError(
-            f"repo {where} is not an image-classification model: "
-            "config.json has neither id2label nor num_labels"
+            f"repo {where} is not an image-classification model: config.json has neither id2label nor num_labels"
         )
     architectures = config.get("architectures")
     # transformers writes a default id2label into many configs, so labels alone do not make a
