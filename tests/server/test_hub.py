@@ -23,7 +23,12 @@ from imgcls.server.variants import VARIANT_FILES
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from support.fake_hub import FakeHub, Fault, dead_endpoint
 
-SHARED = Path("/work/shared/models/efficientnet-lite0")
+# Same place tests/conftest.py looks: IMGCLS_SHARED, else ../shared beside the checkout.
+SHARED = (
+    Path(os.environ.get("IMGCLS_SHARED", Path(__file__).resolve().parents[3] / "shared"))
+    / "models"
+    / "efficientnet-lite0"
+)
 TOKEN = "hf_test_token_123"
 
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is not available")
@@ -467,7 +472,7 @@ def test_killed_mid_download_leaves_nothing_a_later_start_uses(hub: FakeHub, tmp
     try:
         assert fault.reached.wait(timeout=60)
         deadline = time.monotonic() + 30
-        # Kill it once its first 10 MiB chunk is on disk, so a real partial file is left behind.
+        # Kill it once part of the graph is on disk, so a real partial file is left behind.
         while not any(p.stat().st_size for p in partial_files(cache)) and time.monotonic() < deadline:
             time.sleep(0.02)
         child.send_signal(signal.SIGKILL)
@@ -475,7 +480,7 @@ def test_killed_mid_download_leaves_nothing_a_later_start_uses(hub: FakeHub, tmp
     finally:
         child.kill()
     [leftover] = partial_files(cache)
-    assert leftover.parent.name == "blobs" and leftover.stat().st_size == 10 << 20
+    assert leftover.parent.name == "blobs" and 0 < leftover.stat().st_size < len(graph)
 
     model = fetch_hub_model("owner/x")
 
