@@ -16,7 +16,7 @@ from imgcls.server.settings import ServerSettings, load_settings
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("IMGCLS_SHARED", ROOT.parent / "shared"))
+SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
 IMAGES = SHARED / "images"
 EFFICIENTNET = SHARED / "models" / "efficientnet-lite0"
 OPEN_NSFW = SHARED / "models" / "open-nsfw"
@@ -24,7 +24,7 @@ OPEN_NSFW = SHARED / "models" / "open-nsfw"
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not SHARED.is_dir():
-        raise pytest.UsageError(f"shared data not found at {SHARED}; set IMGCLS_SHARED")
+        raise pytest.UsageError(f"shared data not found at {SHARED}; set SHARED_DIR")
 
 
 @pytest.fixture(scope="session")

@@ -23,9 +23,9 @@ from imgcls.server.variants import VARIANT_FILES
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from support.fake_hub import FakeHub, Fault, dead_endpoint
 
-# Same place tests/conftest.py looks: IMGCLS_SHARED, else ../shared beside the checkout.
+# Same place tests/conftest.py looks: SHARED_DIR, else ../shared beside the checkout.
 SHARED = (
-    Path(os.environ.get("IMGCLS_SHARED", Path(__file__).resolve().parents[3] / "shared"))
+    Path(os.environ.get("SHARED_DIR", Path(__file__).resolve().parents[3] / "shared"))
     / "models"
     / "efficientnet-lite0"
 )

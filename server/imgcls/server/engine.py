@@ -25,7 +25,7 @@ def resolve_model_files(model: ModelSettings, settings: ServerSettings) -> Model
     from imgcls.server import hub  # only servers that name a hub model pay for importing huggingface_hub
 
     if not hub.looks_like_repo_id(model.source):
-        raise ModelLoadError(f"model {model.name}: {model.source} is neither an existing path nor a repo id")
+        raise ModelLoadError(f"{model.source} is neither an existing path nor a repo id")
     repo_id, revision = hub.parse_repo_ref(model.source)
     fetched = hub.fetch_hub_model(
         repo_id,
@@ -63,8 +63,8 @@ class Engine:
         )
         models = []
         for model in settings.served_models:
-            files = resolve_model_files(model, settings)
             try:
+                files = resolve_model_files(model, settings)
                 served = ServedModel(
                     model.name,
                     files,
@@ -74,7 +74,9 @@ class Engine:
                     preprocess_pool=pool,
                 )
             except ModelLoadError as exc:
-                raise ModelLoadError(f"model {model.name}: {exc.message}") from None
+                prefix = f"model {model.name}: "
+                message = exc.message if exc.message.startswith(prefix) else prefix + exc.message
+                raise ModelLoadError(message) from None
             except Exception as exc:  # e.g. preprocessing config the compiler refuses
                 raise ModelLoadError(f"model {model.name} ({model.source}): {exc}") from exc
             models.append(served)

@@ -167,22 +167,22 @@ def load_spec(spec_path: Path) -> ModelFiles:
         source=str(spec_path),
         variant="",
         labels=labels,
-        preprocessing=spec_preprocessing(spec),
+        preprocessing=spec_preprocessing(spec, spec_path),
         default_function=FunctionToApply(spec.function_to_apply) if spec.function_to_apply else None,
         output_name=spec.output,
     )
 
 
-def spec_preprocessing(spec: ModelSpec) -> dict[str, Any]:
+def spec_preprocessing(spec: ModelSpec, spec_path: Path) -> dict[str, Any]:
     """A spec in preprocessor_config.json terms, so overrides and ModelInfo work the same for every model."""
     resize = spec.resize
     if resize.mode == "exact":
         if not (resize.height and resize.width):
-            raise ModelLoadError("model spec: resize mode exact needs height and width")
+            raise ModelLoadError(f"model spec {spec_path}: resize mode exact needs height and width")
         size: dict[str, int] = {"height": resize.height, "width": resize.width}
     else:
         if not resize.shortest_edge:
-            raise ModelLoadError("model spec: resize mode shortest_edge needs shortest_edge")
+            raise ModelLoadError(f"model spec {spec_path}: resize mode shortest_edge needs shortest_edge")
         size = {"shortest_edge": resize.shortest_edge}
     config: dict[str, Any] = {
         "image_processor_type": "ImgclsSpecImageProcessor",
@@ -200,7 +200,7 @@ def spec_preprocessing(spec: ModelSpec) -> dict[str, Any]:
         config["input_layout"] = spec.input_layout
     if spec.center_crop is not None:
         if not (spec.center_crop.height and spec.center_crop.width):
-            raise ModelLoadError("model spec: center_crop needs height and width")
+            raise ModelLoadError(f"model spec {spec_path}: center_crop needs height and width")
         config["do_center_crop"] = True
         config["crop_size"] = {"height": spec.center_crop.height, "width": spec.center_crop.width}
     return config

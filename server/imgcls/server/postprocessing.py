@@ -54,7 +54,7 @@ def rank(
     num_labels = probabilities.shape[-1]
     top_k = DEFAULT_TOP_K if options.top_k is None else options.top_k
     k = num_labels if top_k == 0 else min(top_k, num_labels)
-    threshold = options.threshold or 0.0
+    threshold = options.threshold  # unset: no filtering (raw logits may be negative)
     rankings: list[Ranking] = []
     for row in probabilities:
         if k < num_labels:
@@ -67,7 +67,7 @@ def rank(
             [
                 LabelScore(label=_label(labels, int(i)), score=float(row[i]), index=int(i))
                 for i in order
-                if not row[i] < threshold
+                if threshold is None or not row[i] < threshold
             ]
         )
     return rankings

@@ -10,7 +10,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from imgcls.server.errors import ConfigError
 from imgcls.server.onnx_backend import RuntimeOptions
@@ -120,10 +120,20 @@ class ServerSettings(_Frozen):
         return self.default_model or self.served_models[0].name
 
     def batching_for(self, model: ModelSettings) -> BatchingSettings:
-        return model.batching or self.batching
+        """The server-wide batching with the keys the model sets itself on top."""
+        return _overlay(self.batching, model.batching)
 
     def runtime_for(self, model: ModelSettings) -> RuntimeSettings:
-        return model.runtime or self.runtime
+        return _overlay(self.runtime, model.runtime)
+
+
+_S = TypeVar("_S", bound=BaseModel)
+
+
+def _overlay(base: _S, top: _S | None) -> _S:
+    if top is None:
+        return base
+    return base.model_copy(update={key: getattr(top, key) for key in top.model_fields_set})
 
 
 def parse_model_arg(value: str, dtype: str | None = None) -> dict[str, Any]:
@@ -153,10 +163,13 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
         if path == ["models"]:
             layer["models"] = [parse_model_arg(v) for v in value.split(",") if v]
             continue
+        parsed: Any = value
+        if path[-1] == "providers":
+            parsed = tuple(p.strip() for p in value.split(",") if p.strip())
         target = layer
         for part in path[:-1]:
             target = target.setdefault(part, {})
-        target[path[-1]] = value
+        target[path[-1]] = parsed
     return layer
 
 
