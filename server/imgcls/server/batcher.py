@@ -155,17 +155,20 @@ class DynamicBatcher:
 
     # -- the inference thread ------------------------------------------------
     def _worker(self) -> None:
+        running: list[_Pending] = []
         try:
             while True:
                 batch = self._next_batch()
                 if batch is None:
                     return
+                running = batch
                 self._execute(batch)
+                running = []
         except BaseException as exc:  # a bug: fail everyone rather than leave them hanging
             log.exception("batcher for model %s crashed; failing all pending requests", self.name)
             self.crashed = exc
             with self._cond:
-                pending = list(self._queue)
+                pending = running + list(self._queue)
                 self._queue.clear()
                 self._stopping = True
             self._fail(pending, UnavailableError(f"model {self.name}: batcher stopped ({exc})"))

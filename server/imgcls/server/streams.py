@@ -114,8 +114,8 @@ class FrameStream:
                 # Keep reading while frames run, so newer frames can replace stale ones.
                 self._unanswered = asyncio.Semaphore(self._max_in_flight * 4)
         defaults = self._defaults
-        model = frame.model or defaults.model
-        self._engine.get(model)  # an unknown model ends the stream (NOT_FOUND)
+        # An unknown model ends the stream (NOT_FOUND); answers name the model that served them.
+        model = self._engine.get(frame.model or defaults.model).name
         options = frame.options if frame.options is not None else defaults.options
         overrides = frame.overrides if frame.overrides is not None else defaults.overrides
         return model, options, overrides
@@ -134,6 +134,7 @@ class FrameStream:
                     if self._waiting is not None:
                         stale = self._waiting
                         stale[1].set_result(FrameResult(stale[0].request_id, stale[2], skipped=True))
+                        self._engine.get(stale[2]).batcher.stats.dropped_inputs += len(stale[0].inputs)
                     self._waiting = (frame, future, model, options, overrides)
             while self._tasks:
                 await asyncio.wait(set(self._tasks))
