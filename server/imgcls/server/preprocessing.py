@@ -242,7 +242,12 @@ def compile_preprocessor(
         processor_type, _FALLBACK_DEFAULTS
     )
     resample = config.get("resample", default_resample)
-    if isinstance(resample, bool) or not isinstance(resample, int | float) or int(resample) not in range(6):
+    if (
+        isinstance(resample, bool)
+        or not isinstance(resample, int | float)
+        or resample != int(resample)
+        or int(resample) not in range(6)
+    ):
         raise InvalidInputError(f"resample must be a Pillow filter code 0-5, got {resample!r}")
 
     resize: ResizeSpec | None = None

@@ -1,0 +1,242 @@
+"""The imgcls command: classify, health, models and serve (in process, and as a real process with SIGTERM)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from conftest import IMAGES
+from imgcls import cli
+from imgcls.server.app import RunningServer
+
+COFFEE = IMAGES / "coffee.jpg"
+IMGCLS = Path(sys.executable).parent / "imgcls"
+
+
+async def run_cli(*argv: str) -> int:
+    """cli.main in a worker thread: the blocking client must not stall the server on this loop."""
+    return await asyncio.to_thread(cli.main, list(argv))
+
+
+def address(server: RunningServer) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- classify --------------------------------------------------------------------------------
+
+
+async def test_classify_json(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
+    cat = IMAGES / "cat.jpg"
+    code = await run_cli("classify", str(COFFEE), str(cat), "--server", address(server), "--json", "--top-k", "3")
+    out = capsys.readouterr().out
+    assert code == 0
+    parsed = json.loads(out)
+    assert list(parsed) == [str(COFFEE), str(cat)]
+    assert parsed[str(COFFEE)][0]["label"] == "espresso"
+    assert parsed[str(COFFEE)][0]["score"] > 0.9
+    assert len(parsed[str(COFFEE)]) == 3
+    assert parsed[str(cat)][0]["label"] == "Egyptian cat"
+
+
+async def test_classify_table(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code = await run_cli("classify", str(COFFEE), "--server", address(server))
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert lines[0] == str(COFFEE)
+    assert len(lines) == 6  # the path and the default top 5
+    score, label = lines[1].split(maxsplit=1)
+    assert label == "espresso"
+    assert float(score) == pytest.approx(0.95, abs=0.03)
+
+
+async def test_classify_options_reach_the_server(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["classify", str(COFFEE), "--server", address(server), "--json", "--top-k", "0", "--threshold", "0.01"]
+    code = await run_cli(*argv, "--function", "sigmoid")
+    parsed = json.loads(capsys.readouterr().out)[str(COFFEE)]
+    assert code == 0
+    # sigmoid scores of the top labels are all close to 1: many labels pass the 0.01 threshold.
+    assert len(parsed) > 5
+    assert all(p["score"] >= 0.01 for p in parsed)
+
+
+async def test_classify_error_exits_1(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code = await run_cli("classify", str(COFFEE), "--server", address(server), "--model", "nope")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "NOT_FOUND" in err
+    assert "'nope' is not served" in err
+
+
+# --- health and models -----------------------------------------------------------------------
+
+
+async def test_health_serving(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await run_cli("health", "--server", address(server)) == 0
+    assert capsys.readouterr().out.strip() == "SERVING"
+    assert await run_cli("health", "--server", address(server), "--service", "imgcls.v1.ImageClassifierService") == 0
+
+
+async def test_health_not_serving(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
+    await server.set_serving(False)
+    assert await run_cli("health", "--server", address(server)) == 1
+    assert capsys.readouterr().out.strip() == "NOT_SERVING"
+
+
+async def test_health_closed_port(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()  # bound and closed again: nothing listens there
+    assert await run_cli("health", "--server", f"127.0.0.1:{port}", "--timeout", "5") == 1
+    assert capsys.readouterr().out.startswith("NOT_SERVING (")
+
+
+async def test_models(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await run_cli("models", "--server", address(server)) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["name"] == "efficientnet-lite0"
+    assert info["numLabels"] == 1000
+    assert "labels" not in info  # 1000 labels would drown the rest
+
+
+# --- serve -----------------------------------------------------------------------------------
+
+
+def test_serve_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["serve", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--model", "--dtype", "--port", "--max-batch-size", "--config", "--no-jpeg-draft"):
+        assert flag in out
+
+
+@pytest.fixture
+def no_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config that unexpectedly passes must fail the test, not serve forever."""
+
+    async def refuse(settings: Any) -> None:
+        raise AssertionError(f"serve() was reached with {settings!r}")
+
+    monkeypatch.setattr("imgcls.server.app.serve", refuse)
+    for key in list(os.environ):
+        if key.startswith("IMGCLS_") or key == "HF_TOKEN":
+            monkeypatch.delenv(key)
+
+
+@pytest.mark.usefixtures("no_serving")
+def test_serve_unknown_environment_key_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("IMGCLS_BOGUS", "1")
+    assert cli.main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imgcls serve: invalid configuration")
+    assert "bogus" in err
+
+
+@pytest.mark.usefixtures("no_serving")
+@pytest.mark.parametrize(
+    ("argv", "env", "key"),
+    [
+        (["--max-batch-size", "0"], {}, "batching.max_batch_size"),
+        ([], {"IMGCLS_BATCHING__MAX_BATCH_SIZE": "zero"}, "batching.max_batch_size"),
+        (["--port", "70000"], {}, "port"),
+        (["--model", "m=/x", "--dtype", "fp64"], {}, "dtype"),
+        (["--default-model", "other"], {}, "default_model"),
+    ],
+)
+def test_serve_bad_config_exits_2_naming_the_key(
+    argv: list[str],
+    env: dict[str, str],
+    key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["serve", *argv]) == 2
+    assert key in capsys.readouterr().err
+
+
+def test_serve_flags_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMGCLS_PORT", "1234")  # the environment is overridden by flags
+    args = cli.build_parser().parse_args(
+        [
+            "serve",
+            "--port",
+            "0",
+            "--model",
+            f"small={IMAGES}",
+            "--dtype",
+            "fp16",
+            "--max-batch-size",
+            "4",
+            "--no-jpeg-draft",
+        ]
+    )
+    settings = cli.serve_settings_from_args(args)
+    assert settings.port == 0
+    assert [(m.name, m.source, m.dtype) for m in settings.models] == [("small", str(IMAGES), "fp16")]
+    assert settings.batching.max_batch_size == 4
+    assert settings.jpeg_draft is False
+
+
+def wait_until_serving(process: subprocess.Popen[bytes], target: str, log: Path) -> None:
+    """Connect (a bounded number of short, blocking connection attempts), then check health."""
+    with grpc.insecure_channel(target) as channel:
+        for _ in range(180):
+            if process.poll() is not None:
+                pytest.fail(f"imgcls serve exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                grpc.channel_ready_future(channel).result(timeout=1)
+                break
+            except grpc.FutureTimeoutError:
+                continue
+        else:
+            pytest.fail(f"imgcls serve did not start listening:\n{log.read_text()}")
+    for _ in range(50):
+        if cli.main(["health", "--server", target, "--timeout", "5"]) == 0:
+            return
+    pytest.fail("imgcls serve never reported SERVING")
+
+
+def test_real_serve_process_classifies_and_stops_on_sigterm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCLS_")}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [str(IMGCLS), "serve", "--port", str(port), "--grace-period", "5"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            wait_until_serving(process, target, log)
+            capsys.readouterr()
+            assert cli.main(["classify", str(COFFEE), "--server", target, "--json"]) == 0
+            assert json.loads(capsys.readouterr().out)[str(COFFEE)][0]["label"] == "espresso"
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0, log.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    text = log.read_text()
+    assert f"imgcls serving on 127.0.0.1:{port}" in text
+    assert "shutting down" in text
+    assert "stopped" in text
