@@ -33,19 +33,11 @@ def _serve_parser(sub: Any) -> None:
         "Hugging Face repo id owner/repo[@revision]; repeat for several; the first is the default. "
         "None: the embedded EfficientNet-Lite0",
     )
-    p.add_argument(
-        "--dtype", help="variant of the --model entries: auto, fp32, fp16, q8, int8, uint8, q4, q4f16, bnb4"
-    )
+    p.add_argument("--dtype", help="variant of the --model entries: auto, fp32, fp16, q8, int8, uint8, q4, q4f16, bnb4")
     p.add_argument("--default-model", help="name of the default model (default: the first)")
-    p.add_argument(
-        "--config", type=Path, help="TOML config file (models with per-model dtype, batching, threads)"
-    )
-    p.add_argument(
-        "--max-batch-size", type=int, help="largest batch one ONNX Runtime run takes (1 = no batching)"
-    )
-    p.add_argument(
-        "--max-queue-delay-us", type=int, help="longest wait for a batch to fill, from its oldest input"
-    )
+    p.add_argument("--config", type=Path, help="TOML config file (models with per-model dtype, batching, threads)")
+    p.add_argument("--max-batch-size", type=int, help="largest batch one ONNX Runtime run takes (1 = no batching)")
+    p.add_argument("--max-queue-delay-us", type=int, help="longest wait for a batch to fill, from its oldest input")
     p.add_argument("--queue-limit", type=int, help="queued inputs per model before RESOURCE_EXHAUSTED")
     p.add_argument("--intra-op-threads", type=int, help="ONNX Runtime intra-op threads (0 = one per core)")
     p.add_argument("--inter-op-threads", type=int, help="ONNX Runtime inter-op threads")
@@ -56,9 +48,7 @@ def _serve_parser(sub: Any) -> None:
     )
     p.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 64 MiB)")
     p.add_argument("--max-inputs-per-request", type=int, help="inputs (and tensor batch rows) per request")
-    p.add_argument(
-        "--max-image-pixels", type=int, help="refuse images with more pixels (decompression bombs)"
-    )
+    p.add_argument("--max-image-pixels", type=int, help="refuse images with more pixels (decompression bombs)")
     p.add_argument("--preprocess-threads", type=int, help="decode/preprocess threads (0 = one per CPU)")
     p.add_argument(
         "--no-jpeg-draft",
@@ -68,16 +58,12 @@ def _serve_parser(sub: Any) -> None:
         help="decode large JPEGs at full size (exact parity with transformers; slower)",
     )
     p.add_argument("--stream-max-in-flight", type=int, help="frames in flight per ClassifyStream")
-    p.add_argument(
-        "--grace-period", dest="grace_period_s", type=float, help="seconds to finish work on shutdown"
-    )
+    p.add_argument("--grace-period", dest="grace_period_s", type=float, help="seconds to finish work on shutdown")
     p.add_argument("--metrics-port", type=int, help="Prometheus metrics HTTP port (unset: no metrics server)")
     p.add_argument("--tls-cert", help="server certificate chain (PEM); with --tls-key enables TLS")
     p.add_argument("--tls-key", help="server private key (PEM)")
     p.add_argument("--tls-client-ca", help="CA (PEM) that client certificates must chain to (mutual TLS)")
-    p.add_argument(
-        "--auth-token-file", help="file of accepted bearer tokens, one a line (or IMGCLS_AUTH_TOKENS)"
-    )
+    p.add_argument("--auth-token-file", help="file of accepted bearer tokens, one a line (or IMGCLS_AUTH_TOKENS)")
     p.add_argument(
         "--auth-close-health",
         dest="auth_open_health",
@@ -189,9 +175,7 @@ def _client(args: argparse.Namespace) -> Any:
     root = Path(args.ca).read_bytes() if args.ca else None
     cert = (Path(args.cert).read_bytes(), Path(args.key).read_bytes()) if args.cert else None
     servers = [s for part in args.server for s in part.split(",") if s]
-    return Client(
-        servers, timeout=args.timeout, token=token, tls=args.tls, root_certificates=root, client_cert=cert
-    )
+    return Client(servers, timeout=args.timeout, token=token, tls=args.tls, root_certificates=root, client_cert=cert)
 
 
 def _add_client_options(p: argparse.ArgumentParser) -> None:
@@ -253,9 +237,7 @@ def _frames_from(source: Path) -> Iterator[Any]:
     try:
         import av  # type: ignore[import-not-found]
     except ImportError:
-        raise SystemExit(
-            "imgcls stream: reading video files needs PyAV: pip install 'imgcls[video]'"
-        ) from None
+        raise SystemExit("imgcls stream: reading video files needs PyAV: pip install 'imgcls[video]'") from None
     with av.open(str(source)) as container:
         for frame in container.decode(video=0):
             yield frame.to_ndarray(format="rgb24")
@@ -284,9 +266,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
             print(f"imgcls stream: {exc}", file=sys.stderr)
             return 1
     elapsed = time.perf_counter() - started
-    print(
-        f"{count} frames in {elapsed:.2f}s: {count / elapsed if elapsed else 0:.1f} frames/s", file=sys.stderr
-    )
+    print(f"{count} frames in {elapsed:.2f}s: {count / elapsed if elapsed else 0:.1f} frames/s", file=sys.stderr)
     return 0
 
 
@@ -331,9 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--json", action="store_true", help="print JSON")
     _add_client_options(classify)
 
-    stream = sub.add_parser(
-        "stream", help="classify a video file (needs imgcls[video]) or a folder of images"
-    )
+    stream = sub.add_parser("stream", help="classify a video file (needs imgcls[video]) or a folder of images")
     stream.add_argument("source", help="video file or folder of images")
     stream.add_argument("--model", default="")
     stream.add_argument("--drop-stale", action="store_true", help="skip frames that queue up (live video)")

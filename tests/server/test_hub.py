@@ -25,9 +25,7 @@ from support.fake_hub import FakeHub, Fault, dead_endpoint
 
 # Same place tests/conftest.py looks: SHARED_DIR, else ../shared beside the checkout.
 SHARED = (
-    Path(os.environ.get("SHARED_DIR", Path(__file__).resolve().parents[3] / "shared"))
-    / "models"
-    / "efficientnet-lite0"
+    Path(os.environ.get("SHARED_DIR", Path(__file__).resolve().parents[3] / "shared")) / "models" / "efficientnet-lite0"
 )
 TOKEN = "hf_test_token_123"
 

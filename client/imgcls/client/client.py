@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -130,9 +132,7 @@ def _frame_request(frame: ImageLike | pb.ClassifyStreamRequest, index: int) -> p
     return pb.ClassifyStreamRequest(inputs=[to_input(frame)], request_id=str(index))
 
 
-def _first_frame(
-    request: pb.ClassifyStreamRequest, first: pb.ClassifyStreamRequest
-) -> pb.ClassifyStreamRequest:
+def _first_frame(request: pb.ClassifyStreamRequest, first: pb.ClassifyStreamRequest) -> pb.ClassifyStreamRequest:
     merged = pb.ClassifyStreamRequest()
     merged.CopyFrom(first)
     merged.MergeFrom(request)
@@ -269,8 +269,7 @@ class AsyncClient(_Options):
 
     async def classify_stream(
         self,
-        frames: AsyncIterable[ImageLike | pb.ClassifyStreamRequest]
-        | Iterable[ImageLike | pb.ClassifyStreamRequest],
+        frames: AsyncIterable[ImageLike | pb.ClassifyStreamRequest] | Iterable[ImageLike | pb.ClassifyStreamRequest],
         *,
         model: str = "",
         top_k: int | None = None,
@@ -282,24 +281,46 @@ class AsyncClient(_Options):
             model=first.model, parameters=first.parameters, drop_stale=drop_stale
         )
 
-        async def requests() -> AsyncIterator[pb.ClassifyStreamRequest]:
-            index = 0
-            if isinstance(frames, AsyncIterable):
-                async for frame in frames:
-                    request = _frame_request(frame, index)
-                    yield _first_frame(request, stream_defaults) if index == 0 else request
-                    index += 1
-            else:
-                for frame in frames:
-                    request = _frame_request(frame, index)
-                    yield _first_frame(request, stream_defaults) if index == 0 else request
-                    index += 1
+        # grpc-stubs types the sync stub; the aio call object is untyped there.
+        call: Any = self.stub.ClassifyStream(metadata=self.metadata)  # type: ignore[call-arg]
 
+        async def send() -> None:
+            index = 0
+            try:
+                # The server sends its headers as soon as it accepts a stream; a refused stream
+                # (auth, shutdown) gets its status instead. Writing before knowing races that status,
+                # and grpc.aio then reports the failed write as INTERNAL (grpc/grpc#36066).
+                await call.initial_metadata()
+                if call.done():
+                    return
+                async for frame in _aiter(frames):
+                    request = _frame_request(frame, index)
+                    await call.write(_first_frame(request, stream_defaults) if index == 0 else request)
+                    index += 1
+                await call.done_writing()
+            except (grpc.RpcError, asyncio.InvalidStateError):
+                # The server ended the call (an error status, or shutdown) while frames were still
+                # being written; the reader below reports the call's real status, not this write's.
+                return
+            except BaseException:
+                call.cancel()  # a frame that cannot be sent (or the caller's iterator failed): end the call
+                raise
+
+        writer = asyncio.ensure_future(send())
         try:
-            async for response in self.stub.ClassifyStream(requests(), metadata=self.metadata):
+            while (response := await call.read()) is not grpc.aio.EOF:  # type: ignore[attr-defined]
                 yield stream_result(response)
+            code = await call.code()
+            if code != grpc.StatusCode.OK:
+                raise ClientError(code, await call.details() or "")
         except grpc.RpcError as exc:
             raise ClientError(exc.code(), exc.details() or "") from None
+        finally:
+            if not writer.done():
+                writer.cancel()
+                call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
 
     async def list_models(self) -> list[pb.ModelInfo]:
         return list((await self._call(self.stub.ListModels, pb.ListModelsRequest())).models)
@@ -311,6 +332,15 @@ class AsyncClient(_Options):
         stub = health_pb2_grpc.HealthStub(self.channel)
         response = await self._call(stub.Check, health_pb2.HealthCheckRequest(service=service))
         return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def _aiter(items: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
 
 
 __all__ = ["AsyncClient", "Client", "ClientError", "Prediction", "StreamResult", "struct_pb2"]

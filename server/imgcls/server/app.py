@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,13 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageClassifierService"].full_name
 
+# After shutdown begins, calls whose request was still arriving are let into the servicer (and
+# refused there with UNAVAILABLE) until no call has arrived for SETTLE_QUIET_S, for at most
+# SETTLE_MAX_S. Calls gRPC has not handed to the servicer when server.stop runs are reset by gRPC
+# core, which clients see as CANCELLED: the settle turns most of those into a retryable UNAVAILABLE.
+SETTLE_QUIET_S = 0.1
+SETTLE_MAX_S = 1.0
+
 
 @dataclass
 class RunningServer:
@@ -38,20 +46,30 @@ class RunningServer:
     metrics_port: int | None = None
 
     async def set_serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", SERVICE_NAME):
             await self.health.set(service, status)
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful: NOT_SERVING at once, refuse new calls, let accepted work finish within grace."""
         grace = self.settings.grace_period_s if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         await self.set_serving(False)
-        # gRPC refuses new calls from here (UNAVAILABLE) and waits up to grace for accepted ones.
-        await self.server.stop(grace)
+        self.servicer.refuse_new_calls()
+        await self._settle(min(grace, SETTLE_MAX_S))
+        # gRPC refuses new calls from here and waits up to the rest of grace for accepted ones.
+        await self.server.stop(max(0.0, deadline - loop.time()))
         await self.engine.stop(drain=True)
         self.metrics.shutdown()
+
+    async def _settle(self, limit: float) -> None:
+        ends = time.monotonic() + limit
+        while (now := time.monotonic()) < ends:
+            quiet_until = self.servicer.last_call_at + SETTLE_QUIET_S
+            if now >= quiet_until:
+                return
+            await asyncio.sleep(min(quiet_until, ends) - now)
 
 
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
@@ -63,38 +81,49 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
 
 
 async def start_server(settings: ServerSettings, engine: Engine | None = None) -> RunningServer:
-    """Load the models (unless given an engine), bind, and report SERVING once everything is ready."""
+    """Load the models (unless given an engine), bind, and report SERVING once everything is ready.
+
+    If anything fails on the way, whatever was started (batcher threads, pools, the port) is stopped
+    again before the error propagates.
+    """
+    # Read the TLS files first: a bad path fails before a model is loaded.
+    credentials = server_credentials(settings.tls) if settings.tls is not None else None
     if engine is None:
         engine = await asyncio.to_thread(Engine.load, settings)
-    engine.start(asyncio.get_running_loop())
     interceptors = []
     if settings.auth_tokens:
-        interceptors.append(
-            BearerTokenInterceptor(settings.auth_tokens, open_health=settings.auth_open_health)
-        )
+        interceptors.append(BearerTokenInterceptor(settings.auth_tokens, open_health=settings.auth_open_health))
     server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
     metrics = Metrics(engine)
-    servicer = ImageClassifierServicer(engine, metrics)
-    pb_grpc.add_ImageClassifierServiceServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
-    address = f"{settings.host}:{settings.port}"
-    if settings.tls is not None:
-        port = server.add_secure_port(address, server_credentials(settings.tls))
-    else:
-        port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot bind {address}")
-    await server.start()
-    metrics_port = (
-        metrics.serve_http(settings.host, settings.metrics_port)
-        if settings.metrics_port is not None
-        else None
-    )
+    engine.start(asyncio.get_running_loop())
+    try:
+        servicer = ImageClassifierServicer(engine, metrics)
+        pb_grpc.add_ImageClassifierServiceServicer_to_server(servicer, server)
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        address = f"{settings.host}:{settings.port}"
+        try:
+            if credentials is not None:
+                port = server.add_secure_port(address, credentials)
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpcio raises RuntimeError when the address cannot be bound
+            raise OSError(f"cannot bind {address}: {exc}") from exc
+        if port == 0:
+            raise OSError(f"cannot bind {address}")
+        await server.start()
+        metrics_port = (
+            metrics.serve_http(settings.host, settings.metrics_port) if settings.metrics_port is not None else None
+        )
+    except BaseException:
+        await server.stop(0)
+        await engine.stop(drain=False)
+        metrics.shutdown()
+        raise
     running = RunningServer(server, engine, servicer, health_servicer, port, settings, metrics, metrics_port)
     await running.set_serving(True)
     return running
@@ -110,9 +139,7 @@ async def serve(settings: ServerSettings) -> None:
         running.port,
         "TLS" if settings.tls else "plaintext",
         " mTLS" if settings.tls and settings.tls.client_ca_file else "",
-        f"http://{settings.host}:{running.metrics_port}/metrics"
-        if running.metrics_port is not None
-        else "off",
+        f"http://{settings.host}:{running.metrics_port}/metrics" if running.metrics_port is not None else "off",
         ", ".join(running.engine.models),
         running.engine.default_model,
         settings.batching.max_batch_size,

@@ -121,9 +121,7 @@ class DynamicBatcher:
             await asyncio.to_thread(self._thread.join)
 
     # -- submitting (event loop) ---------------------------------------------
-    def submit(
-        self, samples: list[np.ndarray], deadline: float | None = None
-    ) -> list[asyncio.Future[np.ndarray]]:
+    def submit(self, samples: list[np.ndarray], deadline: float | None = None) -> list[asyncio.Future[np.ndarray]]:
         """Queue samples (each one model input without batch dim); one future per sample, in order.
 
         All or nothing: QueueFullError when they do not all fit under the queue limit.
@@ -139,8 +137,7 @@ class DynamicBatcher:
                 raise UnavailableError(f"model {self.name} is shutting down")
             if len(self._queue) + len(pending) > self.queue_limit:
                 raise QueueFullError(
-                    f"model {self.name}: queue full ({len(self._queue)} queued, limit {self.queue_limit}); "
-                    "retry later"
+                    f"model {self.name}: queue full ({len(self._queue)} queued, limit {self.queue_limit}); retry later"
                 )
             self._queue.extend(pending)
             self._cond.notify()

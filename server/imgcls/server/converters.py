@@ -99,9 +99,7 @@ def frame_from_pb(request: pb.ClassifyStreamRequest) -> StreamFrame:
         model=request.model,
         options=options_from_pb(request.parameters) if request.HasField("parameters") else None,
         overrides=(
-            struct_to_dict(request.preprocessor_overrides)
-            if request.HasField("preprocessor_overrides")
-            else None
+            struct_to_dict(request.preprocessor_overrides) if request.HasField("preprocessor_overrides") else None
         ),
         drop_stale=request.drop_stale,
     )
@@ -119,9 +117,7 @@ def response_to_pb(request_id: str, model: str, rankings: list[Ranking]) -> pb.C
 
 
 def frame_result_to_pb(result: FrameResult) -> pb.ClassifyStreamResponse:
-    response = pb.ClassifyStreamResponse(
-        request_id=result.request_id, model=result.model, skipped=result.skipped
-    )
+    response = pb.ClassifyStreamResponse(request_id=result.request_id, model=result.model, skipped=result.skipped)
     if result.error is not None:
         response.status.code = error_code(result.error)
         response.status.message = result.error.message

@@ -45,9 +45,7 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
     if width < 1 or height < 1:
         raise InvalidInputError(f"image has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise InvalidInputError(
-            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
-        )
+        raise InvalidInputError(f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
     return image
 
 
@@ -69,9 +67,7 @@ def decode_base64(text: str) -> bytes:
     if text.startswith("data:"):
         header, sep, text = text.partition(",")
         if not sep or ";base64" not in header:
-            raise InvalidInputError(
-                "image_base64: a data: URL must be base64-encoded (data:<type>;base64,...)"
-            )
+            raise InvalidInputError("image_base64: a data: URL must be base64-encoded (data:<type>;base64,...)")
     text = "".join(text.split())
     if "-" in text or "_" in text:
         text = text.replace("-", "+").replace("_", "/")
@@ -95,8 +91,7 @@ def raw_to_image(raw: RawImage, *, max_pixels: int) -> Image.Image:
     expected = raw.width * raw.height * channels
     if len(raw.data) != expected:
         raise InvalidInputError(
-            f"raw: data has {len(raw.data)} bytes but {raw.width}x{raw.height} {raw.format.value} "
-            f"needs {expected}"
+            f"raw: data has {len(raw.data)} bytes but {raw.width}x{raw.height} {raw.format.value} needs {expected}"
         )
     if raw.format is PixelFormat.BGR8:
         pixels = np.frombuffer(raw.data, dtype=np.uint8).reshape(raw.height, raw.width, 3)[:, :, ::-1]

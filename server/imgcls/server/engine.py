@@ -41,9 +41,7 @@ def resolve_model_files(model: ModelSettings, settings: ServerSettings) -> Model
 class Engine:
     """Owns the models, the preprocessing pool and their lifecycle."""
 
-    def __init__(
-        self, settings: ServerSettings, models: Iterable[ServedModel], pool: ThreadPoolExecutor
-    ) -> None:
+    def __init__(self, settings: ServerSettings, models: Iterable[ServedModel], pool: ThreadPoolExecutor) -> None:
         self.settings = settings
         self.models: dict[str, ServedModel] = {m.name: m for m in models}
         self.default_model = settings.default_model_name
@@ -113,14 +111,10 @@ class Engine:
             raise ModelNotFoundError(f"model {name!r} is not served; served models: {', '.join(self.models)}")
         return model
 
-    async def classify(
-        self, request: ClassifyRequest, deadline: float | None = None
-    ) -> tuple[str, list[Ranking]]:
+    async def classify(self, request: ClassifyRequest, deadline: float | None = None) -> tuple[str, list[Ranking]]:
         """(served model name, one ranking per result)."""
         if not self.accepting:
             raise UnavailableError("server is shutting down")
         model = self.get(request.model)
-        rankings = await model.classify(
-            request.inputs, request.options, request.preprocessor_overrides, deadline
-        )
+        rankings = await model.classify(request.inputs, request.options, request.preprocessor_overrides, deadline)
         return model.name, rankings

@@ -48,9 +48,7 @@ def translate_stream(
     handler: Callable[[Self, Any, grpc.aio.ServicerContext], AsyncIterator[Resp]],
 ) -> Callable[[Self, Any, grpc.aio.ServicerContext], AsyncIterator[Resp]]:
     @functools.wraps(handler)
-    async def wrapper(
-        self: Self, request_iterator: Any, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[Resp]:
+    async def wrapper(self: Self, request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Resp]:
         try:
             async for response in handler(self, request_iterator, context):
                 yield response

@@ -29,9 +29,7 @@ class Metrics:
             ["model", "method", "code"],
             registry=r,
         )
-        self.inputs = Counter(
-            "imgcls_inputs", "Inputs by model and status code", ["model", "code"], registry=r
-        )
+        self.inputs = Counter("imgcls_inputs", "Inputs by model and status code", ["model", "code"], registry=r)
         self.request_duration = Histogram(
             "imgcls_request_duration_seconds",
             "End-to-end request duration",

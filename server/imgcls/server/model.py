@@ -76,9 +76,7 @@ class ServedModel:
             raise ModelLoadError(
                 f"{files.source}: {len(files.labels)} labels but the model outputs {graph.num_classes} scores"
             )
-        self.default_function = files.default_function or default_function(
-            files.problem_type, len(self.labels)
-        )
+        self.default_function = files.default_function or default_function(files.problem_type, len(self.labels))
         self._preprocessors: OrderedDict[str, Preprocessor] = OrderedDict()
         self.default_preprocessor = self._compile(self.preprocessing)
         self.batcher = DynamicBatcher(
@@ -112,8 +110,7 @@ class ServedModel:
         height, width = self._graph_hw()
         if fixed and ((height and fixed[0] != height) or (width and fixed[1] != width)):
             raise InvalidInputError(
-                f"preprocessing would produce {fixed[0]}x{fixed[1]} images but model {self.name} takes "
-                f"{height}x{width}"
+                f"preprocessing would produce {fixed[0]}x{fixed[1]} images but model {self.name} takes {height}x{width}"
             )
         return preprocessor
 

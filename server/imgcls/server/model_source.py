@@ -132,9 +132,7 @@ def labels_from_config(config: dict[str, Any], source: str) -> tuple[str, ...]:
     num_labels = config.get("num_labels")
     if isinstance(num_labels, int) and num_labels > 0:
         return tuple(f"LABEL_{i}" for i in range(num_labels))
-    raise ModelLoadError(
-        f"{source}: config.json has no id2label or num_labels; not an image-classification model"
-    )
+    raise ModelLoadError(f"{source}: config.json has no id2label or num_labels; not an image-classification model")
 
 
 def _read_labels_file(path: Path) -> tuple[str, ...]:

@@ -80,14 +80,10 @@ class OnnxBackend:
         model_input = inputs[0]
         dtype = _ORT_DTYPES.get(model_input.type)
         if dtype is None:
-            raise ModelLoadError(
-                f"{path}: input {model_input.name} is {model_input.type}; float or float16 needed"
-            )
+            raise ModelLoadError(f"{path}: input {model_input.name} is {model_input.type}; float or float16 needed")
         shape = tuple(_dim(d) for d in model_input.shape)
         if len(shape) != 4:
-            raise ModelLoadError(
-                f"{path}: input {model_input.name} has shape {model_input.shape}; 4 dims needed"
-            )
+            raise ModelLoadError(f"{path}: input {model_input.name} has shape {model_input.shape}; 4 dims needed")
         outputs = {o.name: o for o in self._session.get_outputs()}
         if output_name is None:
             output = self._session.get_outputs()[0]

@@ -24,9 +24,7 @@ def default_function(problem_type: str | None, num_labels: int) -> FunctionToApp
 def validate_options(options: ClassifyOptions) -> None:
     if options.top_k is not None and options.top_k < 0:
         raise InvalidInputError(f"parameters.top_k must be >= 0, got {options.top_k}")
-    if options.threshold is not None and not (
-        math.isfinite(options.threshold) and 0.0 <= options.threshold <= 1.0
-    ):
+    if options.threshold is not None and not (math.isfinite(options.threshold) and 0.0 <= options.threshold <= 1.0):
         raise InvalidInputError(f"parameters.threshold must be between 0 and 1, got {options.threshold}")
 
 

@@ -195,9 +195,7 @@ def merge_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
             )
         if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
             names = "/".join(t.__name__ for t in allowed)
-            raise InvalidInputError(
-                f"preprocessor_overrides: {key} must be {names}, got {type(value).__name__}"
-            )
+            raise InvalidInputError(f"preprocessor_overrides: {key} must be {names}, got {type(value).__name__}")
     return {**config, **overrides}
 
 
@@ -232,15 +230,11 @@ def _channels(value: Any, key: str) -> np.ndarray:
     return array
 
 
-def compile_preprocessor(
-    config: Mapping[str, Any], *, dtype: np.dtype[Any], jpeg_draft: bool
-) -> Preprocessor:
+def compile_preprocessor(config: Mapping[str, Any], *, dtype: np.dtype[Any], jpeg_draft: bool) -> Preprocessor:
     """Turn a preprocessor_config.json-style dict into a Preprocessor; InvalidInputError when it is wrong."""
     processor_type = str(config.get("image_processor_type") or config.get("feature_extractor_type") or "")
     processor_type = processor_type.replace("FeatureExtractor", "ImageProcessor")
-    to_square, default_resample, default_mean, default_std = _PROCESSOR_DEFAULTS.get(
-        processor_type, _FALLBACK_DEFAULTS
-    )
+    to_square, default_resample, default_mean, default_std = _PROCESSOR_DEFAULTS.get(processor_type, _FALLBACK_DEFAULTS)
     resample = config.get("resample", default_resample)
     if (
         isinstance(resample, bool)
@@ -286,9 +280,7 @@ def compile_preprocessor(
     channel_order = str(config.get("channel_order", "RGB")).upper()
     layout = str(config.get("input_layout", "NCHW")).upper()
     if channel_order not in ("RGB", "BGR") or layout not in ("NCHW", "NHWC"):
-        raise InvalidInputError(
-            f"channel_order must be RGB or BGR and input_layout NCHW or NHWC, got {config!r}"
-        )
+        raise InvalidInputError(f"channel_order must be RGB or BGR and input_layout NCHW or NHWC, got {config!r}")
     # mean and std are given in the model's channel order; keep them in RGB order here.
     if channel_order == "BGR":
         mean, std = mean[::-1], std[::-1]

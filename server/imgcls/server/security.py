@@ -58,9 +58,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method = handler_call_details.method or ""
-        if method.startswith(self._open_prefixes) or self._authorized(
-            handler_call_details.invocation_metadata
-        ):
+        if method.startswith(self._open_prefixes) or self._authorized(handler_call_details.invocation_metadata):
             return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
         return _refusing(handler)
@@ -72,9 +70,9 @@ def _refusing(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
     async def refuse_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    async def refuse_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def refuse_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        # A coroutine, not an async generator: grpc.aio streams responses through context.write.
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield  # pragma: no cover - makes this an async generator
 
     if handler is None or (not handler.request_streaming and not handler.response_streaming):
         deserializer = handler.request_deserializer if handler else None
@@ -88,6 +86,4 @@ def _refusing(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
         return grpc.unary_stream_rpc_method_handler(
             refuse_stream, handler.request_deserializer, handler.response_serializer
         )
-    return grpc.stream_unary_rpc_method_handler(
-        refuse_unary, handler.request_deserializer, handler.response_serializer
-    )
+    return grpc.stream_unary_rpc_method_handler(refuse_unary, handler.request_deserializer, handler.response_serializer)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 from imgcls.server import converters
 from imgcls.server.engine import Engine
-from imgcls.server.errors import InvalidInputError
+from imgcls.server.errors import InvalidInputError, UnavailableError
 from imgcls.server.grpc_errors import translate_stream, translate_unary
 from imgcls.server.metrics import Metrics
 from imgcls.server.streams import FrameResult, FrameStream, StreamFrame
@@ -30,6 +30,18 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
         self._engine = engine
         self._metrics = metrics
         self.active_streams = 0
+        self._closing = False
+        self.last_call_at = time.monotonic()
+
+    def refuse_new_calls(self) -> None:
+        """Shutdown has begun: every call that arrives from now on is answered UNAVAILABLE."""
+        self._closing = True
+
+    def _admit(self) -> None:
+        self.last_call_at = time.monotonic()
+        if self._closing:
+            # UNAVAILABLE, not CANCELLED: clients and load balancers retry it on another replica.
+            raise UnavailableError("server is shutting down; retry on another replica")
 
     def _model_label(self, name: str) -> str:
         # Only served names become metric labels: callers must not be able to grow the label set.
@@ -43,10 +55,9 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
         return self._metrics.track(self._model_label(model), method, inputs)
 
     @translate_unary
-    async def Classify(
-        self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ClassifyResponse:
+    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
         started = time.perf_counter()
+        self._admit()
         with self._track(request.model, "Classify", len(request.inputs)):
             domain = converters.request_from_pb(request)
             model, rankings = await self._engine.classify(domain, _deadline(context))
@@ -67,6 +78,9 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
         request_iterator: AsyncIterator[pb.ClassifyStreamRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ClassifyStreamResponse]:
+        self._admit()
+        # Headers at once: the client waits for them before sending frames (see AsyncClient).
+        await context.send_initial_metadata(())
         self.active_streams += 1
         if self._metrics is not None:
             self._metrics.streams.inc()
@@ -88,9 +102,7 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
             self._model_label(result.model), "ClassifyStream", code, len(result.rankings), result.seconds
         )
 
-    async def _frames(
-        self, request_iterator: AsyncIterator[pb.ClassifyStreamRequest]
-    ) -> AsyncIterator[StreamFrame]:
+    async def _frames(self, request_iterator: AsyncIterator[pb.ClassifyStreamRequest]) -> AsyncIterator[StreamFrame]:
         async for message in request_iterator:
             try:
                 yield converters.frame_from_pb(message)
@@ -101,18 +113,15 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
+        self._admit()
         default = self._engine.default_model
         return pb.ListModelsResponse(
-            models=[
-                converters.model_info_to_pb(m, is_default=m.name == default)
-                for m in self._engine.models.values()
-            ]
+            models=[converters.model_info_to_pb(m, is_default=m.name == default) for m in self._engine.models.values()]
         )
 
     @translate_unary
-    async def GetModel(
-        self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetModelResponse:
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.GetModelResponse:
+        self._admit()
         model = self._engine.get(request.name)
         return pb.GetModelResponse(
             model=converters.model_info_to_pb(model, is_default=model.name == self._engine.default_model)

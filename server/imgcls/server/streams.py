@@ -71,16 +71,12 @@ class FrameStream:
         self._engine = engine
         self._max_in_flight = max_in_flight
         self._defaults: _Defaults | None = None
-        self._fifo: asyncio.Queue[asyncio.Future[FrameResult] | BaseException | _EndOfStream] = (
-            asyncio.Queue()
-        )
+        self._fifo: asyncio.Queue[asyncio.Future[FrameResult] | BaseException | _EndOfStream] = asyncio.Queue()
         # Frames read but not yet answered; bounds memory whatever the client does.
         self._unanswered = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = 0
-        self._waiting: (
-            tuple[StreamFrame, asyncio.Future[FrameResult], str, ClassifyOptions, dict[str, Any]] | None
-        )
+        self._waiting: tuple[StreamFrame, asyncio.Future[FrameResult], str, ClassifyOptions, dict[str, Any]] | None
         self._waiting = None
 
     async def run(self, frames: AsyncIterator[StreamFrame]) -> AsyncIterator[FrameResult]:
