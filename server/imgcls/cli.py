@@ -39,7 +39,15 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--max-batch-size", type=int, help="largest batch one ONNX Runtime run takes (1 = no batching)")
     p.add_argument("--max-queue-delay-us", type=int, help="longest wait for a batch to fill, from its oldest input")
     p.add_argument("--queue-limit", type=int, help="queued inputs per model before RESOURCE_EXHAUSTED")
-    p.add_argument("--intra-op-threads", type=int, help="ONNX Runtime intra-op threads (0 = one per core)")
+    p.add_argument(
+        "--instances",
+        type=int,
+        help="concurrent ONNX Runtime runs per model, each on its own thread (0 = auto: one per core on CPU, "
+        "up to 4; one on GPU)",
+    )
+    p.add_argument(
+        "--intra-op-threads", type=int, help="ONNX Runtime intra-op threads per run (0 = the cores / instances)"
+    )
     p.add_argument("--inter-op-threads", type=int, help="ONNX Runtime inter-op threads")
     p.add_argument(
         "--providers",
@@ -49,6 +57,7 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 64 MiB)")
     p.add_argument("--max-inputs-per-request", type=int, help="inputs (and tensor batch rows) per request")
     p.add_argument("--max-image-pixels", type=int, help="refuse images with more pixels (decompression bombs)")
+    p.add_argument("--max-tensor-elements", type=int, help="refuse pre-processed tensors with more values")
     p.add_argument("--preprocess-threads", type=int, help="decode/preprocess threads (0 = one per CPU)")
     p.add_argument(
         "--no-jpeg-draft",
@@ -59,6 +68,20 @@ def _serve_parser(sub: Any) -> None:
     )
     p.add_argument("--stream-max-in-flight", type=int, help="frames in flight per ClassifyStream")
     p.add_argument("--grace-period", dest="grace_period_s", type=float, help="seconds to finish work on shutdown")
+    p.add_argument(
+        "--max-connection-age-s",
+        type=float,
+        metavar="SECONDS",
+        help="send clients a GOAWAY on connections older than this, so they reconnect and re-resolve DNS "
+        "(picks up pods added behind a headless Service); default: no limit",
+    )
+    p.add_argument(
+        "--max-connection-age-grace-s",
+        type=float,
+        metavar="SECONDS",
+        help="then close the connection after this long even if calls (streams) are still running; "
+        "default: when they end",
+    )
     p.add_argument("--metrics-port", type=int, help="Prometheus metrics HTTP port (unset: no metrics server)")
     p.add_argument("--tls-cert", help="server certificate chain (PEM); with --tls-key enables TLS")
     p.add_argument("--tls-key", help="server private key (PEM)")
@@ -73,11 +96,16 @@ def _serve_parser(sub: Any) -> None:
     )
     p.add_argument("--hf-token", help="Hugging Face token for gated repos (or HF_TOKEN)")
     p.add_argument("--cache-dir", help="Hugging Face cache folder (default: HF_HUB_CACHE / HF_HOME)")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", choices=["text", "json"])
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="default info (a start-up summary); debug adds one line per request with its request_id",
+    )
+    p.add_argument("--log-format", choices=["text", "json"], help="json: one JSON object a line (default text)")
 
 
 def serve_settings_from_args(args: argparse.Namespace) -> Any:
+    from imgcls.server.errors import ConfigError
     from imgcls.server.settings import load_settings, parse_model_arg
 
     cli: dict[str, Any] = {
@@ -89,10 +117,13 @@ def serve_settings_from_args(args: argparse.Namespace) -> Any:
             "max_message_bytes",
             "max_inputs_per_request",
             "max_image_pixels",
+            "max_tensor_elements",
             "preprocess_threads",
             "jpeg_draft",
             "stream_max_in_flight",
             "grace_period_s",
+            "max_connection_age_s",
+            "max_connection_age_grace_s",
             "metrics_port",
             "auth_token_file",
             "auth_open_health",
@@ -104,6 +135,10 @@ def serve_settings_from_args(args: argparse.Namespace) -> Any:
     }
     if args.model:
         cli["models"] = [parse_model_arg(m, args.dtype) for m in args.model]
+    elif args.dtype:
+        # Models from the environment or the file keep their own dtype; ignoring the flag would serve
+        # another variant than the one asked for.
+        raise ConfigError("dtype: --dtype applies to --model entries; give the dtype per model in the config file")
     batching = {
         "max_batch_size": args.max_batch_size,
         "max_queue_delay_us": args.max_queue_delay_us,
@@ -113,46 +148,22 @@ def serve_settings_from_args(args: argparse.Namespace) -> Any:
     runtime: dict[str, Any] = {
         "intra_op_threads": args.intra_op_threads,
         "inter_op_threads": args.inter_op_threads,
+        "instances": args.instances,
     }
     if args.providers:
         runtime["providers"] = tuple(p.strip() for p in args.providers.split(",") if p.strip())
     cli["runtime"] = {k: v for k, v in runtime.items() if v is not None} or None
-    if args.tls_cert or args.tls_key:
-        cli["tls"] = {
-            "cert_file": args.tls_cert,
-            "key_file": args.tls_key,
-            "client_ca_file": args.tls_client_ca,
-        }
+    # Only the TLS flags given, so that the others can come from the environment or the file (a
+    # --tls-client-ca alone turns on mTLS for a certificate configured there).
+    tls = {"cert_file": args.tls_cert, "key_file": args.tls_key, "client_ca_file": args.tls_client_ca}
+    cli["tls"] = {k: v for k, v in tls.items() if v is not None} or None
     return load_settings(cli, config_file=args.config)
-
-
-def configure_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler()
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from imgcls.server.app import serve
     from imgcls.server.errors import ImgclsError
+    from imgcls.server.logging_setup import configure_logging
 
     try:
         settings = serve_settings_from_args(args)

@@ -415,3 +415,77 @@ async def test_stop_without_drain_fails_queued_work_with_unavailable() -> None:
                 await asyncio.wait_for(future, HANG)
         assert run.batches == []
         assert not batcher.ready
+
+
+# -- several instances -----------------------------------------------------------------------
+
+
+class CountingRun(FakeRun):
+    """Gated runs that count how many are inside the session at once."""
+
+    def __init__(self, *, inside_target: int) -> None:
+        super().__init__(gated=True)
+        self.inside = 0
+        self.peak = 0
+        self.all_inside = threading.Event()
+        self._target = inside_target
+        self._count_lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self._count_lock:
+            self.inside += 1
+            self.peak = max(self.peak, self.inside)
+            if self.inside >= self._target:
+                self.all_inside.set()
+        try:
+            return super().__call__(batch)
+        finally:
+            with self._count_lock:
+                self.inside -= 1
+
+
+async def test_instances_run_batches_side_by_side() -> None:
+    run = CountingRun(inside_target=2)
+    async with make_batcher(run, max_batch_size=1, instances=2) as batcher:
+        futures = batcher.submit([sample(1), sample(2), sample(3)])
+        # Two runs are inside the (gated) session at the same time: one per instance.
+        assert await asyncio.to_thread(run.all_inside.wait, HANG), "the second instance never ran"
+        run.gate.set()
+        assert await results(futures) == [3.0, 6.0, 9.0]  # each caller still gets its own row, in order
+        assert run.peak == 2
+        assert batcher.stats.inputs == 3 and batcher.stats.batches == 3
+
+
+async def test_one_instance_runs_one_batch_at_a_time() -> None:
+    run = CountingRun(inside_target=2)
+    async with make_batcher(run, max_batch_size=1, instances=1) as batcher:
+        futures = batcher.submit([sample(1), sample(2)])
+        await run.wait_entered()
+        assert not await asyncio.to_thread(run.all_inside.wait, 0.2)  # bounded check that it stays at one
+        run.gate.set()
+        assert await results(futures) == [3.0, 6.0]
+        assert run.peak == 1
+
+
+async def test_crash_of_one_instance_fails_the_batches_running_on_the_others() -> None:
+    def die_on_two(batch: np.ndarray) -> None:
+        if float(batch[0, 0]) == 2.0:
+            raise _Fatal("worker killed")
+
+    run = CountingRun(inside_target=2)
+    run.fail = die_on_two
+    async with make_batcher(run, max_batch_size=1, instances=2) as batcher:
+        futures = batcher.submit([sample(1), sample(2)])
+        assert await asyncio.to_thread(run.all_inside.wait, HANG)
+        queued = batcher.submit([sample(3)])
+        run.gate.set()
+        # Sample 1's run may finish before the crash is seen, or be failed with it; never left hanging.
+        outcomes = await asyncio.wait_for(asyncio.gather(*futures, *queued, return_exceptions=True), HANG)
+        assert isinstance(outcomes[1], UnavailableError) and "batcher stopped" in outcomes[1].message
+        assert isinstance(outcomes[2], UnavailableError)
+        assert not batcher.ready
+
+
+def test_instances_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="instances"):
+        DynamicBatcher(FakeRun(), name="x", max_batch_size=1, max_queue_delay_s=0, queue_limit=1, instances=0)

@@ -1,22 +1,33 @@
-"""Settings: precedence of CLI > environment > TOML file > defaults, validation that names the bad key,
-per-model overrides, the example config file, immutability and secrets kept out of repr."""
+"""Settings: precedence of CLI > environment > TOML file > defaults, validation that names the bad key
+(and where it was set), per-model overrides, the example config file, immutability, secrets kept out of
+repr, connection age, and a flag and an environment variable for every setting."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, get_args, get_origin
 
 import grpc
 import pytest
 from conftest import ROOT
+from imgcls import cli
+from imgcls.server.app import server_options
 from imgcls.server.errors import ConfigError
 from imgcls.server.settings import (
     DEFAULT_MODEL_NAME,
     BatchingSettings,
     ModelSettings,
     RuntimeSettings,
+    ServerSettings,
+    TlsSettings,
     load_settings,
 )
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 EXAMPLE_CONFIG = ROOT / "examples" / "imgcls.toml"
 
@@ -308,3 +319,265 @@ def test_repr_hides_tokens() -> None:
     for text in (repr(settings), str(settings)):
         assert "s3cret-bearer" not in text
         assert "hf_s3cretvalue" not in text
+
+
+# -- connection age -----------------------------------------------------------------------------------
+
+
+def test_max_connection_age_becomes_grpc_options() -> None:
+    settings = load_settings({"max_connection_age_s": 30, "max_connection_age_grace_s": 5}, environ={})
+    options = dict(server_options(settings))
+    assert options["grpc.max_connection_age_ms"] == 30_000
+    assert options["grpc.max_connection_age_grace_ms"] == 5_000
+    # Age alone: gRPC's own grace (calls on the old connection, a camera's stream, run until they end).
+    options = dict(server_options(load_settings({"max_connection_age_s": 0.25}, environ={})))
+    assert options["grpc.max_connection_age_ms"] == 250
+    assert "grpc.max_connection_age_grace_ms" not in options
+    # By default connections are never recycled.
+    assert not any("connection_age" in key for key in dict(server_options(load_settings(environ={}))))
+
+
+@pytest.mark.parametrize(
+    ("given", "key"),
+    [
+        ({"max_connection_age_s": 0}, "max_connection_age_s"),
+        ({"max_connection_age_s": -1}, "max_connection_age_s"),
+        ({"max_connection_age_s": 1e12}, "max_connection_age_s"),
+        ({"max_connection_age_s": 10, "max_connection_age_grace_s": -1}, "max_connection_age_grace_s"),
+        # A grace with no age would do nothing: refused rather than silently ignored.
+        ({"max_connection_age_grace_s": 5}, "max_connection_age_grace_s"),
+    ],
+)
+def test_bad_connection_age_names_the_key(given: dict[str, float], key: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(given, environ={})
+    assert_config_error(exc, key)
+
+
+# -- every setting has a flag (and a variable) ----------------------------------------------------------
+
+# Every leaf of ServerSettings: a command line that sets it, environment variables that set it (None:
+# none can, see NO_ENVIRONMENT), and the value both give. "{tmp}" stands for the test's tmp_path.
+# "models[]" is the first configured model.
+SETTABLE: dict[str, tuple[list[str], dict[str, str] | None, Any]] = {
+    "host": (["--host", "0.0.0.0"], {"IMGCLS_HOST": "0.0.0.0"}, "0.0.0.0"),
+    "port": (["--port", "0"], {"IMGCLS_PORT": "0"}, 0),
+    "models[].name": (["--model", "m=/m/x"], {"IMGCLS_MODELS": "m=/m/x"}, "m"),
+    "models[].source": (["--model", "m=/m/x"], {"IMGCLS_MODELS": "m=/m/x"}, "/m/x"),
+    "models[].dtype": (["--model", "m=/m/x", "--dtype", "q8"], None, "q8"),
+    "default_model": (
+        ["--model", "a=/m/a", "--model", "b=/m/b", "--default-model", "b"],
+        {"IMGCLS_MODELS": "a=/m/a,b=/m/b", "IMGCLS_DEFAULT_MODEL": "b"},
+        "b",
+    ),
+    "batching.max_batch_size": (["--max-batch-size", "3"], {"IMGCLS_BATCHING__MAX_BATCH_SIZE": "3"}, 3),
+    "batching.max_queue_delay_us": (["--max-queue-delay-us", "7"], {"IMGCLS_BATCHING__MAX_QUEUE_DELAY_US": "7"}, 7),
+    "batching.queue_limit": (["--queue-limit", "9"], {"IMGCLS_BATCHING__QUEUE_LIMIT": "9"}, 9),
+    "runtime.intra_op_threads": (["--intra-op-threads", "1"], {"IMGCLS_RUNTIME__INTRA_OP_THREADS": "1"}, 1),
+    "runtime.inter_op_threads": (["--inter-op-threads", "2"], {"IMGCLS_RUNTIME__INTER_OP_THREADS": "2"}, 2),
+    "runtime.instances": (["--instances", "2"], {"IMGCLS_RUNTIME__INSTANCES": "2"}, 2),
+    "runtime.providers": (
+        ["--providers", "CUDAExecutionProvider, CPUExecutionProvider"],
+        {"IMGCLS_RUNTIME__PROVIDERS": "CUDAExecutionProvider,CPUExecutionProvider"},
+        ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    ),
+    "max_message_bytes": (["--max-message-bytes", "2048"], {"IMGCLS_MAX_MESSAGE_BYTES": "2048"}, 2048),
+    "max_inputs_per_request": (["--max-inputs-per-request", "3"], {"IMGCLS_MAX_INPUTS_PER_REQUEST": "3"}, 3),
+    "max_image_pixels": (["--max-image-pixels", "100"], {"IMGCLS_MAX_IMAGE_PIXELS": "100"}, 100),
+    "max_tensor_elements": (["--max-tensor-elements", "1000"], {"IMGCLS_MAX_TENSOR_ELEMENTS": "1000"}, 1000),
+    "preprocess_threads": (["--preprocess-threads", "2"], {"IMGCLS_PREPROCESS_THREADS": "2"}, 2),
+    "jpeg_draft": (["--no-jpeg-draft"], {"IMGCLS_JPEG_DRAFT": "false"}, False),
+    "stream_max_in_flight": (["--stream-max-in-flight", "4"], {"IMGCLS_STREAM_MAX_IN_FLIGHT": "4"}, 4),
+    "grace_period_s": (["--grace-period", "2.5"], {"IMGCLS_GRACE_PERIOD_S": "2.5"}, 2.5),
+    "max_connection_age_s": (["--max-connection-age-s", "30"], {"IMGCLS_MAX_CONNECTION_AGE_S": "30"}, 30.0),
+    "max_connection_age_grace_s": (
+        ["--max-connection-age-s", "30", "--max-connection-age-grace-s", "5"],
+        {"IMGCLS_MAX_CONNECTION_AGE_S": "30", "IMGCLS_MAX_CONNECTION_AGE_GRACE_S": "5"},
+        5.0,
+    ),
+    "metrics_port": (["--metrics-port", "9091"], {"IMGCLS_METRICS_PORT": "9091"}, 9091),
+    "tls.cert_file": (
+        ["--tls-cert", "c.pem", "--tls-key", "k.pem"],
+        {"IMGCLS_TLS__CERT_FILE": "c.pem", "IMGCLS_TLS__KEY_FILE": "k.pem"},
+        Path("c.pem"),
+    ),
+    "tls.key_file": (
+        ["--tls-cert", "c.pem", "--tls-key", "k.pem"],
+        {"IMGCLS_TLS__CERT_FILE": "c.pem", "IMGCLS_TLS__KEY_FILE": "k.pem"},
+        Path("k.pem"),
+    ),
+    "tls.client_ca_file": (
+        ["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-client-ca", "ca.pem"],
+        {"IMGCLS_TLS__CERT_FILE": "c.pem", "IMGCLS_TLS__KEY_FILE": "k.pem", "IMGCLS_TLS__CLIENT_CA_FILE": "ca.pem"},
+        Path("ca.pem"),
+    ),
+    "auth_tokens": (["--auth-token-file", "{tmp}/tokens"], {"IMGCLS_AUTH_TOKENS": "tok-1"}, ("tok-1",)),
+    "auth_open_health": (["--auth-close-health"], {"IMGCLS_AUTH_OPEN_HEALTH": "false"}, False),
+    "hf_token": (["--hf-token", "hf_x"], {"HF_TOKEN": "hf_x"}, "hf_x"),
+    "cache_dir": (["--cache-dir", "/c"], {"IMGCLS_CACHE_DIR": "/c"}, Path("/c")),
+    "log_level": (["--log-level", "debug"], {"IMGCLS_LOG_LEVEL": "debug"}, "debug"),
+    "log_format": (["--log-format", "json"], {"IMGCLS_LOG_FORMAT": "json"}, "json"),
+}
+
+# Settings with no flag of their own, and why.
+FILE_ONLY = {
+    "models[].batching.": "per-model batching is a table of a [[models]] entry in the config file; the flags "
+    "set the server-wide batching that every model inherits",
+    "models[].runtime.": "per-model threads and providers are a table of a [[models]] entry in the config file; "
+    "the flags set the server-wide runtime that every model inherits",
+}
+NO_ENVIRONMENT = {
+    "models[].dtype": "IMGCLS_MODELS holds NAME=SOURCE pairs; a per-model dtype needs --dtype or the config file",
+}
+
+
+def _model_types(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [t for arg in get_args(annotation) for t in _model_types(arg)]
+
+
+def leaf_paths(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
+    """Every setting of model, nested models walked into: "batching.queue_limit", "models[].dtype"."""
+    for name, field in model.model_fields.items():
+        nested = _model_types(field.annotation)
+        if nested:
+            (inner,) = set(nested)
+            yield from leaf_paths(inner, f"{prefix}{name}{'[]' if get_origin(field.annotation) is tuple else ''}.")
+        else:
+            yield f"{prefix}{name}"
+
+
+def value_at(settings: ServerSettings, path: str) -> Any:
+    value: Any = settings
+    for part in path.split("."):
+        value = getattr(value, part.removesuffix("[]"))
+        if part.endswith("[]"):
+            value = value[0]
+    return value
+
+
+def serve_help() -> str:
+    parser = cli.build_parser()
+    with contextlib.redirect_stdout(io.StringIO()) as out, pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--help"])
+    return out.getvalue()
+
+
+@pytest.fixture
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI reads the real environment: none of the test runner's IMGCLS_* may leak in."""
+    for key in list(os.environ):
+        if key.startswith("IMGCLS_") or key == "HF_TOKEN":
+            monkeypatch.delenv(key)
+
+
+def test_every_setting_has_a_flag_in_serve_help() -> None:
+    leaves = set(leaf_paths(ServerSettings))
+    exempt = {leaf for leaf in leaves if leaf.startswith(tuple(FILE_ONLY))}
+    assert exempt, "FILE_ONLY names settings that no longer exist"
+    missing = leaves - exempt - set(SETTABLE)
+    assert not missing, f"settings without a flag (add one, or to FILE_ONLY with the reason): {sorted(missing)}"
+    assert set(SETTABLE) <= leaves, f"SETTABLE names unknown settings: {sorted(set(SETTABLE) - leaves)}"
+    help_text = serve_help()
+    flags = {arg for argv, _, _ in SETTABLE.values() for arg in argv if arg.startswith("--")}
+    # The whole flag, not the start of a longer one.
+    assert not [flag for flag in flags if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text)]
+
+
+@pytest.mark.usefixtures("clean_environ")
+@pytest.mark.parametrize("path", sorted(SETTABLE))
+def test_flag_sets_the_setting(path: str, tmp_path: Path) -> None:
+    (tmp_path / "tokens").write_text("tok-1\n")
+    argv, _, expected = SETTABLE[path]
+    args = cli.build_parser().parse_args(["serve", *(a.replace("{tmp}", str(tmp_path)) for a in argv)])
+    assert value_at(cli.serve_settings_from_args(args), path) == expected
+
+
+@pytest.mark.parametrize("path", sorted(SETTABLE))
+def test_environment_sets_the_setting(path: str) -> None:
+    _, environ, expected = SETTABLE[path]
+    if environ is None:
+        assert path in NO_ENVIRONMENT
+        return
+    assert value_at(load_settings(environ=environ), path) == expected
+
+
+# -- invalid configurations stop the start, naming the key and where it was set ---------------------------
+
+
+def test_toml_bad_value_names_the_key_and_the_file(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, 'port = "fifty"\n[batching]\nqueue_limit = 0\n')
+    with pytest.raises(ConfigError) as exc:
+        load_settings(config_file=path, environ={})
+    assert_config_error(exc, "port: Input should be a valid integer", "batching.queue_limit", f"config file {path}")
+
+
+def test_toml_bad_model_value_names_the_entry(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, '[[models]]\nname = "a"\nsource = "/m/a"\n[models.batching]\nmax_batch_size = -1\n')
+    with pytest.raises(ConfigError) as exc:
+        load_settings(config_file=path, environ={})
+    assert_config_error(exc, "models.0.batching.max_batch_size", str(path))
+
+
+def test_env_bad_value_names_the_variable() -> None:
+    # What Kubernetes would inject for a (non-headless) Service named imgcls: refused, not misread.
+    with pytest.raises(ConfigError) as exc:
+        load_settings(environ={"IMGCLS_PORT": "tcp://10.0.0.1:50051"})
+    assert_config_error(exc, "port: Input should be a valid integer", "(from IMGCLS_PORT)")
+
+
+@pytest.mark.parametrize(
+    ("environ", "key"),
+    [
+        ({"IMGCLS_JPEG_DRAFT": "maybe"}, "jpeg_draft"),
+        ({"IMGCLS_LOG_LEVEL": "verbose"}, "log_level"),
+        ({"IMGCLS_LOG_FORMAT": "xml"}, "log_format"),
+        ({"IMGCLS_MAX_CONNECTION_AGE_S": "soon"}, "max_connection_age_s"),
+        ({"IMGCLS_TLS__CERT_FILE": "c.pem"}, "tls.key_file"),
+        ({"IMGCLS_MODELS": "bad/name=/m/a"}, "models.0.name"),
+    ],
+)
+def test_env_bad_values_name_the_key(environ: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(environ=environ)
+    assert_config_error(exc, key)
+
+
+def test_cli_value_error_says_it_came_from_the_command_line() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings({"port": 70000}, environ={"IMGCLS_PORT": "1"})
+    assert_config_error(exc, "port", "(from the command line)")
+
+
+@pytest.mark.usefixtures("clean_environ")
+def test_serve_with_a_bad_config_file_exits_2_naming_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def refuse(settings: Any) -> None:
+        raise AssertionError(f"serve() was reached with {settings!r}")
+
+    monkeypatch.setattr("imgcls.server.app.serve", refuse)
+    path = write_toml(tmp_path, "[batching]\nmax_batch = 4\n")
+    assert cli.main(["serve", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imgcls serve: invalid configuration: batching.max_batch: Extra inputs are not permitted")
+    assert str(path) in err
+
+
+@pytest.mark.usefixtures("clean_environ")
+def test_dtype_without_model_is_refused() -> None:
+    # The embedded (or an IMGCLS_MODELS / file) model would be served in another variant than asked for.
+    args = cli.build_parser().parse_args(["serve", "--dtype", "q8"])
+    with pytest.raises(ConfigError) as exc:
+        cli.serve_settings_from_args(args)
+    assert_config_error(exc, "--dtype", "--model")
+
+
+@pytest.mark.usefixtures("clean_environ")
+def test_tls_flags_merge_with_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # --tls-client-ca alone turns on mTLS for a certificate configured elsewhere, instead of being dropped.
+    monkeypatch.setenv("IMGCLS_TLS__CERT_FILE", "c.pem")
+    monkeypatch.setenv("IMGCLS_TLS__KEY_FILE", "k.pem")
+    settings = cli.serve_settings_from_args(cli.build_parser().parse_args(["serve", "--tls-client-ca", "ca.pem"]))
+    assert settings.tls == TlsSettings(cert_file=Path("c.pem"), key_file=Path("k.pem"), client_ca_file=Path("ca.pem"))

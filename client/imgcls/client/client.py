@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -57,16 +58,60 @@ class ClientError(Exception):
 
 
 def channel_target(target: str | Sequence[str]) -> str:
-    """One address, a dns:/// target, or several addresses (balanced round-robin)."""
+    """One address, a dns:/// target, or several addresses (balanced round-robin).
+
+    gRPC's multi-address targets (ipv4:a,b / ipv6:[a],[b]) take literal addresses only, so host
+    names in a list are resolved here, once; a dns:/// target re-resolves by itself and suits
+    a Kubernetes headless Service better.
+    """
     if isinstance(target, str):
         return target
     if len(target) == 1:
         return target[0]
-    return "ipv4:" + ",".join(target)
+    v4: list[str] = []
+    v6: list[str] = []
+    for address in target:
+        host, port = _split_host_port(address)
+        for family, _, _, _, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+            if family == socket.AF_INET:
+                entry = f"{sockaddr[0]}:{sockaddr[1]}"
+                if entry not in v4:
+                    v4.append(entry)
+            elif family == socket.AF_INET6:
+                entry = f"[{sockaddr[0]}]:{sockaddr[1]}"
+                if entry not in v6:
+                    v6.append(entry)
+    # One scheme per target: IPv4 where every address has one, else IPv6.
+    if v4:
+        return "ipv4:" + ",".join(v4)
+    return "ipv6:" + ",".join(v6)
+
+
+def _split_host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"server address {address!r} needs a port, e.g. host:50051")
+    return host.strip("[]"), int(port)
+
+
+# Calls the server refused without doing any work (it is shutting down, or a replica is gone) are
+# retried, and round_robin sends the retry to another replica; Classify is idempotent. No retry
+# throttling: it counts every refused attempt, so a replica draining under load (refusing for up to
+# a second) would switch retries off for everyone; overload is RESOURCE_EXHAUSTED, never retried.
+RETRY_POLICY = {
+    "maxAttempts": 5,
+    "initialBackoff": "0.01s",
+    "maxBackoff": "0.2s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    service_config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    service_config: dict[str, Any] = {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [{"name": [{"service": "imgcls.v1.ImageClassifierService"}], "retryPolicy": RETRY_POLICY}],
+    }
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),

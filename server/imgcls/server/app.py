@@ -73,11 +73,17 @@ class RunningServer:
 
 
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
-    return [
+    options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    if settings.max_connection_age_s is not None:
+        # At least 1 ms: gRPC reads 0 as "close at once".
+        options.append(("grpc.max_connection_age_ms", max(1, round(settings.max_connection_age_s * 1000))))
+        if settings.max_connection_age_grace_s is not None:
+            options.append(("grpc.max_connection_age_grace_ms", round(settings.max_connection_age_grace_s * 1000)))
+    return options
 
 
 async def start_server(settings: ServerSettings, engine: Engine | None = None) -> RunningServer:
@@ -129,23 +135,65 @@ async def start_server(settings: ServerSettings, engine: Engine | None = None) -
     return running
 
 
+def log_startup_summary(running: RunningServer) -> None:
+    """At info: where the server listens and how, then one line per model with what it runs on."""
+    settings = running.settings
+    metrics = f"http://{settings.host}:{running.metrics_port}/metrics" if running.metrics_port is not None else "off"
+    log.info(
+        "imgcls serving on %s:%d (%s, auth %s, metrics %s, max connection age %s, grace period %.1fs): "
+        "models %s (default %s)",
+        settings.host,
+        running.port,
+        ("mTLS" if settings.tls.client_ca_file else "TLS") if settings.tls else "plaintext",
+        # Whether tokens are required, never the tokens.
+        "bearer token" if settings.auth_tokens else "off",
+        metrics,
+        f"{settings.max_connection_age_s:g}s" if settings.max_connection_age_s is not None else "unlimited",
+        settings.grace_period_s,
+        ", ".join(running.engine.models),
+        running.engine.default_model,
+        extra={"port": running.port, "metrics_port": running.metrics_port},
+    )
+    configured = {m.name: m for m in settings.served_models}
+    for name, model in running.engine.models.items():
+        batching = settings.batching_for(configured[name])
+        runtime = settings.runtime_for(configured[name])
+        graph = model.backend.graph
+        summary = {
+            "model": name,
+            "source": model.files.source,
+            "variant": model.files.variant or "-",  # "-": a spec or bare .onnx file has no variants
+            "input_dtype": graph.input_dtype.name,
+            "providers": list(model.backend.providers),
+            "intra_op_threads": runtime.intra_op_threads,
+            "inter_op_threads": runtime.inter_op_threads,
+            # The batcher's own size: a graph with a fixed batch dimension overrides the setting.
+            "max_batch_size": model.batcher.max_batch_size,
+            "max_queue_delay_us": batching.max_queue_delay_us,
+            "queue_limit": batching.queue_limit,
+        }
+        log.info(
+            "model %s%s: source=%s variant=%s input_dtype=%s providers=%s threads intra=%d inter=%d; "
+            "batching max_batch_size=%d max_queue_delay_us=%d queue_limit=%d",
+            name,
+            " (default)" if name == running.engine.default_model else "",
+            summary["source"],
+            summary["variant"],
+            summary["input_dtype"],
+            ",".join(model.backend.providers),
+            runtime.intra_op_threads,
+            runtime.inter_op_threads,
+            model.batcher.max_batch_size,
+            batching.max_queue_delay_us,
+            batching.queue_limit,
+            extra=summary,
+        )
+
+
 async def serve(settings: ServerSettings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     running = await start_server(settings)
-    log.info(
-        "imgcls serving on %s:%d (%s%s, metrics %s): models %s (default %s); batching max_batch_size=%d "
-        "max_queue_delay_us=%d queue_limit=%d",
-        settings.host,
-        running.port,
-        "TLS" if settings.tls else "plaintext",
-        " mTLS" if settings.tls and settings.tls.client_ca_file else "",
-        f"http://{settings.host}:{running.metrics_port}/metrics" if running.metrics_port is not None else "off",
-        ", ".join(running.engine.models),
-        running.engine.default_model,
-        settings.batching.max_batch_size,
-        settings.batching.max_queue_delay_us,
-        settings.batching.queue_limit,
-    )
+    log_startup_summary(running)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

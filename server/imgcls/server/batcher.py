@@ -1,16 +1,18 @@
 """The dynamic batcher: one per served model.
 
-Callers on the event loop submit samples and await one future per sample. A
-dedicated inference thread forms batches and runs them, so the session stays
-busy however busy the event loop is:
+Callers on the event loop submit samples and await one future per sample.
+Dedicated inference threads ("instances", Triton's instance count) form batches
+and run them, so the session stays busy however busy the event loop is; with
+several instances, several batches run at once on one thread-safe session:
 
 - a batch closes when it holds max_batch_size samples, or when
   max_queue_delay has passed since its *oldest* sample was queued;
 - only samples of the same shape and dtype share a run;
 - cancelled and past-deadline samples are dropped while forming a batch;
 - a failed run fails every future in that batch, and the thread goes on;
-- if the thread itself dies, every pending future is failed and the batcher
-  reports not ready, so no caller waits forever.
+- if an inference thread itself dies, every pending future (running or
+  queued) is failed and the batcher reports not ready, so no caller waits
+  forever.
 """
 
 from __future__ import annotations
@@ -75,7 +77,10 @@ class DynamicBatcher:
         queue_limit: int,
         fixed_batch: int | None = None,
         on_batch: Callable[[int, float, float], None] | None = None,
+        instances: int = 1,
     ) -> None:
+        if instances < 1:
+            raise ValueError("instances must be at least 1")
         self._run = run
         self.name = name
         # A model with a fixed batch dimension runs at exactly that size (padded when short).
@@ -87,20 +92,26 @@ class DynamicBatcher:
         self._queue: deque[_Pending] = deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self.instances = instances
+        self._threads: list[threading.Thread] = []
+        self._running: dict[int, list[_Pending]] = {}  # thread id -> the batch it is running
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = BatcherStats()
+        self._stats_lock = threading.Lock()
         self.crashed: BaseException | None = None
 
     # -- lifecycle -------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._thread = threading.Thread(target=self._worker, name=f"batcher-{self.name}", daemon=True)
-        self._thread.start()
+        for index in range(self.instances):
+            suffix = f"-{index}" if self.instances > 1 else ""
+            thread = threading.Thread(target=self._worker, name=f"batcher-{self.name}{suffix}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     @property
     def ready(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._stopping
+        return bool(self._threads) and all(t.is_alive() for t in self._threads) and not self._stopping
 
     @property
     def queue_depth(self) -> int:
@@ -117,8 +128,8 @@ class DynamicBatcher:
                 pending = []
             self._cond.notify_all()
         self._fail(pending, UnavailableError(f"model {self.name} is shutting down"))
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
 
     # -- submitting (event loop) ---------------------------------------------
     def submit(self, samples: list[np.ndarray], deadline: float | None = None) -> list[asyncio.Future[np.ndarray]]:
@@ -152,22 +163,25 @@ class DynamicBatcher:
 
     # -- the inference thread ------------------------------------------------
     def _worker(self) -> None:
-        running: list[_Pending] = []
+        me = threading.get_ident()
         try:
             while True:
                 batch = self._next_batch()
                 if batch is None:
                     return
-                running = batch
+                self._running[me] = batch
                 self._execute(batch)
-                running = []
+                self._running[me] = []
         except BaseException as exc:  # a bug: fail everyone rather than leave them hanging
             log.exception("batcher for model %s crashed; failing all pending requests", self.name)
             self.crashed = exc
             with self._cond:
-                pending = running + list(self._queue)
+                # Every batch still running on any instance, and the queue: the other instances
+                # stop after their current batch, whose futures are already failed here.
+                pending = [p for batch in self._running.values() for p in batch] + list(self._queue)
                 self._queue.clear()
                 self._stopping = True
+                self._cond.notify_all()
             self._fail(pending, UnavailableError(f"model {self.name}: batcher stopped ({exc})"))
 
     def _next_batch(self) -> list[_Pending] | None:
@@ -185,7 +199,10 @@ class DynamicBatcher:
                 matching = sum(1 for p in self._queue if p.key == key)
                 now = time.monotonic()
                 if matching >= self.max_batch_size or now >= close_at or self._stopping:
-                    return self._take(key)
+                    batch = self._take(key)
+                    if self._queue:
+                        self._cond.notify()  # another idle instance can take what is left
+                    return batch
                 self._cond.wait(timeout=close_at - now)
 
     def _drop_stale_head(self) -> None:
@@ -241,12 +258,13 @@ class DynamicBatcher:
             return
         finished = time.monotonic()
         queue_time = sum(started - p.enqueued for p in batch)
-        stats = self.stats
-        stats.batches += 1
-        stats.inputs += len(batch)
-        stats.batch_size_counts[len(batch)] = stats.batch_size_counts.get(len(batch), 0) + 1
-        stats.queue_time_s += queue_time
-        stats.compute_time_s += finished - started
+        with self._stats_lock:  # several instances update them
+            stats = self.stats
+            stats.batches += 1
+            stats.inputs += len(batch)
+            stats.batch_size_counts[len(batch)] = stats.batch_size_counts.get(len(batch), 0) + 1
+            stats.queue_time_s += queue_time
+            stats.compute_time_s += finished - started
         if self.on_batch is not None:
             self.on_batch(len(batch), queue_time / len(batch), finished - started)
         self._deliver(batch, outputs)

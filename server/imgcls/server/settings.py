@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -39,15 +39,37 @@ class BatchingSettings(_Frozen):
     queue_limit: int = Field(default=256, ge=1, le=1_000_000)
 
 
+AUTO_MAX_INSTANCES = 4
+
+
 class RuntimeSettings(_Frozen):
     """ONNX Runtime session settings."""
 
-    intra_op_threads: int = Field(default=0, ge=0, le=1024)
+    intra_op_threads: int = Field(default=0, ge=0, le=1024)  # 0: the cores shared out among instances
     inter_op_threads: int = Field(default=0, ge=0, le=1024)
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # Concurrent session.run calls per model (Triton's instance count), each with its own inference
+    # thread; 0: auto (see resolved_instances).
+    instances: int = Field(default=0, ge=0, le=64)
+
+    def resolved_instances(self) -> int:
+        """0 (auto): one per core, up to AUTO_MAX_INSTANCES, on CPU; one on a GPU provider.
+
+        On CPU, independent single-threaded runs side by side beat one run spread over every core:
+        a small model's intra-op parallelism is poor, and any other work on a core (decode, gRPC)
+        stalls every thread of a parallel run, not just one (README, "Batching defaults").
+        """
+        if self.instances:
+            return self.instances
+        if any(p != "CPUExecutionProvider" for p in self.providers):
+            return 1
+        return max(1, min(AUTO_MAX_INSTANCES, os.cpu_count() or 1))
 
     def options(self) -> RuntimeOptions:
-        return RuntimeOptions(self.intra_op_threads, self.inter_op_threads, self.providers)
+        intra = self.intra_op_threads
+        if intra == 0 and self.resolved_instances() > 1:
+            intra = max(1, (os.cpu_count() or 1) // self.resolved_instances())
+        return RuntimeOptions(intra, self.inter_op_threads, self.providers)
 
 
 class ModelSettings(_Frozen):
@@ -73,6 +95,10 @@ class TlsSettings(_Frozen):
     client_ca_file: Path | None = None  # set: clients must present a certificate it signed (mTLS)
 
 
+# gRPC takes connection ages as int milliseconds.
+_MAX_CONNECTION_AGE_S = (2**31 - 1) / 1000
+
+
 class ServerSettings(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=50051, ge=0, le=65535)
@@ -89,6 +115,13 @@ class ServerSettings(_Frozen):
     jpeg_draft: bool = True  # decode large JPEGs at reduced size; off for exact parity
     stream_max_in_flight: int = Field(default=8, ge=1, le=1024)
     grace_period_s: float = Field(default=10.0, ge=0)
+    # A connection older than this is sent a GOAWAY (gRPC adds +-10 % jitter), so its client reconnects and
+    # re-resolves its dns:/// target: behind a headless Service that is how long-lived clients find the
+    # pods a scale-out added. None: connections live until the client closes them.
+    max_connection_age_s: float | None = Field(default=None, gt=0, le=_MAX_CONNECTION_AGE_S)
+    # How long calls still running on such a connection (a camera's stream) may go on before it is closed.
+    # None: until they end; new calls already go over the new connection either way.
+    max_connection_age_grace_s: float | None = Field(default=None, ge=0, le=_MAX_CONNECTION_AGE_S)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     tls: TlsSettings | None = None
     auth_tokens: tuple[str, ...] = Field(default=(), repr=False)
@@ -106,6 +139,9 @@ class ServerSettings(_Frozen):
             raise ValueError(f"models: duplicate names {duplicates}")
         if self.default_model is not None and self.default_model not in names:
             raise ValueError(f"default_model {self.default_model!r} is not among the models {names}")
+        if self.max_connection_age_grace_s is not None and self.max_connection_age_s is None:
+            # A grace without an age would silently do nothing.
+            raise ValueError("max_connection_age_grace_s is set but max_connection_age_s is not")
         return self
 
     @property
@@ -183,6 +219,25 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _leaf_paths(layer: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for key, value in layer.items():
+        path = (*prefix, key)
+        if isinstance(value, Mapping) and value:
+            yield from _leaf_paths(value, path)
+        else:
+            yield path
+
+
+def _origin(loc: tuple[int | str, ...], origins: Mapping[tuple[str, ...], str]) -> str | None:
+    """Which layer set the value at loc (or the nearest enclosing key: a TOML list of models)."""
+    path = tuple(str(part) for part in loc)
+    while path:
+        if path in origins:
+            return origins[path]
+        path = path[:-1]
+    return None
+
+
 def load_settings(
     cli: Mapping[str, Any] | None = None,
     *,
@@ -191,20 +246,25 @@ def load_settings(
 ) -> ServerSettings:
     """Build the settings: defaults < TOML file < IMGCLS_* environment < CLI. ConfigError names the bad key."""
     environ = os.environ if environ is None else environ
-    layers: list[Mapping[str, Any]] = []
+    # Each layer with how an error message names where a value came from: an operator who sees
+    # "port: Input should be a valid integer" must know whether to fix a flag, a variable or the file.
+    layers: list[tuple[Mapping[str, Any], Callable[[tuple[str, ...]], str]]] = []
     config_file = config_file or (Path(environ["IMGCLS_CONFIG"]) if environ.get("IMGCLS_CONFIG") else None)
     if config_file is not None:
         try:
-            layers.append(tomllib.loads(config_file.read_text()))
+            file_layer = tomllib.loads(config_file.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config file {config_file}: {exc}") from exc
+        layers.append((file_layer, lambda _path: f"config file {config_file}"))
     env = _env_layer(environ)
     env.pop("config", None)
-    layers.append(env)
-    layers.append({k: v for k, v in (cli or {}).items() if v is not None})
+    layers.append((env, lambda path: ENV_PREFIX + "__".join(path).upper()))
+    layers.append(({k: v for k, v in (cli or {}).items() if v is not None}, lambda _path: "the command line"))
     merged: dict[str, Any] = {}
-    for layer in layers:
+    origins: dict[tuple[str, ...], str] = {}
+    for layer, name_origin in layers:
         merged = _merge(merged, layer)
+        origins.update((path, name_origin(path)) for path in _leaf_paths(layer))
     if "hf_token" not in merged and environ.get("HF_TOKEN"):
         merged["hf_token"] = environ["HF_TOKEN"]
     auth_file = merged.pop("auth_token_file", None)
@@ -220,5 +280,10 @@ def load_settings(
     try:
         return ServerSettings.model_validate(merged)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(f"invalid configuration: {problems}") from None
+        problems = []
+        for err in exc.errors():
+            # The message, never the value: it may be a token.
+            problem = f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+            origin = _origin(err["loc"], origins)
+            problems.append(f"{problem} (from {origin})" if origin else problem)
+        raise ConfigError(f"invalid configuration: {'; '.join(problems)}") from None

@@ -1,0 +1,289 @@
+"""The load generator: a separate process that drives imgcls servers with grpc.aio and the generated stubs.
+
+    python benchmarks/loadgen.py --plan plan.json --out results.json
+
+The plan (written by benchmarks/run.py) names the servers, the payload files and the levels to
+run in order. A unary level keeps ``concurrency`` Classify calls in flight; a stream level sends
+frames on one ClassifyStream as fast as flow control allows while reading answers. Each level:
+
+- warms up for ``warmup_s`` at its own concurrency, then measures a window that ends after
+  ``duration_s`` or ``max_requests`` answers, whichever comes first; work still in flight when the
+  window closes is drained but not counted, so the window sees the steady state only;
+- reports throughput, latency percentiles (calls started and answered inside the window), errors,
+  its own CPU time, wall-clock start/end (so the harness can match its RSS samples of the server)
+  and the server's batch statistics over the level (GetModel before and after).
+
+The process is kept apart from the harness so the client's CPU use is visible and the harness's
+in-process ONNX Runtime session cannot disturb it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from imgcls.v1 import classifier_pb2 as pb
+from imgcls.v1 import classifier_pb2_grpc as pb_grpc
+
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+CALL_TIMEOUT_S = 120.0
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+def build_input(payload: dict[str, Any]) -> pb.Input:
+    """One protobuf Input from a payload file the harness prepared."""
+    data = Path(payload["path"]).read_bytes()
+    kind = payload["type"]
+    if kind == "tensor":
+        array = np.load(payload["path"]).astype("<f4", copy=False)
+        return pb.Input(tensor=pb.Tensor(dims=list(array.shape), dtype=pb.DATA_TYPE_FLOAT32, raw_data=array.tobytes()))
+    if kind == "image":
+        return pb.Input(image=data)
+    if kind == "raw":
+        return pb.Input(
+            raw=pb.RawImage(width=payload["width"], height=payload["height"], format=pb.PIXEL_FORMAT_RGB8, data=data)
+        )
+    raise ValueError(f"unknown payload type {kind!r}")
+
+
+def summarize(latencies: list[float]) -> dict[str, float]:
+    if not latencies:
+        return {
+            "p50": float("nan"),
+            "p90": float("nan"),
+            "p99": float("nan"),
+            "mean": float("nan"),
+            "max": float("nan"),
+        }
+    ms = np.asarray(latencies) * 1e3
+    return {
+        "p50": float(np.percentile(ms, 50)),
+        "p90": float(np.percentile(ms, 90)),
+        "p99": float(np.percentile(ms, 99)),
+        "mean": float(ms.mean()),
+        "max": float(ms.max()),
+    }
+
+
+class Window:
+    """The measurement window of one level: opens after warm-up, closes on time or on count."""
+
+    def __init__(self, warmup_s: float, duration_s: float, max_count: int) -> None:
+        self.started = time.perf_counter()
+        self.opens = self.started + warmup_s
+        self.closes = self.opens + duration_s
+        self.max_count = max_count
+        self.count = 0
+        self.closed_at: float | None = None
+        self.latencies: list[float] = []
+
+    @property
+    def stopping(self) -> bool:
+        """No new work once the window has closed (on count) or its time is up."""
+        if self.closed_at is None and time.perf_counter() >= self.closes:
+            self.closed_at = self.closes
+        return self.closed_at is not None
+
+    def record(self, sent: float, answered: float) -> None:
+        if self.closed_at is not None and answered > self.closed_at:
+            return  # drained after the window closed: not steady state
+        if answered > self.closes:
+            self.closed_at = self.closes
+            return
+        if answered < self.opens:
+            return  # warm-up
+        self.count += 1
+        if sent >= self.opens:
+            self.latencies.append(answered - sent)
+        if self.count >= self.max_count:
+            self.closed_at = answered
+
+    def seconds(self) -> float:
+        end = self.closed_at if self.closed_at is not None else time.perf_counter()
+        return max(end - self.opens, 1e-9)
+
+
+async def model_stats(stub: pb_grpc.ImageClassifierServiceAsyncStub) -> dict[str, Any]:
+    info = (await stub.GetModel(pb.GetModelRequest(), timeout=30)).model
+    return {
+        "inputs": info.stats.inputs,
+        "batches": info.stats.batches,
+        "batch_size_counts": dict(info.stats.batch_size_counts),
+        "queue_time_us": info.stats.queue_time_us,
+        "compute_time_us": info.stats.compute_time_us,
+    }
+
+
+def stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    counts = {
+        int(k): after["batch_size_counts"].get(k, 0) - before["batch_size_counts"].get(k, 0)
+        for k in after["batch_size_counts"]
+    }
+    inputs = after["inputs"] - before["inputs"]
+    batches = after["batches"] - before["batches"]
+    return {
+        "inputs": inputs,
+        "batches": batches,
+        "avg_batch_size": inputs / batches if batches else 0.0,
+        "batch_size_counts": {k: v for k, v in sorted(counts.items()) if v},
+        "compute_ms_per_input": (after["compute_time_us"] - before["compute_time_us"]) / 1e3 / inputs
+        if inputs
+        else 0.0,
+        "queue_ms_per_input": (after["queue_time_us"] - before["queue_time_us"]) / 1e3 / inputs if inputs else 0.0,
+    }
+
+
+async def run_unary(
+    stub: pb_grpc.ImageClassifierServiceAsyncStub, request: pb.ClassifyRequest, level: dict[str, Any]
+) -> dict[str, Any]:
+    window = Window(level["warmup_s"], level["duration_s"], level["max_requests"])
+    errors: Counter[str] = Counter()
+    images_per_request = level.get("images_per_request", 1)
+
+    async def worker() -> None:
+        while not window.stopping:
+            sent = time.perf_counter()
+            try:
+                response = await stub.Classify(request, timeout=CALL_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                errors[exc.code().name] += 1
+                continue
+            if len(response.results) != images_per_request:
+                errors["BAD_RESPONSE"] += 1
+                continue
+            window.record(sent, time.perf_counter())
+
+    await asyncio.gather(*(worker() for _ in range(level["concurrency"])))
+    seconds = window.seconds()
+    return {
+        "requests": window.count,
+        "images": window.count * images_per_request,
+        "seconds": seconds,
+        "images_per_s": window.count * images_per_request / seconds,
+        "latency_ms": summarize(window.latencies),
+        "errors": dict(errors),
+    }
+
+
+async def run_stream(
+    stub: pb_grpc.ImageClassifierServiceAsyncStub,
+    first: pb.ClassifyStreamRequest,
+    rest: pb.ClassifyStreamRequest,
+    level: dict[str, Any],
+) -> dict[str, Any]:
+    window = Window(level["warmup_s"], level["duration_s"], level["max_requests"])
+    errors: Counter[str] = Counter()
+    sent_at: deque[float] = deque()
+    # No request iterator: frames are written with call.write() (the stubs' types miss that form).
+    call: Any = stub.ClassifyStream(timeout=CALL_TIMEOUT_S)  # type: ignore[call-arg]
+    frames_sent = 0
+
+    async def writer() -> None:
+        nonlocal frames_sent
+        message = first
+        while not window.stopping:
+            sent_at.append(time.perf_counter())
+            await call.write(message)  # waits while flow control holds the stream back
+            frames_sent += 1
+            message = rest
+        await call.done_writing()
+
+    async def reader() -> None:
+        while True:
+            response = await call.read()
+            if response is grpc.aio.EOF:  # type: ignore[attr-defined]
+                return
+            answered = time.perf_counter()
+            sent = sent_at.popleft()
+            if response.status.code != 0:
+                errors[_CODE_NAMES.get(response.status.code, str(response.status.code))] += 1
+            elif response.skipped:
+                errors["SKIPPED"] += 1
+            else:
+                window.record(sent, answered)
+
+    try:
+        await asyncio.gather(writer(), reader())
+    except grpc.aio.AioRpcError as exc:
+        errors[f"STREAM_{exc.code().name}"] += 1
+    seconds = window.seconds()
+    return {
+        "requests": window.count,
+        "images": window.count,
+        "frames_sent": frames_sent,
+        "seconds": seconds,
+        "images_per_s": window.count / seconds,
+        "latency_ms": summarize(window.latencies),
+        "errors": dict(errors),
+    }
+
+
+async def run_plan(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    channels = {
+        name: grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) for name, target in plan["targets"].items()
+    }
+    stubs = {name: pb_grpc.ImageClassifierServiceStub(channel) for name, channel in channels.items()}
+    inputs = {name: build_input(payload) for name, payload in plan["payloads"].items()}
+    model = plan.get("model", "")
+    results = []
+    try:
+        for level in plan["levels"]:
+            stub = stubs[level["target"]]
+            before = await model_stats(stub)
+            wall_start = time.time()
+            cpu_start = time.process_time()
+            if level["mode"] == "unary":
+                request = pb.ClassifyRequest(model=model, inputs=[inputs[level["payload"]]])
+                measured = await run_unary(stub, request, level)
+            else:
+                first = pb.ClassifyStreamRequest(
+                    model=model, inputs=[inputs[level["payload"]]], parameters=pb.Parameters(top_k=5)
+                )
+                rest = pb.ClassifyStreamRequest(inputs=[inputs[level["payload"]]])
+                measured = await run_stream(stub, first, rest, level)
+            cpu = time.process_time() - cpu_start
+            wall_end = time.time()
+            after = await model_stats(stub)
+            result = {
+                **level,
+                **measured,
+                "wall_start": wall_start,
+                "wall_end": wall_end,
+                "loadgen_cpu_s": cpu,
+                "loadgen_cpu_util": cpu / max(wall_end - wall_start, 1e-9),
+                "server_batches": stats_delta(before, after),
+            }
+            results.append(result)
+            print(
+                f"loadgen: {level['id']}: {measured['images_per_s']:.1f} img/s, "
+                f"p50 {measured['latency_ms']['p50']:.1f} ms, errors {measured['errors'] or 0}",
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:
+        for channel in channels.values():
+            await channel.close(None)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plan", type=Path, required=True, help="plan JSON written by benchmarks/run.py")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the results JSON")
+    args = parser.parse_args(argv)
+    plan = json.loads(args.plan.read_text())
+    results = asyncio.run(run_plan(plan))
+    args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

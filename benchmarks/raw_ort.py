@@ -1,0 +1,245 @@
+"""The limit: raw ONNX Runtime ``session.run`` on pre-processed tensors, and what decoding costs.
+
+Everything here runs in the harness process with the server's own code and settings, so the
+figures are what the server could reach if gRPC, queuing and Python glue cost nothing:
+
+- ``measure_batches``: images/s per batch size on the server's OnnxBackend (same thread and
+  spinning settings, and as many runs side by side as the server has instances), and batch-1
+  latency percentiles;
+- ``measure_preprocess``: decode + preprocess cost per image (the server's open_image and
+  compiled Preprocessor), with jpeg_draft on and off;
+- ``measure_pipeline``: the straightforward in-process path, decode (draft off) + preprocess +
+  batch-1 run, one image after another; the server's JPEG figures are compared with it.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from imgcls.server.decoding import open_image
+from imgcls.server.model import ModelLimits, ServedModel
+from imgcls.server.model_source import resolve_local
+from imgcls.server.onnx_backend import OnnxBackend, RuntimeOptions
+from imgcls.server.preprocessing import Preprocessor, compile_preprocessor
+from imgcls.server.settings import BatchingSettings, RuntimeSettings, ServerSettings
+
+_DEFAULTS = ServerSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """How long one measurement may run: stop at max_runs or after seconds, whichever comes first."""
+
+    seconds: float
+    max_runs: int
+    min_runs: int = 3
+    warmup_runs: int = 2
+
+
+class LocalModel:
+    """The served model as the server builds it (ServedModel), used in-process without its batcher."""
+
+    def __init__(self, model_dir: Path, dtype: str = "fp32") -> None:
+        files = resolve_local(str(model_dir), dtype)
+        if files is None:
+            raise FileNotFoundError(f"no model at {model_dir}")
+        self._pool = ThreadPoolExecutor(max_workers=1)  # ServedModel wants one; never used here
+        # ServedModel builds OnnxBackend with RuntimeSettings().options(): the server's session settings.
+        self.served = ServedModel(
+            "bench",
+            files,
+            batching=BatchingSettings(),
+            runtime=RuntimeSettings(),
+            limits=ModelLimits(
+                max_inputs_per_request=_DEFAULTS.max_inputs_per_request,
+                max_image_pixels=_DEFAULTS.max_image_pixels,
+                max_tensor_elements=_DEFAULTS.max_tensor_elements,
+                jpeg_draft=_DEFAULTS.jpeg_draft,
+            ),
+            preprocess_pool=self._pool,
+        )
+        self.backend = self.served.backend
+        self.onnx_path = files.onnx_path
+        self.runtime_options = RuntimeSettings().options()
+        self.instances = RuntimeSettings().resolved_instances()
+        self._all_cores: OnnxBackend | None = None
+
+    def all_cores_backend(self) -> OnnxBackend:
+        """The same model on a session with ONNX Runtime's default threads (every core), for reference."""
+        if self.instances == 1 and self.runtime_options.intra_op_threads == 0:
+            return self.backend
+        if self._all_cores is None:
+            options = RuntimeOptions(0, 0, self.runtime_options.providers)
+            self._all_cores = OnnxBackend(self.onnx_path, options, self.backend.graph.output_name)
+        return self._all_cores
+
+    def preprocessor(self, *, jpeg_draft: bool) -> Preprocessor:
+        """The model's own preprocessing (preprocessor_config.json as the server completes it)."""
+        return compile_preprocessor(
+            self.served.preprocessing, dtype=self.backend.graph.input_dtype, jpeg_draft=jpeg_draft
+        )
+
+    def tensor_for(self, image_path: Path) -> np.ndarray:
+        """One pre-processed sample (no batch dimension) with the exact path (jpeg_draft off)."""
+        return self.preprocessor(jpeg_draft=False)(
+            open_image(image_path.read_bytes(), max_pixels=_DEFAULTS.max_image_pixels)
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+def _timed_runs(fn: Callable[[], Any], budget: Budget) -> list[float]:
+    """Seconds per call of fn, after warm-up runs, within the budget."""
+    for _ in range(budget.warmup_runs):
+        fn()
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < budget.min_runs or (
+        len(times) < budget.max_runs and time.perf_counter() - started < budget.seconds
+    ):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _full_decode(data: bytes) -> None:
+    open_image(data, max_pixels=1 << 40).load()
+
+
+def percentiles_ms(seconds: list[float]) -> dict[str, float]:
+    values = np.asarray(seconds) * 1e3
+    return {
+        "p50": float(np.percentile(values, 50)),
+        "p90": float(np.percentile(values, 90)),
+        "p99": float(np.percentile(values, 99)),
+        "mean": float(values.mean()),
+    }
+
+
+def _side_by_side(run: Callable[[], Any], instances: int, images_per_run: int, budget: Budget) -> dict[str, Any]:
+    """images/s with `instances` threads calling run() at once, as the server's batcher instances do."""
+    for _ in range(budget.warmup_runs):
+        run()
+    counts = [0] * instances
+    stop_at = time.perf_counter() + budget.seconds
+
+    def worker(index: int) -> None:
+        while counts[index] < budget.min_runs or (
+            sum(counts) < budget.max_runs and time.perf_counter() < stop_at
+        ):
+            run()
+            counts[index] += 1
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=instances) as pool:
+        list(pool.map(worker, range(instances)))
+    elapsed = time.perf_counter() - started
+    runs = sum(counts)
+    return {
+        "runs": runs,
+        "images_per_s": runs * images_per_run / elapsed,
+        "ms_per_batch": elapsed / runs * instances * 1e3,  # wall time of one run while all instances run
+    }
+
+
+def measure_batches(
+    model: LocalModel, sample: np.ndarray, batch_sizes: list[int], budget: Budget, latency_budget: Budget
+) -> dict[str, Any]:
+    """images/s per batch size on a batch of copies of the real sample, and batch-1 latency.
+
+    Measured as the server runs: its session settings and its number of instances running side by
+    side. Where the server runs several instances, the same sizes are also measured one run at a
+    time on a session that uses every core (ONNX Runtime's own default), and the limit is the best
+    of both: whichever way ONNX Runtime is faster on this machine.
+    """
+    instances = model.instances
+    configs: list[tuple[str, Any, int]] = [(f"{instances} side by side (server)", model.backend, instances)]
+    if instances > 1:
+        configs.append(("1 at a time, all cores", model.all_cores_backend(), 1))
+    rows = []
+    for size in batch_sizes:
+        batch = np.ascontiguousarray(np.stack([sample] * size))
+        for mode, backend, parallel in configs:
+            measured = _side_by_side(functools.partial(backend.run, batch), parallel, size, budget)
+            rows.append({"batch_size": size, "mode": mode, "instances": parallel, **measured})
+    best = max(rows, key=lambda r: r["images_per_s"])
+    single = sample[None]
+    latency = _timed_runs(lambda: model.backend.run(single), latency_budget)
+    result: dict[str, Any] = {
+        "instances": instances,
+        "intra_op_threads": model.runtime_options.intra_op_threads,
+        "batches": rows,
+        "best": {"batch_size": best["batch_size"], "images_per_s": best["images_per_s"], "mode": best["mode"]},
+        "batch1_latency_ms": percentiles_ms(latency),
+        "batch1_runs": len(latency),
+    }
+    if instances > 1:
+        wide = model.all_cores_backend()
+        result["batch1_latency_all_cores_ms"] = percentiles_ms(_timed_runs(lambda: wide.run(single), latency_budget))
+    return result
+
+
+def measure_preprocess(model: LocalModel, images: dict[str, Path], budget: Budget) -> list[dict[str, Any]]:
+    """Decode + preprocess per image, draft on and off; and the full decode alone (no draft)."""
+    rows = []
+    for name, path in images.items():
+        data = path.read_bytes()
+        with open_image(data, max_pixels=_DEFAULTS.max_image_pixels) as probe:
+            size = probe.size
+        decode_only = _timed_runs(functools.partial(_full_decode, data), budget)
+        for draft in (True, False):
+            pre = model.preprocessor(jpeg_draft=draft)
+
+            def one(data: bytes = data, pre: Preprocessor = pre) -> np.ndarray:
+                return pre(open_image(data, max_pixels=_DEFAULTS.max_image_pixels))
+
+            times = _timed_runs(one, budget)
+            rows.append(
+                {
+                    "image": name,
+                    "size": f"{size[0]}x{size[1]}",
+                    "bytes": len(data),
+                    "jpeg_draft": draft,
+                    "ms_per_image": percentiles_ms(times)["p50"],
+                    "full_decode_ms": percentiles_ms(decode_only)["p50"],
+                    "runs": len(times),
+                }
+            )
+    return rows
+
+
+def measure_pipeline(model: LocalModel, images: dict[str, Path], budget: Budget) -> list[dict[str, Any]]:
+    """Sequential decode + preprocess + batch-1 run per image: the straightforward (draft off) path."""
+    rows = []
+    for name, path in images.items():
+        data = path.read_bytes()
+        for draft in (False, True):
+            pre = model.preprocessor(jpeg_draft=draft)
+            # The straightforward script: a session with ONNX Runtime's default threads.
+            backend = model.backend if draft else model.all_cores_backend()
+
+            def one(data: bytes = data, pre: Preprocessor = pre, backend: OnnxBackend = backend) -> np.ndarray:
+                sample = pre(open_image(data, max_pixels=_DEFAULTS.max_image_pixels))
+                return backend.run(sample[None])
+
+            times = _timed_runs(one, budget)
+            rows.append(
+                {
+                    "image": name,
+                    "jpeg_draft": draft,
+                    "path": "straightforward" if not draft else "in-process, jpeg_draft",
+                    "images_per_s": len(times) / sum(times),
+                    "ms_per_image": percentiles_ms(times)["p50"],
+                    "runs": len(times),
+                }
+            )
+    return rows

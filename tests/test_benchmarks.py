@@ -1,0 +1,182 @@
+"""The benchmark harness runs end to end (--quick) and writes outputs of the expected shape.
+
+Never asserts speed: only that every stage ran and reported what the README promises.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import IMAGES, ROOT
+from PIL import Image
+
+# benchmarks/ is a top-level package of the checkout, not part of the installed imgcls.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import report
+from benchmarks.loadgen import Window
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One --quick run of the whole harness (the documented command), shared by the structure tests."""
+    out = tmp_path_factory.mktemp("bench")
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out), "--images", str(IMAGES)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(quick_run: Path) -> dict[str, Any]:
+    return json.loads((quick_run / "results.json").read_text())
+
+
+def test_writes_every_output(quick_run: Path) -> None:
+    for name in ("results.json", "results.md", "throughput.png", "latency.png"):
+        assert (quick_run / name).is_file(), name
+
+
+@pytest.mark.parametrize("name", ["throughput.png", "latency.png"])
+def test_plots_are_valid_png_files(quick_run: Path, name: str) -> None:
+    path = quick_run / name
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(path) as image:
+        image.verify()  # raises on a truncated or corrupt file
+        assert image.format == "PNG"
+
+
+def test_machine_info_is_recorded(results: dict[str, Any]) -> None:
+    machine = results["meta"]["machine"]
+    for key in ("cpu_model", "logical_cpus", "onnxruntime", "python"):
+        assert machine[key], key
+    assert results["meta"]["date"]
+    assert results["meta"]["profile"] == "quick"
+
+
+def test_limit_has_every_batch_size_and_decode_costs(results: dict[str, Any]) -> None:
+    raw = results["limit"]["raw_ort"]
+    assert sorted({row["batch_size"] for row in raw["batches"]}) == [1, 2]  # the --quick sizes
+    # Measured as the server runs (its instances side by side), and one at a time on every core
+    # where the server runs more than one instance.
+    modes = {row["mode"] for row in raw["batches"]}
+    assert f"{raw['instances']} side by side (server)" in modes
+    assert len(modes) == (2 if raw["instances"] > 1 else 1)
+    assert all(row["images_per_s"] > 0 and row["runs"] > 0 for row in raw["batches"])
+    assert raw["best"]["images_per_s"] > 0
+    assert raw["batch1_latency_ms"]["p50"] > 0
+    # Both images, with jpeg_draft on and off.
+    pairs = {(row["image"], row["jpeg_draft"]) for row in results["limit"]["preprocess"]}
+    assert pairs == {(k, d) for k in ("jpeg_small", "jpeg_large") for d in (True, False)}
+    assert {row["image"] for row in results["limit"]["pipeline"] if not row["jpeg_draft"]} == {
+        "jpeg_small",
+        "jpeg_large",
+    }
+
+
+def test_server_levels_cover_kinds_concurrencies_and_batching(results: dict[str, Any]) -> None:
+    unary = {
+        (lv["kind"], lv["concurrency"], lv["batching"]) for lv in results["server"]["levels"] if lv["mode"] == "unary"
+    }
+    expected = {(k, c, b) for k in ("tensor", "jpeg_small", "jpeg_large") for c in (1, 4) for b in ("on", "off")}
+    assert unary == expected
+
+
+def test_every_level_answered_without_errors_and_sampled_rss(results: dict[str, Any]) -> None:
+    for level in results["server"]["levels"]:
+        assert level["errors"] == {}, level["id"]
+        assert level["requests"] > 0, level["id"]
+        assert level["peak_rss_mb"] > 0, level["id"]
+        assert level["loadgen_cpu_s"] >= 0, level["id"]
+        assert set(level["latency_ms"]) >= {"p50", "p90", "p99"}, level["id"]
+
+
+def test_streams_of_raw_and_jpeg_frames_ran(results: dict[str, Any]) -> None:
+    streams = {lv["kind"]: lv for lv in results["server"]["levels"] if lv["mode"] == "stream"}
+    assert set(streams) == {"stream_raw", "stream_jpeg"}
+    for level in streams.values():
+        assert level["images_per_s"] > 0
+        assert level["latency_ms"]["p50"] is not None
+
+
+def test_every_row_has_a_ratio_to_the_limit(results: dict[str, Any]) -> None:
+    rows = results["rows"]
+    sections = {row["section"] for row in rows}
+    assert {"limit", "preprocess", "pipeline", "unary", "stream"} <= sections
+    for row in rows:
+        assert row["ratio"] is not None and math.isfinite(row["ratio"]), row["name"]
+
+
+def test_markdown_prints_ratios_beside_figures(quick_run: Path, results: dict[str, Any]) -> None:
+    text = (quick_run / "results.md").read_text()
+    assert results["meta"]["machine"]["cpu_model"] in text
+    # Every data row of the server tables shows a throughput with its ratio to raw.
+    server_rows = [line for line in text.splitlines() if line.startswith(("| tensor |", "| JPEG ", "| stream, "))]
+    assert len(server_rows) == len(results["server"]["levels"])
+    for line in server_rows:
+        assert "x raw)" in line, line
+
+
+def test_peers_are_skipped_with_a_reason(results: dict[str, Any]) -> None:
+    # --quick without --with-peers never installs or runs transformers.js.
+    assert "--with-peers" in results["peers"]["transformers_js"]["skipped"]
+    assert results["peers"]["transformers_py"].get("skipped") or results["peers"]["transformers_py"]["results"]
+
+
+def test_targets_are_all_reported(results: dict[str, Any]) -> None:
+    names = [t["name"] for t in results["targets"]]
+    assert len(names) == 5
+    # --quick measures no concurrency 16, so those targets are not judged.
+    c16 = next(t for t in results["targets"] if "concurrency 16 >=" in t["name"])
+    assert c16["met"] is None
+
+
+def test_window_counts_only_answers_inside_it() -> None:
+    window = Window(warmup_s=0.0, duration_s=1000.0, max_count=2)
+    opens = window.opens
+    window.record(opens - 1.0, opens - 0.5)  # warm-up answer: not counted
+    window.record(opens + 0.1, opens + 0.2)
+    window.record(opens + 0.1, opens + 0.3)  # reaches max_count: the window closes here
+    window.record(opens + 0.1, opens + 0.4)  # drained after the close: not counted
+    assert window.count == 2
+    assert window.stopping
+    assert window.seconds() == pytest.approx(0.3)
+    assert len(window.latencies) == 2
+
+
+def test_target_is_missed_when_batching_on_is_slower() -> None:
+    def level(batching: str, rate: float) -> dict[str, Any]:
+        return {
+            "mode": "unary",
+            "kind": "tensor",
+            "batching": batching,
+            "concurrency": 4,
+            "images_per_s": rate,
+            "latency_ms": {"p50": 5.0},
+        }
+
+    results = {
+        "limit": {
+            "raw_ort": {"best": {"images_per_s": 200.0}, "batch1_latency_ms": {"p50": 4.0}},
+            "pipeline": [],
+        },
+        "server": {"levels": [level("on", 90.0), level("off", 100.0)]},
+    }
+    target = next(t for t in report.evaluate_targets(results) if t["name"].startswith("batching on"))
+    assert target["met"] is False
+    assert target["ratio"] == pytest.approx(0.9)
