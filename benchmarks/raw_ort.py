@@ -26,7 +26,6 @@ import numpy as np
 from imgcls.server.decoding import open_image
 from imgcls.server.model import ModelLimits, ServedModel
 from imgcls.server.model_source import resolve_local
-from imgcls.server.onnx_backend import OnnxBackend, RuntimeOptions
 from imgcls.server.preprocessing import Preprocessor, compile_preprocessor
 from imgcls.server.settings import BatchingSettings, RuntimeSettings, ServerSettings
 
@@ -69,16 +68,6 @@ class LocalModel:
         self.onnx_path = files.onnx_path
         self.runtime_options = RuntimeSettings().options()
         self.instances = RuntimeSettings().resolved_instances()
-        self._all_cores: OnnxBackend | None = None
-
-    def all_cores_backend(self) -> OnnxBackend:
-        """The same model on a session with ONNX Runtime's default threads (every core), for reference."""
-        if self.instances == 1 and self.runtime_options.intra_op_threads == 0:
-            return self.backend
-        if self._all_cores is None:
-            options = RuntimeOptions(0, 0, self.runtime_options.providers)
-            self._all_cores = OnnxBackend(self.onnx_path, options, self.backend.graph.output_name)
-        return self._all_cores
 
     def preprocessor(self, *, jpeg_draft: bool) -> Preprocessor:
         """The model's own preprocessing (preprocessor_config.json as the server completes it)."""
@@ -133,9 +122,7 @@ def _side_by_side(run: Callable[[], Any], instances: int, images_per_run: int, b
     stop_at = time.perf_counter() + budget.seconds
 
     def worker(index: int) -> None:
-        while counts[index] < budget.min_runs or (
-            sum(counts) < budget.max_runs and time.perf_counter() < stop_at
-        ):
+        while counts[index] < budget.min_runs or (sum(counts) < budget.max_runs and time.perf_counter() < stop_at):
             run()
             counts[index] += 1
 
@@ -158,22 +145,24 @@ def measure_batches(
 
     Measured as the server runs: its session settings and its number of instances running side by
     side. Where the server runs several instances, the same sizes are also measured one run at a
-    time on a session that uses every core (ONNX Runtime's own default), and the limit is the best
-    of both: whichever way ONNX Runtime is faster on this machine.
+    time on the session that uses every core (the one a lone request gets; ONNX Runtime's own
+    default), and the limit is the best of both: whichever way ONNX Runtime is faster here.
+    Batch-1 latency is the lone request's: one run at a time on that every-core session.
     """
+    backend = model.backend
     instances = model.instances
-    configs: list[tuple[str, Any, int]] = [(f"{instances} side by side (server)", model.backend, instances)]
-    if instances > 1:
-        configs.append(("1 at a time, all cores", model.all_cores_backend(), 1))
+    configs: list[tuple[str, Any, int]] = [(f"{instances} side by side (server)", backend.run, instances)]
+    if backend.has_solo_session:
+        configs.append(("1 at a time, all cores", backend.run_alone, 1))
     rows = []
     for size in batch_sizes:
         batch = np.ascontiguousarray(np.stack([sample] * size))
-        for mode, backend, parallel in configs:
-            measured = _side_by_side(functools.partial(backend.run, batch), parallel, size, budget)
+        for mode, run, parallel in configs:
+            measured = _side_by_side(functools.partial(run, batch), parallel, size, budget)
             rows.append({"batch_size": size, "mode": mode, "instances": parallel, **measured})
     best = max(rows, key=lambda r: r["images_per_s"])
     single = sample[None]
-    latency = _timed_runs(lambda: model.backend.run(single), latency_budget)
+    latency = _timed_runs(lambda: backend.run_alone(single), latency_budget)
     result: dict[str, Any] = {
         "instances": instances,
         "intra_op_threads": model.runtime_options.intra_op_threads,
@@ -182,9 +171,9 @@ def measure_batches(
         "batch1_latency_ms": percentiles_ms(latency),
         "batch1_runs": len(latency),
     }
-    if instances > 1:
-        wide = model.all_cores_backend()
-        result["batch1_latency_all_cores_ms"] = percentiles_ms(_timed_runs(lambda: wide.run(single), latency_budget))
+    if backend.has_solo_session:
+        one_core = _timed_runs(lambda: backend.run(single), latency_budget)
+        result["batch1_latency_one_instance_ms"] = percentiles_ms(one_core)
     return result
 
 
@@ -224,12 +213,11 @@ def measure_pipeline(model: LocalModel, images: dict[str, Path], budget: Budget)
         data = path.read_bytes()
         for draft in (False, True):
             pre = model.preprocessor(jpeg_draft=draft)
-            # The straightforward script: a session with ONNX Runtime's default threads.
-            backend = model.backend if draft else model.all_cores_backend()
 
-            def one(data: bytes = data, pre: Preprocessor = pre, backend: OnnxBackend = backend) -> np.ndarray:
+            def one(data: bytes = data, pre: Preprocessor = pre) -> np.ndarray:
                 sample = pre(open_image(data, max_pixels=_DEFAULTS.max_image_pixels))
-                return backend.run(sample[None])
+                # One image after another: the every-core session, as a plain script's default session.
+                return model.backend.run_alone(sample[None])
 
             times = _timed_runs(one, budget)
             rows.append(

@@ -479,13 +479,38 @@ async def test_crash_of_one_instance_fails_the_batches_running_on_the_others() -
         assert await asyncio.to_thread(run.all_inside.wait, HANG)
         queued = batcher.submit([sample(3)])
         run.gate.set()
-        # Sample 1's run may finish before the crash is seen, or be failed with it; never left hanging.
+        # Samples 1 and 3 may run on the other instance before the crash is seen (then they are
+        # answered correctly) or be failed with it; none is left hanging, none gets a wrong answer.
         outcomes = await asyncio.wait_for(asyncio.gather(*futures, *queued, return_exceptions=True), HANG)
-        assert isinstance(outcomes[1], UnavailableError) and "batcher stopped" in outcomes[1].message
-        assert isinstance(outcomes[2], UnavailableError)
+        assert isinstance(outcomes[1], UnavailableError) and "batcher stopped" in outcomes[1].message, outcomes
+        for outcome, expected in ((outcomes[0], 3.0), (outcomes[2], 9.0)):
+            assert isinstance(outcome, UnavailableError) or float(outcome) == expected, outcomes
         assert not batcher.ready
 
 
 def test_instances_must_be_positive() -> None:
     with pytest.raises(ValueError, match="instances"):
         DynamicBatcher(FakeRun(), name="x", max_batch_size=1, max_queue_delay_s=0, queue_limit=1, instances=0)
+
+
+async def test_a_lone_batch_runs_on_run_alone_and_batches_side_by_side_do_not() -> None:
+    shared = CountingRun(inside_target=2)
+    alone_batches: list[float] = []
+
+    def run_alone(batch: np.ndarray) -> np.ndarray:
+        alone_batches.append(float(batch[0, 0]))
+        return shared(batch)
+
+    async with make_batcher(shared, max_batch_size=1, instances=2, run_alone=run_alone) as batcher:
+        # Nothing else running or queued: the lone caller gets run_alone (every core).
+        shared.gate.set()
+        assert await results(batcher.submit([sample(1)])) == [3.0]
+        assert alone_batches == [1.0]
+        # Two at once: the first taken still had the second queued, so neither ran alone.
+        shared.gate.clear()
+        shared.all_inside.clear()
+        futures = batcher.submit([sample(2), sample(3)])
+        assert await asyncio.to_thread(shared.all_inside.wait, HANG)
+        shared.gate.set()
+        assert await results(futures) == [6.0, 9.0]
+        assert alone_batches == [1.0]

@@ -18,6 +18,7 @@ from conftest import ROOT
 from imgcls import cli
 from imgcls.server.app import server_options
 from imgcls.server.errors import ConfigError
+from imgcls.server.onnx_backend import RuntimeOptions
 from imgcls.server.settings import (
     DEFAULT_MODEL_NAME,
     BatchingSettings,
@@ -581,3 +582,28 @@ def test_tls_flags_merge_with_the_environment(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("IMGCLS_TLS__KEY_FILE", "k.pem")
     settings = cli.serve_settings_from_args(cli.build_parser().parse_args(["serve", "--tls-client-ca", "ca.pem"]))
     assert settings.tls == TlsSettings(cert_file=Path("c.pem"), key_file=Path("k.pem"), client_ca_file=Path("ca.pem"))
+
+
+def test_auto_instances_share_the_cores_and_keep_every_core_for_a_lone_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgcls.server import settings as settings_module
+
+    monkeypatch.setattr(settings_module.os, "cpu_count", lambda: 2)
+    runtime = RuntimeSettings()
+    assert runtime.resolved_instances() == 2
+    options = runtime.options()
+    assert options.intra_op_threads == 1  # one core per instance
+    assert options.solo_intra_op_threads == 0  # a lone run: ONNX Runtime's default, every core
+
+    monkeypatch.setattr(settings_module.os, "cpu_count", lambda: 64)
+    assert RuntimeSettings().resolved_instances() == settings_module.AUTO_MAX_INSTANCES
+    assert RuntimeSettings().options().intra_op_threads == 64 // settings_module.AUTO_MAX_INSTANCES
+
+
+def test_explicit_threads_or_one_instance_build_no_solo_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgcls.server import settings as settings_module
+
+    monkeypatch.setattr(settings_module.os, "cpu_count", lambda: 2)
+    assert RuntimeSettings(instances=1).options() == RuntimeOptions(0, 0, ("CPUExecutionProvider",))
+    assert RuntimeSettings(intra_op_threads=2).options().solo_intra_op_threads is None
+    gpu = RuntimeSettings(providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+    assert gpu.resolved_instances() == 1 and gpu.options().solo_intra_op_threads is None

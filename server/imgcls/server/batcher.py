@@ -78,10 +78,15 @@ class DynamicBatcher:
         fixed_batch: int | None = None,
         on_batch: Callable[[int, float, float], None] | None = None,
         instances: int = 1,
+        run_alone: RunFn | None = None,
     ) -> None:
         if instances < 1:
             raise ValueError("instances must be at least 1")
         self._run = run
+        # For a batch that starts with no other instance running and nothing queued (a lone caller):
+        # the backend can then give it every core instead of one instance's share.
+        self._run_alone = run_alone
+        self._busy = 0  # instances inside a run; guarded by _cond
         self.name = name
         # A model with a fixed batch dimension runs at exactly that size (padded when short).
         self.max_batch_size = fixed_batch or max_batch_size
@@ -166,11 +171,16 @@ class DynamicBatcher:
         me = threading.get_ident()
         try:
             while True:
-                batch = self._next_batch()
-                if batch is None:
+                taken = self._next_batch()
+                if taken is None:
                     return
+                batch, alone = taken
                 self._running[me] = batch
-                self._execute(batch)
+                try:
+                    self._execute(batch, alone)
+                finally:
+                    with self._cond:
+                        self._busy -= 1
                 self._running[me] = []
         except BaseException as exc:  # a bug: fail everyone rather than leave them hanging
             log.exception("batcher for model %s crashed; failing all pending requests", self.name)
@@ -184,7 +194,8 @@ class DynamicBatcher:
                 self._cond.notify_all()
             self._fail(pending, UnavailableError(f"model {self.name}: batcher stopped ({exc})"))
 
-    def _next_batch(self) -> list[_Pending] | None:
+    def _next_batch(self) -> tuple[list[_Pending], bool] | None:
+        """The next batch to run, and whether it runs alone (no other run, nothing queued)."""
         with self._cond:
             while True:
                 self._drop_stale_head()
@@ -202,7 +213,9 @@ class DynamicBatcher:
                     batch = self._take(key)
                     if self._queue:
                         self._cond.notify()  # another idle instance can take what is left
-                    return batch
+                    alone = self._busy == 0 and not self._queue
+                    self._busy += 1
+                    return batch, alone
                 self._cond.wait(timeout=close_at - now)
 
     def _drop_stale_head(self) -> None:
@@ -240,15 +253,17 @@ class DynamicBatcher:
             self._fail(expired, DeadlineExceededError("deadline passed before the input could run"))
         return batch
 
-    def _execute(self, batch: list[_Pending]) -> None:
+    def _execute(self, batch: list[_Pending], alone: bool = False) -> None:
         if not batch:
             return
         started = time.monotonic()
         samples = [p.sample for p in batch]
         if self._fixed_batch and len(samples) < self._fixed_batch:
             samples += [np.zeros_like(samples[0])] * (self._fixed_batch - len(samples))
+        run = self._run_alone if alone and self._run_alone is not None else self._run
         try:
-            outputs = self._run(np.stack(samples))
+            # One sample: a view, not a copy (ONNX Runtime only reads its input).
+            outputs = run(samples[0][None] if len(samples) == 1 else np.stack(samples))
         except ImgclsError as exc:
             self._fail(batch, exc)
             return

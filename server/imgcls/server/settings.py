@@ -67,9 +67,12 @@ class RuntimeSettings(_Frozen):
 
     def options(self) -> RuntimeOptions:
         intra = self.intra_op_threads
+        solo: int | None = None
         if intra == 0 and self.resolved_instances() > 1:
+            # The cores shared out among the instances, and a batch that runs alone gets them all.
             intra = max(1, (os.cpu_count() or 1) // self.resolved_instances())
-        return RuntimeOptions(intra, self.inter_op_threads, self.providers)
+            solo = 0
+        return RuntimeOptions(intra, self.inter_op_threads, self.providers, solo_intra_op_threads=solo)
 
 
 class ModelSettings(_Frozen):
