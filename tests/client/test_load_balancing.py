@@ -174,7 +174,7 @@ async def test_async_client_spreads_calls_and_survives_a_server_stopping() -> No
                 try:
                     await client.classify(IMAGE)
                 except ClientError as exc:
-                                return exc.code
+                    return exc.code
                 return grpc.StatusCode.OK
 
             in_flight = [asyncio.ensure_future(outcome()) for _ in range(8)]

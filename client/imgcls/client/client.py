@@ -73,12 +73,13 @@ def channel_target(target: str | Sequence[str]) -> str:
     for address in target:
         host, port = _split_host_port(address)
         for family, _, _, _, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+            ip = str(sockaddr[0])
             if family == socket.AF_INET:
-                entry = f"{sockaddr[0]}:{sockaddr[1]}"
+                entry = f"{ip}:{port}"
                 if entry not in v4:
                     v4.append(entry)
             elif family == socket.AF_INET6:
-                entry = f"[{sockaddr[0]}]:{sockaddr[1]}"
+                entry = f"[{ip}]:{port}"
                 if entry not in v6:
                     v6.append(entry)
     # One scheme per target: IPv4 where every address has one, else IPv6.

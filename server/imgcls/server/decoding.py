@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import logging
 import math
+import reprlib
+import threading
 import warnings
 from typing import Any
 
@@ -14,8 +17,21 @@ from imgcls.server.errors import InvalidInputError
 from imgcls.server.types import Base64Image, EncodedImage, PixelFormat, RawImage, TensorDType, TensorInput
 from PIL import Image, UnidentifiedImageError
 
-# Pillow's own bomb check warns or raises depending on size; imgcls enforces its own limit instead.
+# Pillow's global bomb check warns or raises at its own fixed limit; imgcls enforces each server's
+# max_image_pixels instead (below, and in open_image), so the global one is off.
 Image.MAX_IMAGE_PIXELS = None
+
+# Pillow logs what it parses at DEBUG, EXIF tag values included (descriptions, GPS positions, serial
+# numbers): callers' image contents must not reach the server's logs, whoever turns logging up.
+# Left alone when someone has set Pillow's level on purpose.
+if logging.getLogger("PIL").level == logging.NOTSET:
+    logging.getLogger("PIL").setLevel(logging.INFO)
+
+# The formats the README documents, and only those: Pillow knows dozens more (EPS runs
+# Ghostscript, ICNS, SPIDER, ...), each a parser exposed to callers for no use. (A JPEG holding
+# several pictures, as phone cameras write them, still opens: Pillow's JPEG opener makes it MPO.)
+DOCUMENTED_FORMATS = ("JPEG", "PNG", "WebP", "GIF", "BMP", "TIFF")
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 _PIL_MODES = {
     PixelFormat.RGB8: "RGB",
@@ -28,25 +44,89 @@ _NUMPY_DTYPES: dict[TensorDType, np.dtype[Any]] = {
     TensorDType.FLOAT16: np.dtype("<f2"),
 }
 
+# Error messages quote what the caller sent, but never more than this: a message must not echo a
+# large input back (stream frame errors are sent as they are), nor cost much to build.
+_BRIEF = reprlib.Repr()  # (keyword arguments need Python 3.12)
+_BRIEF.maxlevel, _BRIEF.maxdict, _BRIEF.maxlist, _BRIEF.maxtuple, _BRIEF.maxset = 3, 4, 8, 8, 4
+_BRIEF.maxstring = 130  # a model name (at most 128 characters) is shown whole
+_BRIEF.maxother = _BRIEF.maxlong = 64
+_BRIEF_CHARS = 160
+
+
+def brief(value: object) -> str:
+    """repr(value) for an error message, shortened (with ...) when long."""
+    text = _BRIEF.repr(value)
+    return text if len(text) <= _BRIEF_CHARS else text[: _BRIEF_CHARS - 3] + "..."
+
+
+def short_cause(exc: BaseException) -> str:
+    """A decoder's own message, shortened: some quote bytes of the file (e.g. a TIFF header)."""
+    text = str(exc)
+    return text if len(text) <= _BRIEF_CHARS else text[: _BRIEF_CHARS - 3] + "..."
+
+
+class _OverLimit(Image.DecompressionBombError):
+    """Raised inside Image.open by _bomb_check; open_image turns it into InvalidInputError."""
+
+    def __init__(self, width: int, height: int) -> None:
+        super().__init__(f"{width}x{height}")
+        self.width, self.height = width, height
+
+
+_opening = threading.local()  # .max_pixels: the limit of the open_image running on this thread
+_pillow_bomb_check = Image._decompression_bomb_check
+
+
+def _bomb_check(size: tuple[int, int], *args: Any, **kwargs: Any) -> None:
+    """Pillow's hook before it allocates for a size read from a file, with open_image's limit.
+
+    Some decoders allocate inside Image.open for sizes that image.size does not show yet, before
+    open_image can look: a GIF frame larger than its screen gets a frame-sized canvas (4 GB from
+    a 43-byte file), a WebP its full canvas. Pillow asks this hook first at each such place, so
+    the limit holds there too. Outside open_image (another thread, other Pillow users in the
+    process) Pillow's own check runs, unchanged.
+    """
+    limit: int | None = getattr(_opening, "max_pixels", None)
+    if limit is None:
+        _pillow_bomb_check(size, *args, **kwargs)
+    elif max(1, size[0]) * max(1, size[1]) > limit:
+        raise _OverLimit(size[0], size[1])
+
+
+# Module attribute, looked up at each call by Image.open and the plugins (a private name: the
+# GIF test in tests/reliability/test_hostile_images.py fails if Pillow ever stops calling it).
+Image._decompression_bomb_check = _bomb_check
+
 
 def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
     """Open an encoded image (header only: pixels are decoded later, possibly at reduced size)."""
     if not data:
         raise InvalidInputError("empty image")
+    _opening.max_pixels = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except _OverLimit as exc:
+        raise InvalidInputError(_over_limit(exc.width, exc.height, max_pixels)) from None
     except UnidentifiedImageError:
-        raise InvalidInputError("not a decodable image (unknown or corrupt format)") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise InvalidInputError(f"not a decodable image ({exc})") from None
+        raise InvalidInputError(
+            f"not a decodable image (unknown or corrupt format; accepted: {', '.join(DOCUMENTED_FORMATS)})"
+        ) from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InvalidInputError(f"not a decodable image ({short_cause(exc)})") from None
+    finally:
+        _opening.max_pixels = None
     width, height = image.size
     if width < 1 or height < 1:
         raise InvalidInputError(f"image has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise InvalidInputError(f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
+        raise InvalidInputError(_over_limit(width, height, max_pixels))
     return image
+
+
+def _over_limit(width: int, height: int, max_pixels: int) -> str:
+    return f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
 
 
 def load_pixels(image: Image.Image) -> Image.Image:
@@ -56,9 +136,9 @@ def load_pixels(image: Image.Image) -> Image.Image:
             warnings.simplefilter("ignore")
             image.load()
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise InvalidInputError(f"image data is truncated or corrupt ({exc})") from None
+        raise InvalidInputError(f"image data is truncated or corrupt ({short_cause(exc)})") from None
     except Image.DecompressionBombError as exc:
-        raise InvalidInputError(str(exc)) from None
+        raise InvalidInputError(short_cause(exc)) from None
     return image
 
 
@@ -120,21 +200,23 @@ def tensor_to_array(
     whatever scores it gives.
     """
     dims = tuple(tensor.dims)
+
+    def shown() -> str:  # the dims as the caller sent them, shortened (there may be a million); errors only
+        return brief(list(tensor.dims))
+
     if any(d <= 0 for d in dims):
-        raise InvalidInputError(f"tensor: dims must be positive, got {list(dims)}")
+        raise InvalidInputError(f"tensor: dims must be positive, got {shown()}")
     rank = len(sample_shape)
     if len(dims) == rank:
         dims = (1, *dims)
     if len(dims) != rank + 1:
         raise InvalidInputError(
-            f"tensor: dims {list(tensor.dims)} have rank {len(tensor.dims)}; the model takes "
+            f"tensor: dims {shown()} have rank {len(tensor.dims)}; the model takes "
             f"{rank} dims per sample ({_shape_text(sample_shape)}), with or without a batch dimension"
         )
     for got, want in zip(dims[1:], sample_shape, strict=True):
         if want is not None and got != want:
-            raise InvalidInputError(
-                f"tensor: dims {list(tensor.dims)} do not match the model input {_shape_text(sample_shape)}"
-            )
+            raise InvalidInputError(f"tensor: dims {shown()} do not match the model input {_shape_text(sample_shape)}")
     count = math.prod(dims)
     if count > max_elements:
         raise InvalidInputError(f"tensor: {count} elements, over the limit of {max_elements}")
@@ -146,14 +228,14 @@ def tensor_to_array(
         source_dtype = _NUMPY_DTYPES[tensor.dtype]
         if len(tensor.raw_data) != count * source_dtype.itemsize:
             raise InvalidInputError(
-                f"tensor: raw_data has {len(tensor.raw_data)} bytes but dims {list(tensor.dims)} of "
+                f"tensor: raw_data has {len(tensor.raw_data)} bytes but dims {shown()} of "
                 f"{tensor.dtype.value} need {count * source_dtype.itemsize}"
             )
         array = np.frombuffer(tensor.raw_data, dtype=source_dtype)
     else:
         if len(tensor.float_data) != count:
             raise InvalidInputError(
-                f"tensor: float_data has {len(tensor.float_data)} values but dims {list(tensor.dims)} need {count}"
+                f"tensor: float_data has {len(tensor.float_data)} values but dims {shown()} need {count}"
             )
         array = np.asarray(tensor.float_data, dtype=np.float32)
     return array.reshape(dims).astype(dtype, copy=False)

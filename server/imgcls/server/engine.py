@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
+from imgcls.server.decoding import brief
 from imgcls.server.errors import ModelLoadError, ModelNotFoundError, UnavailableError
 from imgcls.server.model import ModelLimits, ServedModel
 from imgcls.server.model_source import ModelFiles, load_hf_folder, resolve_local
@@ -108,7 +109,8 @@ class Engine:
     def get(self, name: str) -> ServedModel:
         model = self.models.get(name or self.default_model)
         if model is None:
-            raise ModelNotFoundError(f"model {name!r} is not served; served models: {', '.join(self.models)}")
+            # brief(): a huge name must not crowd the served models out of the (length-capped) message.
+            raise ModelNotFoundError(f"model {brief(name)} is not served; served models: {', '.join(self.models)}")
         return model
 
     async def classify(self, request: ClassifyRequest, deadline: float | None = None) -> tuple[str, list[Ranking]]:

@@ -86,6 +86,8 @@ class ServedModel:
             max_queue_delay_s=batching.max_queue_delay_us / 1e6,
             queue_limit=batching.queue_limit,
             fixed_batch=graph.fixed_batch,
+            instances=runtime.resolved_instances(),
+            run_alone=self.backend.run_alone if self.backend.has_solo_session else None,
         )
         self.request_stats = RequestStats()
         self.load_seconds = time.monotonic() - started
@@ -200,11 +202,28 @@ class ServedModel:
         try:
             image = decoding.to_pil(item, max_pixels=self.limits.max_image_pixels)  # type: ignore[arg-type]
             image = preprocessor.prepare_image(image)
+            self._check_image_size(image)
             return [preprocessor.to_array(image)]
         except InvalidInputError as exc:
             raise InvalidInputError(f"inputs[{index}]: {exc.message}") from None
         except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-            raise InvalidInputError(f"inputs[{index}]: image data is truncated or corrupt ({exc})") from None
+            raise InvalidInputError(
+                f"inputs[{index}]: image data is truncated or corrupt ({decoding.short_cause(exc)})"
+            ) from None
+
+    def _check_image_size(self, image: Image.Image) -> None:
+        """Refuse an image the graph cannot take, before it is converted or queued.
+
+        With overrides such as do_resize false, preprocessing output follows the input's size;
+        _compile cannot know it, and ONNX Runtime would fail the whole batch (INTERNAL for
+        every caller in it) instead of refusing this one input.
+        """
+        height, width = self._graph_hw()
+        if (height and image.height != height) or (width and image.width != width):
+            raise InvalidInputError(
+                f"preprocessing made a {image.height}x{image.width} (height x width) image but model {self.name} "
+                f"takes {height or '?'}x{width or '?'}; resize or crop to that size (do_resize, do_center_crop)"
+            )
 
     async def infer(
         self, samples: list[np.ndarray], options: ClassifyOptions, deadline: float | None = None
