@@ -514,3 +514,28 @@ async def test_a_lone_batch_runs_on_run_alone_and_batches_side_by_side_do_not() 
         shared.gate.set()
         assert await results(futures) == [6.0, 9.0]
         assert alone_batches == [1.0]
+
+
+async def test_instances_take_fair_shares_of_the_queue() -> None:
+    run = CountingRun(inside_target=2)
+    async with make_batcher(run, max_batch_size=8, instances=2) as batcher:
+        blocker = batcher.submit([sample(0)])
+        await run.wait_entered()  # one instance is busy; the other takes what is queued next
+        futures = batcher.submit([sample(v) for v in range(1, 7)])
+        assert await asyncio.to_thread(run.all_inside.wait, HANG)
+        run.gate.set()
+        assert await results(blocker + futures) == [3.0 * v for v in range(7)]
+    # Six queued for two instances: batches of ceil(6 / 2) = 3, not one batch of six.
+    assert run.sizes[0] == 1 and run.sizes[1] == 3, run.sizes
+    assert sorted(run.sizes) == [1, 1, 2, 3] or sorted(run.sizes) == [1, 3, 3], run.sizes
+
+
+async def test_one_instance_takes_up_to_max_batch_size() -> None:
+    run = FakeRun(gated=True)
+    async with make_batcher(run, max_batch_size=4, instances=1) as batcher:
+        blocker = batcher.submit([sample(0)])
+        await run.wait_entered()
+        futures = batcher.submit([sample(v) for v in range(1, 7)])
+        run.gate.set()
+        assert await results(blocker + futures) == [3.0 * v for v in range(7)]
+    assert run.sizes == [1, 4, 2]

@@ -67,12 +67,13 @@ async def test_request_larger_than_max_batch_size_is_answered_whole_and_in_order
 ) -> None:
     names = [SIX_IMAGES[i % len(SIX_IMAGES)] for i in range(20)]
     request = pb.ClassifyRequest(inputs=[pb.Input(image=image_bytes(n)) for n in names], request_id="big")
-    async with running_server(batching={"max_batch_size": 8}) as server, connect(server) as stub:
+    one_instance = {"batching": {"max_batch_size": 8}, "runtime": {"instances": 1}}
+    async with running_server(**one_instance) as server, connect(server) as stub:
         response = await stub.Classify(request)
         model_stats = await stats(stub)
     assert len(response.results) == 20
     assert [r.labels[0].label for r in response.results] == [reference[n][0]["label"] for n in names]
-    # The 20 samples are queued together, so they run as 8 + 8 + 4.
+    # The 20 samples are queued together, so one instance runs them as 8 + 8 + 4.
     assert dict(model_stats.batch_size_counts) == {8: 2, 4: 1}
 
 

@@ -56,7 +56,7 @@ def port_file(tmp_path: Path) -> Path:
 def test_defaults_without_any_layer() -> None:
     settings = load_settings(environ={})
     assert settings.port == 50051
-    assert settings.batching == BatchingSettings(max_batch_size=8, max_queue_delay_us=0, queue_limit=256)
+    assert settings.batching == BatchingSettings(max_batch_size=4, max_queue_delay_us=0, queue_limit=256)
     # No models configured: the embedded default model is served.
     assert [m.name for m in settings.served_models] == [DEFAULT_MODEL_NAME]
 

@@ -210,7 +210,7 @@ class DynamicBatcher:
                 matching = sum(1 for p in self._queue if p.key == key)
                 now = time.monotonic()
                 if matching >= self.max_batch_size or now >= close_at or self._stopping:
-                    batch = self._take(key)
+                    batch = self._take(key, self._share(matching))
                     if self._queue:
                         self._cond.notify()  # another idle instance can take what is left
                     alone = self._busy == 0 and not self._queue
@@ -231,14 +231,27 @@ class DynamicBatcher:
         if expired:
             self._fail(expired, DeadlineExceededError("deadline passed before the input could run"))
 
-    def _take(self, key: tuple[tuple[int, ...], str]) -> list[_Pending]:
-        """Up to max_batch_size live samples with this key, oldest first; the rest stay queued in order."""
+    def _share(self, matching: int) -> int:
+        """How many of the matching queued samples this instance takes: its fair share among all
+        instances, up to max_batch_size.
+
+        Two instances and two queued samples run as two batches of one side by side, not one batch
+        of two beside an instance that frees up a moment later and finds nothing left; batches grow
+        only once the queue is longer than the instances can take one by one. A fixed batch
+        dimension is padded anyway: fill it.
+        """
+        if self._fixed_batch:
+            return self.max_batch_size
+        return max(1, min(self.max_batch_size, -(-matching // self.instances)))
+
+    def _take(self, key: tuple[tuple[int, ...], str], limit: int) -> list[_Pending]:
+        """Up to limit live samples with this key, oldest first; the rest stay queued in order."""
         now = time.monotonic()
         batch: list[_Pending] = []
         keep: deque[_Pending] = deque()
         expired: list[_Pending] = []
         for item in self._queue:
-            if len(batch) < self.max_batch_size and item.key == key:
+            if len(batch) < limit and item.key == key:
                 if item.dropped:
                     self.stats.dropped_inputs += 1
                 elif item.deadline is not None and item.deadline <= now:

@@ -34,7 +34,7 @@ class BatchingSettings(_Frozen):
     (max_queue_delay_us 0) and only merges inputs that are already queued while the session is busy.
     """
 
-    max_batch_size: int = Field(default=8, ge=1, le=1024)
+    max_batch_size: int = Field(default=4, ge=1, le=1024)
     max_queue_delay_us: int = Field(default=0, ge=0, le=10_000_000)
     queue_limit: int = Field(default=256, ge=1, le=1_000_000)
 
