@@ -33,6 +33,7 @@ import grpc
 import numpy as np
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from imgcls.server.cpus import available_cpus
 from imgcls.server.settings import DEFAULT_MODEL_NAME, EMBEDDED_MODEL_DIR, ServerSettings
 from PIL import Image
 
@@ -474,7 +475,7 @@ def run(profile: Profile, out: Path, *, with_peers: bool, model_dir: Path, image
                 "batching_off": "--max-batch-size 1",
                 "stream_max_in_flight": settings.stream_max_in_flight,
                 "jpeg_draft": settings.jpeg_draft,
-                "preprocess_threads": settings.preprocess_threads or os.cpu_count(),
+                "preprocess_threads": settings.preprocess_threads or available_cpus(),
             },
             "inputs": describe_inputs(images),
         },

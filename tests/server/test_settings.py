@@ -587,14 +587,14 @@ def test_tls_flags_merge_with_the_environment(monkeypatch: pytest.MonkeyPatch) -
 def test_auto_instances_share_the_cores_and_keep_every_core_for_a_lone_run(monkeypatch: pytest.MonkeyPatch) -> None:
     from imgcls.server import settings as settings_module
 
-    monkeypatch.setattr(settings_module.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(settings_module.cpus, "available_cpus", lambda: 2)
     runtime = RuntimeSettings()
     assert runtime.resolved_instances() == 2
     options = runtime.options()
     assert options.intra_op_threads == 1  # one core per instance
     assert options.solo_intra_op_threads == 0  # a lone run: ONNX Runtime's default, every core
 
-    monkeypatch.setattr(settings_module.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(settings_module.cpus, "available_cpus", lambda: 64)
     assert RuntimeSettings().resolved_instances() == settings_module.AUTO_MAX_INSTANCES
     assert RuntimeSettings().options().intra_op_threads == 64 // settings_module.AUTO_MAX_INSTANCES
 
@@ -602,7 +602,7 @@ def test_auto_instances_share_the_cores_and_keep_every_core_for_a_lone_run(monke
 def test_explicit_threads_or_one_instance_build_no_solo_session(monkeypatch: pytest.MonkeyPatch) -> None:
     from imgcls.server import settings as settings_module
 
-    monkeypatch.setattr(settings_module.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(settings_module.cpus, "available_cpus", lambda: 2)
     assert RuntimeSettings(instances=1).options() == RuntimeOptions(0, 0, ("CPUExecutionProvider",))
     assert RuntimeSettings(intra_op_threads=2).options().solo_intra_op_threads is None
     gpu = RuntimeSettings(providers=("CUDAExecutionProvider", "CPUExecutionProvider"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
+from imgcls.server.cpus import available_cpus
 from imgcls.server.decoding import brief
 from imgcls.server.errors import ModelLoadError, ModelNotFoundError, UnavailableError
 from imgcls.server.model import ModelLimits, ServedModel
@@ -52,7 +52,7 @@ class Engine:
     @classmethod
     def load(cls, settings: ServerSettings) -> Engine:
         """Load every configured model (downloading hub models first); ModelLoadError names the one that failed."""
-        workers = settings.preprocess_threads or os.cpu_count() or 2
+        workers = settings.preprocess_threads or available_cpus()
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
         limits = ModelLimits(
             max_inputs_per_request=settings.max_inputs_per_request,

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from imgcls.server import cpus
 from imgcls.server.errors import ConfigError
 from imgcls.server.onnx_backend import RuntimeOptions
 from imgcls.server.variants import DTYPES
@@ -63,14 +64,14 @@ class RuntimeSettings(_Frozen):
             return self.instances
         if any(p != "CPUExecutionProvider" for p in self.providers):
             return 1
-        return max(1, min(AUTO_MAX_INSTANCES, os.cpu_count() or 1))
+        return max(1, min(AUTO_MAX_INSTANCES, cpus.available_cpus()))
 
     def options(self) -> RuntimeOptions:
         intra = self.intra_op_threads
         solo: int | None = None
         if intra == 0 and self.resolved_instances() > 1:
             # The cores shared out among the instances, and a batch that runs alone gets them all.
-            intra = max(1, (os.cpu_count() or 1) // self.resolved_instances())
+            intra = max(1, cpus.available_cpus() // self.resolved_instances())
             solo = 0
         return RuntimeOptions(intra, self.inter_op_threads, self.providers, solo_intra_op_threads=solo)
 
