@@ -211,7 +211,7 @@ def test_serve_process_logs_json(tmp_path: Path) -> None:
     assert model["level"] == "info"
     expected = {"model": "efficientnet-lite0", "variant": "fp32", "providers": ["CPUExecutionProvider"]}
     assert expected.items() <= model.items()
-    assert {"max_batch_size": 8, "max_queue_delay_us": 0, "queue_limit": 256}.items() <= model.items()
+    assert {"max_batch_size": 4, "max_queue_delay_us": 0, "queue_limit": 256}.items() <= model.items()
     requests = [e for e in entries if e["logger"] == "imgcls.requests"]
     assert len(requests) == 1, seen
     assert requests[0]["level"] == "debug"

@@ -151,9 +151,10 @@ def direct_batch_scores(onnx_file: Path, names: Sequence[str]) -> np.ndarray:
 
 @pytest.mark.parametrize(("dtype", "file_name"), [("q8", "model_quantized.onnx"), ("int8", "model_int8.onnx")])
 async def test_quantized_variants(dtype: str, file_name: str) -> None:
-    # These are slow on this CPU: one request with every image, one batch.
+    # These are slow on this CPU: one request with every image, one batch (one instance, room for all).
     models = [{"name": "effnet", "source": str(EFFICIENTNET), "dtype": dtype}]
-    async with running_server(models=models, jpeg_draft=False) as server, connect(server) as stub:
+    one_batch = {"batching": {"max_batch_size": 8}, "runtime": {"instances": 1}}
+    async with running_server(models=models, jpeg_draft=False, **one_batch) as server, connect(server) as stub:
         response = await stub.Classify(
             pb.ClassifyRequest(inputs=[image_input(n) for n in IMAGE_NAMES], parameters=pb.Parameters(top_k=0))
         )
@@ -454,7 +455,9 @@ async def test_fixed_batch_two_pads_the_last_run(tmp_path: Path) -> None:
 
 async def test_dynamic_batch_tiny_model_batches_freely(tmp_path: Path) -> None:
     path = tiny_bare_model(tmp_path, ["N", 3, 8, 8])
-    async with running_server(models=[{"name": "tiny", "source": str(path)}]) as server, connect(server) as stub:
+    one_batch = {"batching": {"max_batch_size": 8}, "runtime": {"instances": 1}}
+    models = [{"name": "tiny", "source": str(path)}]
+    async with running_server(models=models, **one_batch) as server, connect(server) as stub:
         response = await stub.Classify(
             pb.ClassifyRequest(model="tiny", inputs=[solid(c) for c in COLOURS], parameters=NONE)
         )

@@ -148,7 +148,7 @@ async def test_list_models_describes_the_default_model(stub: pb_grpc.ImageClassi
     assert info.variant == "fp32"
     assert info.input_dtype == pb.DATA_TYPE_FLOAT32
     assert info.is_default
-    assert info.max_batch_size == 8
+    assert info.max_batch_size == 4  # the default
     assert_efficientnet_info(info)
 
 
