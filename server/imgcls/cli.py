@@ -176,6 +176,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImgclsError as exc:
         logging.getLogger("imgcls").error("cannot start: %s", exc.message)
         return 1
+    except OSError as exc:  # e.g. the port is taken
+        logging.getLogger("imgcls").error("cannot start: %s", exc)
+        return 1
     return 0
 
 
@@ -297,10 +300,15 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from google.protobuf import json_format
+    from imgcls.client import ClientError
 
     _servers(args)
-    with _client(args) as client:
-        models = client.list_models()
+    try:
+        with _client(args) as client:
+            models = client.list_models()
+    except ClientError as exc:
+        print(f"imgcls models: {exc}", file=sys.stderr)
+        return 1
     for model in models:
         info = json_format.MessageToDict(model)
         info.pop("labels", None)

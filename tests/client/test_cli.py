@@ -111,6 +111,13 @@ async def test_models(server: RunningServer, capsys: pytest.CaptureFixture[str])
     assert "labels" not in info  # 1000 labels would drown the rest
 
 
+async def test_models_closed_port_is_one_line_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    assert await run_cli("models", "--server", f"127.0.0.1:{port}", "--timeout", "5") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("imgcls models: UNAVAILABLE") and "Traceback" not in err
+
+
 # --- serve -----------------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import grpc
+import numpy as np
 import pytest
 from conftest import connect, make_settings, running_server
 from imgcls.client import AsyncClient, Client, ClientError
@@ -92,6 +93,29 @@ def test_target_strings() -> None:
         assert client.target == dns
     options = dict(channel_options(1 << 20))
     assert '"round_robin"' in options["grpc.service_config"]
+    # Calls up to the largest message stay retryable (gRPC's default keeps only 256 KiB of a call).
+    assert options["grpc.per_rpc_retry_buffer_size"] == 1 << 20
+
+
+def test_target_lists_refuse_what_grpc_cannot_balance() -> None:
+    with pytest.raises(ValueError, match="host:port entries"):
+        channel_target(["dns:///a.example:50051", "dns:///b.example:50051"])
+    with pytest.raises(ValueError, match="mix IPv4-only and IPv6-only"):
+        channel_target(["127.0.0.1:50051", "[::1]:50052"])
+    assert channel_target(["[::1]:50051", "[::1]:50052"]) == "ipv6:[::1]:50051,[::1]:50052"
+    with pytest.raises(ValueError, match="needs a port"):
+        channel_target(["127.0.0.1", "127.0.0.2:50051"])
+
+
+async def test_large_calls_refused_by_a_draining_server_are_retried_on_the_other() -> None:
+    # A 600 KB tensor (a 224x224 float32 input): over gRPC's default 256 KiB retry buffer.
+    tensor = np.zeros((1, 3, 224, 224), dtype=np.float32)
+    async with two_servers() as servers:
+        servers[1].servicer.refuse_new_calls()  # as during its shutdown: every call answered UNAVAILABLE
+        async with AsyncClient(targets(servers), timeout=30) as client:
+            for _ in range(6):  # round robin sends every other first attempt to the refusing server
+                assert len(await client.classify(tensor, top_k=1)) == 1
+        assert await served_requests(servers[0]) == 6
 
 
 async def test_several_host_names() -> None:

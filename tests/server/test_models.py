@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import shutil
 from collections.abc import Sequence
@@ -595,3 +596,24 @@ async def test_function_none_keeps_negative_scores(tmp_path: Path) -> None:
         response = await stub.Classify(pb.ClassifyRequest(model="tiny", inputs=[solid(colour)], parameters=NONE))
     assert len(response.results[0].labels) == 4
     np.testing.assert_allclose(scores_by_index(response.results[0]), vit_logits(colour), atol=1e-5)
+
+
+async def test_dynamic_size_model_refuses_an_unbounded_input_made_by_overrides(tmp_path: Path) -> None:
+    path = tiny_bare_model(tmp_path, ["N", 3, "H", "W"])
+    big = io.BytesIO()
+    Image.new("RGB", (2100, 2100), (200, 10, 10)).save(big, format="PNG")  # compresses to a few KB
+    request = pb.ClassifyRequest(model="tiny", inputs=[pb.Input(image=big.getvalue())], parameters=NONE)
+    request.preprocessor_overrides.update({"do_resize": False})
+    async with running_server(models=[{"name": "tiny", "source": str(path)}]) as server, connect(server) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Classify(request)
+        # The same model takes a size within the limit as it is.
+        small = io.BytesIO()
+        Image.new("RGB", (300, 200), (200, 10, 10)).save(small, format="PNG")
+        request.inputs[0].image = small.getvalue()
+        assert len((await stub.Classify(request)).results) == 1
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == (
+        "inputs[0]: preprocessing made a 2100x2100 (height x width) image, over the limit of 4194304 pixels "
+        "for a model input; resize or crop it (do_resize, do_center_crop)"
+    )

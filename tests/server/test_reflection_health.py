@@ -198,3 +198,26 @@ async def test_model_stats_count_requests(stub: pb_grpc.ImageClassifierServiceAs
     assert after.failed_requests - before.failed_requests == 1
     assert after.batches > before.batches
     assert sum(size * count for size, count in after.batch_size_counts.items()) == after.inputs
+
+
+async def test_a_crashed_batcher_turns_health_not_serving() -> None:
+    async with (
+        running_server() as server,
+        connect(server) as stub,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        batcher = server.engine.get("").batcher
+
+        def crash(*_: object) -> None:
+            raise RuntimeError("bug in the batcher")
+
+        batcher._execute = crash  # type: ignore[method-assign]  # the next batch kills its thread
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Classify(pb.ClassifyRequest(inputs=[pb.Input(image=(IMAGES / "cat.jpg").read_bytes())]))
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "batcher stopped" in (caught.value.details() or "")
+        # The watch sees the change as it is published: no polling, no sleep.
+        assert (await asyncio.wait_for(watch.read(), 30)).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()

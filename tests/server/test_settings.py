@@ -592,7 +592,7 @@ def test_auto_instances_share_the_cores_and_keep_every_core_for_a_lone_run(monke
     assert runtime.resolved_instances() == 2
     options = runtime.options()
     assert options.intra_op_threads == 1  # one core per instance
-    assert options.solo_intra_op_threads == 0  # a lone run: ONNX Runtime's default, every core
+    assert options.solo_intra_op_threads == 2  # a lone run gets every usable core
 
     monkeypatch.setattr(settings_module.cpus, "available_cpus", lambda: 64)
     assert RuntimeSettings().resolved_instances() == settings_module.AUTO_MAX_INSTANCES
@@ -603,7 +603,7 @@ def test_explicit_threads_or_one_instance_build_no_solo_session(monkeypatch: pyt
     from imgcls.server import settings as settings_module
 
     monkeypatch.setattr(settings_module.cpus, "available_cpus", lambda: 2)
-    assert RuntimeSettings(instances=1).options() == RuntimeOptions(0, 0, ("CPUExecutionProvider",))
+    assert RuntimeSettings(instances=1).options() == RuntimeOptions(2, 0, ("CPUExecutionProvider",))
     assert RuntimeSettings(intra_op_threads=2).options().solo_intra_op_threads is None
     gpu = RuntimeSettings(providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
     assert gpu.resolved_instances() == 1 and gpu.options().solo_intra_op_threads is None

@@ -249,3 +249,44 @@ async def test_sync_client_stream_yields_results_in_order(server: RunningServer,
         assert result.ok, result.message
         assert len(result.predictions[0]) == 1
         assert result.predictions[0][0].label == reference[name][0]["label"]
+
+
+async def test_first_frame_with_bad_input_still_sets_the_stream_defaults() -> None:
+    bad = pb.Input(raw=pb.RawImage(width=2, height=2, format=99, data=b"\0" * 12))  # unknown pixel format
+    first = frame(bad, "0", parameters=pb.Parameters(top_k=1))
+    async with running_server() as server, connect(server) as stub:
+        responses = await collect(stub, [first, frame(image_input("coffee.jpg"), "1")])
+    assert responses[0].status.code == INVALID_ARGUMENT
+    assert "inputs[0]" in responses[0].status.message
+    # The second frame left parameters empty: it takes the first frame's top_k=1, bad input or not.
+    assert responses[1].status.code == OK
+    assert [label.label for label in responses[1].results[0].labels] == ["espresso"]
+
+
+async def test_non_finite_override_is_refused_per_frame_and_the_stream_goes_on() -> None:
+    overrides = pb.ClassifyStreamRequest().preprocessor_overrides
+    overrides.update({"crop_pct": float("nan")})
+    bad = frame(image_input("coffee.jpg"), "0")
+    bad.preprocessor_overrides.CopyFrom(overrides)
+    async with running_server() as server, connect(server) as stub:
+        responses = await collect(stub, [bad, frame(image_input("coffee.jpg"), "1")])
+        # The same override in a unary call: INVALID_ARGUMENT, not INTERNAL.
+        request = pb.ClassifyRequest(inputs=[image_input("coffee.jpg")])
+        request.preprocessor_overrides.CopyFrom(overrides)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Classify(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "preprocessor_overrides: numbers must be finite"
+    assert responses[0].status.code == INVALID_ARGUMENT
+    assert responses[0].status.message == "preprocessor_overrides: numbers must be finite"
+    assert responses[1].status.code == OK and top1(responses[1]) == "espresso"
+
+
+async def test_tiny_crop_pct_is_refused_not_an_overflow() -> None:
+    request = pb.ClassifyRequest(inputs=[image_input("coffee.jpg")])
+    request.preprocessor_overrides.update({"crop_pct": 1e-310})
+    async with running_server() as server, connect(server) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Classify(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "crop_pct" in (caught.value.details() or "") and "over the limit of 2048" in (caught.value.details() or "")

@@ -71,21 +71,19 @@ def channel_target(target: str | Sequence[str]) -> str:
     v4: list[str] = []
     v6: list[str] = []
     for address in target:
+        if "://" in address or address.startswith(("dns:", "ipv4:", "ipv6:", "unix:")):
+            raise ValueError(f"a list of servers takes host:port entries, not {address!r}; pass a dns:/// target alone")
         host, port = _split_host_port(address)
-        for family, _, _, _, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-            ip = str(sockaddr[0])
-            if family == socket.AF_INET:
-                entry = f"{ip}:{port}"
-                if entry not in v4:
-                    v4.append(entry)
-            elif family == socket.AF_INET6:
-                entry = f"[{ip}]:{port}"
-                if entry not in v6:
-                    v6.append(entry)
-    # One scheme per target: IPv4 where every address has one, else IPv6.
-    if v4:
-        return "ipv4:" + ",".join(v4)
-    return "ipv6:" + ",".join(v6)
+        ips = {str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+        ipv4 = sorted(ip for ip in ips if ":" not in ip)
+        if ipv4:  # a name with both families: its IPv4 addresses, so that lists of names stay ipv4:
+            v4.extend(e for e in (f"{ip}:{port}" for ip in ipv4) if e not in v4)
+        else:
+            v6.extend(e for e in (f"[{ip}]:{port}" for ip in sorted(ips)) if e not in v6)
+    # gRPC takes one address family per target.
+    if v4 and v6:
+        raise ValueError(f"servers {list(target)} mix IPv4-only and IPv6-only addresses; give one family")
+    return "ipv4:" + ",".join(v4) if v4 else "ipv6:" + ",".join(v6)
 
 
 def _split_host_port(address: str) -> tuple[str, int]:
@@ -118,6 +116,8 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.service_config", json.dumps(service_config)),
         ("grpc.enable_retries", 1),
+        # gRPC keeps only 256 KiB of a call for retrying it; a 224x224 float tensor is 600 KB.
+        ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
     ]
 
 

@@ -132,6 +132,14 @@ async def start_server(settings: ServerSettings, engine: Engine | None = None) -
         raise
     running = RunningServer(server, engine, servicer, health_servicer, port, settings, metrics, metrics_port)
     await running.set_serving(True)
+    loop = asyncio.get_running_loop()
+
+    def model_failed(model: str, exc: BaseException) -> None:
+        # Every call to that model fails from now on: NOT_SERVING, so probes restart or drain this replica.
+        log.error("model %s can no longer serve (%s): reporting NOT_SERVING", model, exc)
+        asyncio.run_coroutine_threadsafe(running.set_serving(False), loop)
+
+    engine.on_model_failure(model_failed)
     return running
 
 

@@ -94,6 +94,9 @@ class DynamicBatcher:
         self._max_delay = max_queue_delay_s
         self.queue_limit = queue_limit
         self.on_batch = on_batch
+        # Called (from the dying inference thread) when the batcher crashes, so the server can stop
+        # reporting itself healthy: every later call to this model would fail.
+        self.on_crash: Callable[[BaseException], None] | None = None
         self._queue: deque[_Pending] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -135,6 +138,11 @@ class DynamicBatcher:
         self._fail(pending, UnavailableError(f"model {self.name} is shutting down"))
         for thread in self._threads:
             await asyncio.to_thread(thread.join)
+
+    def count_dropped(self, inputs: int) -> None:
+        """Inputs answered without running (a stream's skipped frames), counted with the batcher's own."""
+        with self._cond:
+            self.stats.dropped_inputs += inputs
 
     # -- submitting (event loop) ---------------------------------------------
     def submit(self, samples: list[np.ndarray], deadline: float | None = None) -> list[asyncio.Future[np.ndarray]]:
@@ -193,6 +201,11 @@ class DynamicBatcher:
                 self._stopping = True
                 self._cond.notify_all()
             self._fail(pending, UnavailableError(f"model {self.name}: batcher stopped ({exc})"))
+            if self.on_crash is not None:
+                try:
+                    self.on_crash(exc)
+                except Exception:
+                    log.exception("model %s: crash listener failed", self.name)
 
     def _next_batch(self) -> tuple[list[_Pending], bool] | None:
         """The next batch to run, and whether it runs alone (no other run, nothing queued)."""

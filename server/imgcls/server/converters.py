@@ -79,7 +79,36 @@ def options_from_pb(parameters: pb.Parameters) -> ClassifyOptions:
 
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(struct)
+    try:
+        return json_format.MessageToDict(struct)
+    except ValueError:  # a binary Struct can carry NaN or Inf, which JSON (and the overrides) cannot
+        raise InvalidInputError("preprocessor_overrides: numbers must be finite") from None
+
+
+def stream_settings_from_pb(request: pb.ClassifyStreamRequest) -> StreamFrame:
+    """Only the stream-level fields of a frame (model, parameters, overrides, drop_stale), no inputs.
+
+    A frame whose inputs are bad is answered with its error, but its settings still become the
+    stream's defaults when it is the first frame; settings that are themselves bad are left out.
+    """
+    try:
+        options = options_from_pb(request.parameters) if request.HasField("parameters") else None
+    except InvalidInputError:
+        options = None
+    try:
+        overrides = (
+            struct_to_dict(request.preprocessor_overrides) if request.HasField("preprocessor_overrides") else None
+        )
+    except InvalidInputError:
+        overrides = None
+    return StreamFrame(
+        inputs=(),
+        request_id=request.request_id,
+        model=request.model,
+        options=options,
+        overrides=overrides,
+        drop_stale=request.drop_stale,
+    )
 
 
 def request_from_pb(request: pb.ClassifyRequest) -> ClassifyRequest:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from imgcls.server.cpus import available_cpus
@@ -96,6 +97,11 @@ class Engine:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         for model in self.models.values():
             model.start(loop)
+
+    def on_model_failure(self, listener: Callable[[str, BaseException], None]) -> None:
+        """listener(model name, exception) when a model's batcher dies (called from its thread)."""
+        for name, model in self.models.items():
+            model.batcher.on_crash = functools.partial(listener, name)
 
     async def stop(self, drain: bool = True) -> None:
         self.accepting = False

@@ -19,7 +19,7 @@ from imgcls.server.errors import ImgclsError, InvalidInputError, ModelLoadError
 from imgcls.server.model_source import ModelFiles
 from imgcls.server.onnx_backend import OnnxBackend
 from imgcls.server.postprocessing import default_function, rank, validate_options
-from imgcls.server.preprocessing import Preprocessor, compile_preprocessor, merge_overrides
+from imgcls.server.preprocessing import MAX_OVERRIDE_SIDE, Preprocessor, compile_preprocessor, merge_overrides
 from imgcls.server.settings import BatchingSettings, RuntimeSettings
 from imgcls.server.types import (
     ClassifyOptions,
@@ -33,6 +33,11 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 _PREPROCESSOR_CACHE_SIZE = 32
+
+
+# The largest image a model input may be made from (a dynamic-size graph takes whatever comes):
+# the largest an override may ask for, 2048 x 2048.
+MAX_MODEL_INPUT_PIXELS = MAX_OVERRIDE_SIDE * MAX_OVERRIDE_SIDE
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +228,13 @@ class ServedModel:
             raise InvalidInputError(
                 f"preprocessing made a {image.height}x{image.width} (height x width) image but model {self.name} "
                 f"takes {height or '?'}x{width or '?'}; resize or crop to that size (do_resize, do_center_crop)"
+            )
+        # A graph with dynamic height and width takes any size: without a bound, do_resize false on a
+        # 6000x6000 PNG would become a 430 MB float tensor per input.
+        if image.width * image.height > MAX_MODEL_INPUT_PIXELS:
+            raise InvalidInputError(
+                f"preprocessing made a {image.height}x{image.width} (height x width) image, over the limit of "
+                f"{MAX_MODEL_INPUT_PIXELS} pixels for a model input; resize or crop it (do_resize, do_center_crop)"
             )
 
     async def infer(

@@ -275,7 +275,7 @@ def _size_dict(value: Any, default_to_square: bool, key: str) -> dict[str, int]:
 
 
 def _side(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value != int(value):
         raise InvalidInputError(f"{key}: sides must be whole numbers, got {brief(value)}")
     side = int(value)
     if not 1 <= side <= MAX_OVERRIDE_SIDE:
@@ -318,7 +318,14 @@ def compile_preprocessor(config: Mapping[str, Any], *, dtype: np.dtype[Any], jpe
                 raise InvalidInputError(f"crop_pct must be in (0, 1], got {brief(crop_pct)}")
             if shortest < 384:
                 # transformers: resize the shortest edge to shortest/crop_pct, then crop a square.
-                resize = ResizeSpec(shortest_edge=_side(int(shortest / crop_pct), "size"))
+                # (A tiny crop_pct would overflow int(): check the side as a float first.)
+                resized = shortest / crop_pct
+                if resized > MAX_OVERRIDE_SIDE:
+                    raise InvalidInputError(
+                        f"crop_pct {brief(crop_pct)} would resize the shortest edge to {resized:.4g} pixels, "
+                        f"over the limit of {MAX_OVERRIDE_SIDE}"
+                    )
+                resize = ResizeSpec(shortest_edge=_side(int(resized), "size"))
                 crop = (shortest, shortest)
             else:
                 resize = ResizeSpec(height=shortest, width=shortest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -107,7 +108,7 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
             try:
                 yield converters.frame_from_pb(message)
             except InvalidInputError as exc:  # a bad frame is answered with its error; the stream goes on
-                yield StreamFrame(inputs=(), request_id=message.request_id, model=message.model, error=exc)
+                yield dataclasses.replace(converters.stream_settings_from_pb(message), error=exc)
 
     @translate_unary
     async def ListModels(

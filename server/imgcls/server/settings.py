@@ -69,10 +69,13 @@ class RuntimeSettings(_Frozen):
     def options(self) -> RuntimeOptions:
         intra = self.intra_op_threads
         solo: int | None = None
-        if intra == 0 and self.resolved_instances() > 1:
+        if intra == 0:
+            # ONNX Runtime's own default counts the machine's cores, not the container's quota.
+            usable = cpus.available_cpus()
+            instances = self.resolved_instances()
             # The cores shared out among the instances, and a batch that runs alone gets them all.
-            intra = max(1, cpus.available_cpus() // self.resolved_instances())
-            solo = 0
+            intra = max(1, usable // instances)
+            solo = usable if instances > 1 else None
         return RuntimeOptions(intra, self.inter_op_threads, self.providers, solo_intra_op_threads=solo)
 
 

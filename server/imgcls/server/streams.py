@@ -78,6 +78,7 @@ class FrameStream:
         self._running = 0
         self._waiting: tuple[StreamFrame, asyncio.Future[FrameResult], str, ClassifyOptions, dict[str, Any]] | None
         self._waiting = None
+        self._closed = False
 
     async def run(self, frames: AsyncIterator[StreamFrame]) -> AsyncIterator[FrameResult]:
         reader = asyncio.create_task(self._read(frames))
@@ -92,6 +93,7 @@ class FrameStream:
                 yield result
                 self._unanswered.release()
         finally:
+            self._closed = True  # a frame task finishing from here on must not start a waiting frame
             reader.cancel()
             for task in list(self._tasks):
                 task.cancel()
@@ -130,7 +132,7 @@ class FrameStream:
                     if self._waiting is not None:
                         stale = self._waiting
                         stale[1].set_result(FrameResult(stale[0].request_id, stale[2], skipped=True))
-                        self._engine.get(stale[2]).batcher.stats.dropped_inputs += len(stale[0].inputs)
+                        self._engine.get(stale[2]).batcher.count_dropped(len(stale[0].inputs))
                     self._waiting = (frame, future, model, options, overrides)
             while self._tasks:
                 await asyncio.wait(set(self._tasks))
@@ -156,7 +158,7 @@ class FrameStream:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._running -= 1
-        if self._waiting is not None and not task.cancelled():
+        if self._waiting is not None and not task.cancelled() and not self._closed:
             waiting, self._waiting = self._waiting, None
             self._start(*waiting)
 
@@ -181,7 +183,8 @@ class FrameStream:
             raise
         except Exception as exc:
             log.exception("stream frame %r failed unexpectedly", frame.request_id)
-            result.error = InferenceError(f"internal error: {exc}")
+            # As the unary path answers: the type only; the details are in the log, not sent to callers.
+            result.error = InferenceError(f"internal error: {type(exc).__name__}")
         result.seconds = time.perf_counter() - started
         if not future.done():
             future.set_result(result)
