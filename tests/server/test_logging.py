@@ -17,9 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from conftest import EFFICIENTNET, IMAGES, running_server
-from imgcls.client import AsyncClient, Client
+from imgcls.client import AsyncClient, Client, ClientError
 from imgcls.server.app import log_startup_summary
 from imgcls.server.logging_setup import configure_logging
 
@@ -117,6 +118,21 @@ async def test_debug_line_per_classify_carries_the_request_id(caplog: pytest.Log
     assert TOKEN not in caplog.text
 
 
+async def test_debug_lines_for_refused_calls_and_stream_frames(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="imgcls")
+    async with running_server() as server, AsyncClient(f"127.0.0.1:{server.port}") as client:
+        with pytest.raises(ClientError):
+            await client.classify(b"not an image", request_id="req-bad")
+        frames = [r async for r in client.classify_stream([COFFEE, b"junk"])]
+    assert [f.code for f in frames] == [grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT]
+    messages = [r.getMessage() for r in caplog.records if r.name == "imgcls.requests"]
+    refused = [m for m in messages if "'req-bad'" in m]
+    assert len(refused) == 1 and "status=INVALID_ARGUMENT" in refused[0], messages
+    stream = [m for m in messages if m.startswith("ClassifyStream frame")]
+    assert len(stream) == 2, messages
+    assert "status=OK" in stream[0] and "status=INVALID_ARGUMENT" in stream[1]
+
+
 async def test_startup_summary_names_models_variants_providers_and_batching(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -127,7 +143,7 @@ async def test_startup_summary_names_models_variants_providers_and_batching(
     settings = {
         "models": models,
         "batching": {"max_batch_size": 4, "max_queue_delay_us": 250, "queue_limit": 17},
-        "runtime": {"intra_op_threads": 1},
+        "runtime": {"intra_op_threads": 1, "instances": 2},
         "metrics_port": 0,
         "max_connection_age_s": 300,
         "auth_tokens": [TOKEN],
@@ -143,15 +159,17 @@ async def test_startup_summary_names_models_variants_providers_and_batching(
     assert "models lite-q8, lite (default lite-q8)" in head
     assert per_model == [
         f"model lite-q8 (default): source={EFFICIENTNET} variant=q8 input_dtype=float32 "
-        "providers=CPUExecutionProvider threads intra=1 inter=0; batching max_batch_size=4 max_queue_delay_us=250 "
-        "queue_limit=33",
+        "providers=CPUExecutionProvider instances=2 threads intra=1 (lone run -) inter=0; batching max_batch_size=4 "
+        "max_queue_delay_us=250 queue_limit=33",
         f"model lite: source={EFFICIENTNET} variant=fp32 input_dtype=float32 providers=CPUExecutionProvider "
-        "threads intra=1 inter=0; batching max_batch_size=4 max_queue_delay_us=250 queue_limit=17",
+        "instances=2 threads intra=1 (lone run -) inter=0; batching max_batch_size=4 max_queue_delay_us=250 "
+        "queue_limit=17",
     ]
     # The same facts as fields of their own, for JSON logs.
     assert records[0].port == server.port  # type: ignore[attr-defined]
     assert records[1].variant == "q8"  # type: ignore[attr-defined]
     assert records[1].providers == ["CPUExecutionProvider"]  # type: ignore[attr-defined]
+    assert records[1].instances == 2  # type: ignore[attr-defined]
     assert TOKEN not in caplog.text
 
 

@@ -302,7 +302,7 @@ async def test_example_config_serves(tmp_path: Path, monkeypatch: pytest.MonkeyP
     ]
     assert listed[0].input_dtype == pb.DATA_TYPE_FLOAT16
     assert listed[0].max_batch_size == 16  # the model's own [models.batching]
-    assert listed[1].max_batch_size == 8  # the server-wide [batching]
+    assert listed[1].max_batch_size == 4  # the server-wide [batching]
     assert response.model == "efficientnet-lite0"
     assert response.results[0].labels[0].label == fp32_top1()["coffee.jpg"]
 

@@ -173,7 +173,10 @@ def log_startup_summary(running: RunningServer) -> None:
             "variant": model.files.variant or "-",  # "-": a spec or bare .onnx file has no variants
             "input_dtype": graph.input_dtype.name,
             "providers": list(model.backend.providers),
-            "intra_op_threads": runtime.intra_op_threads,
+            "instances": model.batcher.instances,
+            # As resolved: 0 in the settings means "share out the usable CPUs".
+            "intra_op_threads": model.backend.options.intra_op_threads,
+            "solo_intra_op_threads": model.backend.options.solo_intra_op_threads,
             "inter_op_threads": runtime.inter_op_threads,
             # The batcher's own size: a graph with a fixed batch dimension overrides the setting.
             "max_batch_size": model.batcher.max_batch_size,
@@ -181,15 +184,17 @@ def log_startup_summary(running: RunningServer) -> None:
             "queue_limit": batching.queue_limit,
         }
         log.info(
-            "model %s%s: source=%s variant=%s input_dtype=%s providers=%s threads intra=%d inter=%d; "
-            "batching max_batch_size=%d max_queue_delay_us=%d queue_limit=%d",
+            "model %s%s: source=%s variant=%s input_dtype=%s providers=%s instances=%d threads intra=%d "
+            "(lone run %s) inter=%d; batching max_batch_size=%d max_queue_delay_us=%d queue_limit=%d",
             name,
             " (default)" if name == running.engine.default_model else "",
             summary["source"],
             summary["variant"],
             summary["input_dtype"],
             ",".join(model.backend.providers),
-            runtime.intra_op_threads,
+            model.batcher.instances,
+            model.backend.options.intra_op_threads,
+            model.backend.options.solo_intra_op_threads or "-",
             runtime.inter_op_threads,
             model.batcher.max_batch_size,
             batching.max_queue_delay_us,

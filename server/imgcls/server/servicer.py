@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 from imgcls.server import converters
+from imgcls.server.decoding import brief
 from imgcls.server.engine import Engine
-from imgcls.server.errors import InvalidInputError, UnavailableError
+from imgcls.server.errors import ImgclsError, InvalidInputError, UnavailableError
 from imgcls.server.grpc_errors import translate_stream, translate_unary
 from imgcls.server.metrics import Metrics
 from imgcls.server.streams import FrameResult, FrameStream, StreamFrame
@@ -58,19 +59,30 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
     @translate_unary
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
         started = time.perf_counter()
-        self._admit()
-        with self._track(request.model, "Classify", len(request.inputs)):
-            domain = converters.request_from_pb(request)
-            model, rankings = await self._engine.classify(domain, _deadline(context))
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "Classify request_id=%r model=%s inputs=%d results=%d %.1fms",
-                request.request_id,
-                model,
-                len(request.inputs),
-                len(rankings),
-                (time.perf_counter() - started) * 1e3,
-            )
+        model, rankings, status = request.model or self._engine.default_model, [], "OK"
+        try:
+            self._admit()
+            with self._track(request.model, "Classify", len(request.inputs)):
+                domain = converters.request_from_pb(request)
+                model, rankings = await self._engine.classify(domain, _deadline(context))
+        except ImgclsError as exc:
+            status = exc.status_code.name
+            raise
+        except BaseException:
+            status = "INTERNAL"
+            raise
+        finally:
+            if log.isEnabledFor(logging.DEBUG):
+                # brief(): ids and names come from callers and may be huge; never image bytes.
+                log.debug(
+                    "Classify request_id=%s model=%s inputs=%d results=%d status=%s %.1fms",
+                    brief(request.request_id),
+                    brief(model),
+                    len(request.inputs),
+                    len(rankings),
+                    status,
+                    (time.perf_counter() - started) * 1e3,
+                )
         return converters.response_to_pb(request.request_id, model, rankings)
 
     @translate_stream
@@ -96,9 +108,19 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
                 self._metrics.streams.dec()
 
     def _observe_frame(self, result: FrameResult) -> None:
+        code = result.error.status_code if result.error is not None else grpc.StatusCode.OK
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "ClassifyStream frame request_id=%s model=%s results=%d status=%s%s %.1fms",
+                brief(result.request_id),
+                brief(result.model),
+                len(result.rankings),
+                code.name,
+                " skipped" if result.skipped else "",
+                result.seconds * 1e3,
+            )
         if self._metrics is None:
             return
-        code = result.error.status_code if result.error is not None else grpc.StatusCode.OK
         self._metrics.observe(
             self._model_label(result.model), "ClassifyStream", code, len(result.rankings), result.seconds
         )
