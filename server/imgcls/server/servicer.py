@@ -16,6 +16,7 @@ from imgcls.server.errors import ImgclsError, InvalidInputError, UnavailableErro
 from imgcls.server.grpc_errors import translate_stream, translate_unary
 from imgcls.server.metrics import Metrics
 from imgcls.server.streams import FrameResult, FrameStream, StreamFrame
+from imgcls.server.types import Ranking
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 
@@ -59,7 +60,8 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
     @translate_unary
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
         started = time.perf_counter()
-        model, rankings, status = request.model or self._engine.default_model, [], "OK"
+        model, status = request.model or self._engine.default_model, "OK"
+        rankings: list[Ranking] = []
         try:
             self._admit()
             with self._track(request.model, "Classify", len(request.inputs)):
