@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 from pathlib import Path
 
@@ -47,7 +48,24 @@ _PREPROCESSORS = [
 _SELF_TEST = os.environ.get("IMGCLS_FUZZ_SELF_TEST") == "1"
 
 
+# An input whose decoding raises the process's peak memory by this much is a crash: the input that
+# did it, not whichever input libFuzzer's RSS watchdog happens to catch running later.
+MAX_PEAK_GROWTH_MB = 512
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def test_one_input(data: bytes) -> None:
+    before = _peak_rss_mb()
+    _decode_and_preprocess(data)
+    grown = _peak_rss_mb() - before
+    if grown > MAX_PEAK_GROWTH_MB:
+        raise MemoryError(f"decoding this input raised peak memory by {grown:.0f} MB")
+
+
+def _decode_and_preprocess(data: bytes) -> None:
     if _SELF_TEST:
         raise RuntimeError("fuzz self-test: a crash the harness must report")
     for preprocessor in _PREPROCESSORS:

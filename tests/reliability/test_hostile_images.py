@@ -7,6 +7,7 @@ callers beside them must always get their (correct) answers.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from collections.abc import AsyncIterator
@@ -96,6 +97,27 @@ async def test_broken_image_is_refused_naming_input_and_cause(
     stub: pb_grpc.ImageClassifierServiceStub, data: bytes, cause: str
 ) -> None:
     await refused(stub, second(data), INVALID, "inputs[1]", cause)
+
+
+# TIFFs found by the fuzz target: a strip offset stored as a RATIONAL (or FLOAT) makes Pillow's loader
+# raise TypeError, which must be refused as the input's fault, not answered INTERNAL.
+FUZZ_FOUND_TIFFS = [
+    "SUkqAAgAAAAKAAABBAABAAAAIAAAAAEBBAABAAAAGAAAAAIBAwADAAAAhgAAAAMBAwABAAAAAQAAAAYBAwABAAAAAgAAABEBBQABAAAAjAAAABUB"
+    "AwABAAAAAwAAABYBBAABAAAAGAAAABcBBAABAAAAAAkAABwBAwABAAAAAQAAAAAAAAAIAAgACAAXEAkgFQwiAAAmGQ8nGg9JSSo=",
+    "SUkqAAgAAAAKAAABBAABAAAAIAAAAAEBBAABAAAAGAAAAAYBAwADAAAAhgAAAAMBAwABAAAAAQAAAAYBAwABAAAAAgAAABEBCwAJAAAAjAAAABUB"
+    "AwEAAAAAAwEAGAAAABcBAAEEAAAAAAkAABwBAwABAAAAAgAAAAAAAAABhgAAAAMBAwABAAAAAQAAAAYBAwABAAAAAgAAAAEBBAABAAAAGAAAAAAR"
+    "AQQAAQAAAAABAAAAAAkAtgA=",
+]
+
+
+@pytest.mark.parametrize("encoded", FUZZ_FOUND_TIFFS, ids=["rational-offset", "float-offset"])
+async def test_tiff_whose_parser_raises_type_error_is_refused(
+    stub: pb_grpc.ImageClassifierServiceStub, encoded: str
+) -> None:
+    data = base64.b64decode(encoded)
+    with pytest.raises(TypeError):  # what Pillow itself does with this file
+        Image.open(io.BytesIO(data)).load()
+    await refused(stub, second(data), INVALID, "inputs[1]", "image data is corrupt (TypeError")
 
 
 async def test_broken_base64_is_refused(stub: pb_grpc.ImageClassifierServiceStub) -> None:

@@ -8,6 +8,7 @@ import io
 import logging
 import math
 import reprlib
+import struct
 import threading
 import warnings
 from typing import Any
@@ -98,6 +99,19 @@ def _bomb_check(size: tuple[int, int], *args: Any, **kwargs: Any) -> None:
 Image._decompression_bomb_check = _bomb_check
 
 
+# What Pillow's format parsers raise on malformed headers besides OSError/ValueError (found by the
+# fuzz target, tests/reliability/fuzz_decoding.py): the input's fault, so INVALID_ARGUMENT.
+PILLOW_PARSER_ERRORS: tuple[type[Exception], ...] = (
+    TypeError,
+    IndexError,
+    KeyError,
+    ZeroDivisionError,
+    AttributeError,
+    struct.error,
+    OverflowError,
+)
+
+
 def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
     """Open an encoded image (header only: pixels are decoded later, possibly at reduced size)."""
     if not data:
@@ -115,6 +129,10 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
         ) from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InvalidInputError(f"not a decodable image ({short_cause(exc)})") from None
+    except PILLOW_PARSER_ERRORS as exc:
+        # Pillow's parsers trust header fields they have not validated (a TIFF offset that is a
+        # rational, an index past a table): on hostile bytes they raise what Python raises.
+        raise InvalidInputError(f"not a decodable image ({type(exc).__name__}: {short_cause(exc)})") from None
     finally:
         _opening.max_pixels = None
     width, height = image.size
@@ -139,6 +157,8 @@ def load_pixels(image: Image.Image) -> Image.Image:
         raise InvalidInputError(f"image data is truncated or corrupt ({short_cause(exc)})") from None
     except Image.DecompressionBombError as exc:
         raise InvalidInputError(short_cause(exc)) from None
+    except PILLOW_PARSER_ERRORS as exc:  # as in open_image
+        raise InvalidInputError(f"image data is corrupt ({type(exc).__name__}: {short_cause(exc)})") from None
     return image
 
 
