@@ -19,8 +19,9 @@ def _serve_parser(sub: Any) -> None:
     p = sub.add_parser(
         "serve",
         help="serve models over gRPC",
-        description="Serve ONNX image classifiers over gRPC. Every option can also be set with an IMGCLS_* "
-        "environment variable (IMGCLS_PORT, IMGCLS_BATCHING__MAX_BATCH_SIZE, ...) or in a TOML --config file; "
+        description="Serve ONNX image classifiers over gRPC. Every option but --dtype can also be set with an "
+        "IMGCLS_* environment variable named after its setting (IMGCLS_PORT, IMGCLS_BATCHING__MAX_BATCH_SIZE, "
+        "...) and in a TOML --config file (where each model can have its own dtype, batching and runtime); "
         "precedence: flags > environment > config file > defaults.",
     )
     p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in the container)")
