@@ -10,15 +10,12 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-import pytest_asyncio
-from conftest import EFFICIENTNET, IMAGES, connect, running_server
-from imgcls.server.app import RunningServer
+from conftest import EFFICIENTNET, IMAGES
 from imgcls.server.decoding import open_image
 from imgcls.server.errors import InvalidInputError
 from imgcls.server.preprocessing import compile_preprocessor
@@ -42,18 +39,6 @@ COFFEE_RGB = corpus.load_rgb(IMAGES / "coffee.jpg")
 COFFEE_PNG = corpus.encode(COFFEE_RGB, "PNG")
 COFFEE_WEBP = corpus.encode(COFFEE_RGB, "WEBP")
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def server() -> AsyncIterator[RunningServer]:
-    async with running_server() as running:
-        yield running
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stub(server: RunningServer) -> AsyncIterator[pb_grpc.ImageClassifierServiceStub]:
-    async with connect(server) as s:
-        yield s
 
 
 def second(data: bytes) -> pb.ClassifyRequest:

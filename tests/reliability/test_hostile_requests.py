@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
 import pytest
-import pytest_asyncio
 from conftest import connect, running_server
 from google.protobuf import struct_pb2
-from imgcls.server.app import RunningServer
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image
@@ -28,18 +25,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 SAMPLE = (3, 224, 224)
 SAMPLE_VALUES = math.prod(SAMPLE)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def server() -> AsyncIterator[RunningServer]:
-    async with running_server() as running:
-        yield running
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stub(server: RunningServer) -> AsyncIterator[pb_grpc.ImageClassifierServiceStub]:
-    async with connect(server) as s:
-        yield s
 
 
 def after_good(item: pb.Input, **fields: object) -> pb.ClassifyRequest:

@@ -27,14 +27,12 @@ from typing import Any
 import grpc
 import onnxruntime as ort
 import pytest
-import pytest_asyncio
 from conftest import EFFICIENTNET, IMAGES, OPEN_NSFW, ROOT, connect, running_server
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from imgcls.server import engine as engine_module
 from imgcls.server import hub, model_source, onnx_backend
 from imgcls.server import model as model_module
-from imgcls.server.app import RunningServer
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image
@@ -138,18 +136,6 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     ]:
         monkeypatch.setattr(module, name, refuse(f"{module.__name__}.{name}"))
     return calls
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def server() -> AsyncIterator[RunningServer]:
-    async with running_server() as running:
-        yield running
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stub(server: RunningServer) -> AsyncIterator[pb_grpc.ImageClassifierServiceStub]:
-    async with connect(server) as s:
-        yield s
 
 
 async def rpc_error(call: Any) -> grpc.aio.AioRpcError:
