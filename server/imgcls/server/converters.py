@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2
 from imgcls.server.errors import ImgclsError, InvalidInputError
@@ -22,6 +23,8 @@ from imgcls.server.types import (
     TensorInput,
 )
 from imgcls.v1 import classifier_pb2 as pb
+
+T = TypeVar("T")
 
 _FUNCTIONS = {
     pb.FUNCTION_TO_APPLY_UNSPECIFIED: None,
@@ -85,32 +88,6 @@ def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
         raise InvalidInputError("preprocessor_overrides: numbers must be finite") from None
 
 
-def stream_settings_from_pb(request: pb.ClassifyStreamRequest) -> StreamFrame:
-    """Only the stream-level fields of a frame (model, parameters, overrides, drop_stale), no inputs.
-
-    A frame whose inputs are bad is answered with its error, but its settings still become the
-    stream's defaults when it is the first frame; settings that are themselves bad are left out.
-    """
-    try:
-        options = options_from_pb(request.parameters) if request.HasField("parameters") else None
-    except InvalidInputError:
-        options = None
-    try:
-        overrides = (
-            struct_to_dict(request.preprocessor_overrides) if request.HasField("preprocessor_overrides") else None
-        )
-    except InvalidInputError:
-        overrides = None
-    return StreamFrame(
-        inputs=(),
-        request_id=request.request_id,
-        model=request.model,
-        options=options,
-        overrides=overrides,
-        drop_stale=request.drop_stale,
-    )
-
-
 def request_from_pb(request: pb.ClassifyRequest) -> ClassifyRequest:
     return ClassifyRequest(
         model=request.model,
@@ -122,15 +99,35 @@ def request_from_pb(request: pb.ClassifyRequest) -> ClassifyRequest:
 
 
 def frame_from_pb(request: pb.ClassifyStreamRequest) -> StreamFrame:
+    """One stream message; never raises. A message that cannot be converted carries its first error
+    (the frame is answered with it and the stream goes on), and its valid stream-level settings still
+    count: a first frame with a bad input sets the stream's parameters all the same.
+    """
+    error: InvalidInputError | None = None
+
+    def attempt(convert: Callable[[], T]) -> T | None:
+        nonlocal error
+        try:
+            return convert()
+        except InvalidInputError as exc:
+            error = error or exc
+            return None
+
+    inputs = attempt(lambda: tuple(input_from_pb(item, i) for i, item in enumerate(request.inputs)))
+    options = attempt(lambda: options_from_pb(request.parameters)) if request.HasField("parameters") else None
+    overrides = (
+        attempt(lambda: struct_to_dict(request.preprocessor_overrides))
+        if request.HasField("preprocessor_overrides")
+        else None
+    )
     return StreamFrame(
-        inputs=tuple(input_from_pb(item, i) for i, item in enumerate(request.inputs)),
+        inputs=inputs or (),
         request_id=request.request_id,
         model=request.model,
-        options=options_from_pb(request.parameters) if request.HasField("parameters") else None,
-        overrides=(
-            struct_to_dict(request.preprocessor_overrides) if request.HasField("preprocessor_overrides") else None
-        ),
+        options=options,
+        overrides=overrides,
         drop_stale=request.drop_stale,
+        error=error,
     )
 
 

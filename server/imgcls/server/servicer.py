@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -12,7 +11,7 @@ import grpc
 from imgcls.server import converters
 from imgcls.server.decoding import brief
 from imgcls.server.engine import Engine
-from imgcls.server.errors import ImgclsError, InvalidInputError, UnavailableError
+from imgcls.server.errors import ImgclsError, UnavailableError
 from imgcls.server.grpc_errors import translate_stream, translate_unary
 from imgcls.server.metrics import Metrics
 from imgcls.server.streams import FrameResult, FrameStream, StreamFrame
@@ -129,10 +128,7 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
 
     async def _frames(self, request_iterator: AsyncIterator[pb.ClassifyStreamRequest]) -> AsyncIterator[StreamFrame]:
         async for message in request_iterator:
-            try:
-                yield converters.frame_from_pb(message)
-            except InvalidInputError as exc:  # a bad frame is answered with its error; the stream goes on
-                yield dataclasses.replace(converters.stream_settings_from_pb(message), error=exc)
+            yield converters.frame_from_pb(message)  # a bad frame carries its error; the stream goes on
 
     @translate_unary
     async def ListModels(
