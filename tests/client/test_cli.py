@@ -5,21 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from conftest import IMAGES
 from imgcls import cli
 from imgcls.server.app import RunningServer
+from support.serve_process import ServeProcess
 
 COFFEE = IMAGES / "coffee.jpg"
-IMGCLS = Path(sys.executable).parent / "imgcls"
 
 
 async def run_cli(*argv: str) -> int:
@@ -201,49 +197,17 @@ def test_serve_flags_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.jpeg_draft is False
 
 
-def wait_until_serving(process: subprocess.Popen[bytes], target: str, log: Path) -> None:
-    """Connect (a bounded number of short, blocking connection attempts), then check health."""
-    with grpc.insecure_channel(target) as channel:
-        for _ in range(180):
-            if process.poll() is not None:
-                pytest.fail(f"imgcls serve exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                grpc.channel_ready_future(channel).result(timeout=1)
-                break
-            except grpc.FutureTimeoutError:
-                continue
-        else:
-            pytest.fail(f"imgcls serve did not start listening:\n{log.read_text()}")
-    for _ in range(50):
-        if cli.main(["health", "--server", target, "--timeout", "5"]) == 0:
-            return
-    pytest.fail("imgcls serve never reported SERVING")
-
-
 def test_real_serve_process_classifies_and_stops_on_sigterm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    port = free_port()
-    target = f"127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCLS_")}
-    log = tmp_path / "serve.log"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [str(IMGCLS), "serve", "--port", str(port), "--grace-period", "5"],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        try:
-            wait_until_serving(process, target, log)
-            capsys.readouterr()
-            assert cli.main(["classify", str(COFFEE), "--server", target, "--json"]) == 0
-            assert json.loads(capsys.readouterr().out)[str(COFFEE)][0]["label"] == "espresso"
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=60) == 0, log.read_text()
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    text = log.read_text()
-    assert f"imgcls serving on 127.0.0.1:{port}" in text
+    server = ServeProcess(tmp_path / "serve.log", "--grace-period", "5").start()
+    try:
+        assert cli.main(["health", "--server", server.target, "--timeout", "5"]) == 0
+        capsys.readouterr()
+        assert cli.main(["classify", str(COFFEE), "--server", server.target, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)[str(COFFEE)][0]["label"] == "espresso"
+    finally:
+        exit_status = server.stop()
+    text = server.output()
+    assert exit_status == 0, text
+    assert f"imgcls serving on {server.target}" in text
     assert "shutting down" in text
     assert "stopped" in text

@@ -15,11 +15,8 @@ import base64
 import io
 import logging
 import os
-import signal
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,9 +24,8 @@ from typing import Any
 import grpc
 import onnxruntime as ort
 import pytest
-from conftest import EFFICIENTNET, IMAGES, OPEN_NSFW, ROOT, connect, running_server
+from conftest import EFFICIENTNET, IMAGES, OPEN_NSFW, connect, running_server
 from google.protobuf import struct_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from imgcls.server import engine as engine_module
 from imgcls.server import hub, model_source, onnx_backend
 from imgcls.server import model as model_module
@@ -38,6 +34,7 @@ from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image
 from reliability import corpus
 from reliability.helpers import COFFEE, ESPRESSO, good_call
+from support.serve_process import ServeProcess
 
 SERVED = "efficientnet-lite0"
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -342,62 +339,14 @@ def png_with_text(text: str) -> bytes:
     return corpus.encode(corpus.load_rgb(IMAGES / "coffee.jpg"), "PNG", pnginfo=info)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServeProcess:
-    """``imgcls serve`` as a user starts it, its output (stdout and stderr) in a file."""
-
-    def __init__(self, log_path: Path, *args: str, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        command = [sys.executable, "-m", "imgcls.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
-        base = {k: v for k, v in os.environ.items() if not k.startswith("IMGCLS_")}
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [*command, "--grace-period", "1", *args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**base, **env},
-            cwd=ROOT,
-        )
-
-    def wait_serving(self, timeout_s: float = 90) -> None:
-        deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                assert self.process.poll() is None, self.log_path.read_text(errors="replace")[-3000:]
-                try:
-                    # wait_for_ready: blocks until the port accepts, bounded by the timeout.
-                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=2, wait_for_ready=True).status
-                except grpc.RpcError:
-                    continue
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-        raise AssertionError("server did not report SERVING:\n" + self.log_path.read_text(errors="replace")[-3000:])
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.log_path.read_text(errors="replace")
-
-
 def test_debug_logs_hold_neither_images_nor_tokens(tmp_path: Path) -> None:
     jpeg, png = jpeg_with_description(MARKER), png_with_text(MARKER)
-    server = ServeProcess(tmp_path / "serve.log", "--log-level", "debug", env={"IMGCLS_AUTH_TOKENS": TOKEN})
+    server = ServeProcess(
+        tmp_path / "serve.log", "--grace-period", "1", "--log-level", "debug", env={"IMGCLS_AUTH_TOKENS": TOKEN}
+    )
     try:
-        server.wait_serving()
-        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        server.start()
+        with grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.ImageClassifierServiceStub(channel)
             auth = (("authorization", f"Bearer {TOKEN}"),)
             good = pb.ClassifyRequest(
@@ -418,7 +367,8 @@ def test_debug_logs_hold_neither_images_nor_tokens(tmp_path: Path) -> None:
             answers = list(stub.ClassifyStream(iter(frames), metadata=auth, timeout=60))
             assert [a.results[0].labels[0].index for a in answers] == [ESPRESSO] * 3
     finally:
-        output = server.stop()
+        server.stop()
+    output = server.output()
 
     # Debug output was really on (the request line), so the checks below look at real output.
     assert "DEBUG imgcls" in output and "logged-request" in output, output[-3000:]

@@ -6,11 +6,8 @@ In-process through RunningServer.stop, and end to end through ``imgcls serve`` a
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,13 +21,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from imgcls.server.app import start_server
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
+from support.serve_process import ServeProcess as ChildServer
 
 # Images with a clear winner, so a correct answer is unambiguous whatever the batch composition.
 NAMES = ("coffee.jpg", "camera.png", "rocket.jpg")
 IMAGE_BYTES = {name: (IMAGES / name).read_bytes() for name in NAMES}
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-IMGCLS = Path(sys.executable).parent / "imgcls"
 POLLS = 2000  # bounds every polling loop below (each poll waits 10 ms at most)
 
 
@@ -141,43 +138,19 @@ async def test_health_not_serving_after_stop() -> None:
 # -- end to end: imgcls serve and a signal ------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class ServeProcess(ChildServer):
+    """The shared ``imgcls serve`` child process, with a channel to call it while it stops."""
 
-
-class ServeProcess:
-    """``imgcls serve`` in a child process, its output in a file for failure messages."""
-
-    def __init__(self, tmp_path: Path, *args: str) -> None:
-        self.port = free_port()
-        self.log = tmp_path / "serve.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCLS_")}
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [str(IMGCLS), "serve", "--port", str(self.port), *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+    def start(self, timeout_s: float = 120.0) -> ServeProcess:
+        super().start(timeout_s)
+        self.channel = grpc.insecure_channel(self.target)
         self.stub = pb_grpc.ImageClassifierServiceStub(self.channel)
+        return self
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_serving(self) -> None:
-        health = health_pb2_grpc.HealthStub(self.channel)
-        for _ in range(60):  # model loading takes a few seconds; 60 x 2 s bounds it
-            assert self.proc.poll() is None, f"imgcls serve exited early:\n{self.output()}"
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=2, wait_for_ready=True).status == SERVING:
-                    return
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # not up yet
-                    raise
-        raise AssertionError(f"imgcls serve never became SERVING:\n{self.output()}")
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self.process is not None
+        return self.process
 
     def requests_seen(self) -> int:
         for _ in range(POLLS):
@@ -196,9 +169,8 @@ class ServeProcess:
 
 @pytest.fixture
 def serve_process(tmp_path: Path) -> Iterator[ServeProcess]:
-    process = ServeProcess(tmp_path, "--grace-period", "10")
+    process = ServeProcess(tmp_path / "serve.log", "--grace-period", "10").start()
     try:
-        process.wait_serving()
         yield process
     finally:
         process.close()

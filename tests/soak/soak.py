@@ -31,9 +31,6 @@ import io
 import json
 import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,12 +44,16 @@ from typing import Any
 import grpc
 import numpy as np
 import psutil
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT / "tests") not in sys.path:  # run as a script: the shared test helpers live in tests/
+    sys.path.insert(0, str(ROOT / "tests"))
+
+from support.serve_process import ServeProcess  # noqa: E402
+
 SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 CALL_TIMEOUT_S = 60.0
@@ -222,69 +223,6 @@ class Sampler(threading.Thread):
 
 
 # --- the server ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """``imgcls serve`` in a subprocess, as a user starts it; SIGTERM stops it gracefully."""
-
-    def __init__(self, extra_args: Sequence[str], log_path: Path) -> None:
-        self.extra_args = list(extra_args)
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.command: list[str] = []
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = 120.0) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCLS_")}
-        for _ in range(3):  # the free port may be taken between probing and binding
-            self.port = free_port()
-            self.command = [sys.executable, "-m", "imgcls.cli", "serve", "--host", "127.0.0.1"]
-            self.command += ["--port", str(self.port), "--grace-period", "5", *self.extra_args]
-            with self.log_path.open("ab") as log:
-                self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-            if self._wait_serving(timeout_s):
-                return
-            self.stop()
-        raise RuntimeError(f"the server did not start; its log: {self.log_path}")
-
-    def _wait_serving(self, timeout_s: float) -> bool:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(self.target) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline and self.process.poll() is None:
-                try:
-                    # wait_for_ready blocks until the port accepts (bounded by the timeout): no sleeps.
-                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=2, wait_for_ready=True).status
-                except grpc.RpcError:
-                    continue
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return True
-        return False
-
-    def stop(self) -> int | None:
-        """SIGTERM, then the exit status (None if it had to be killed)."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                return None
-        return self.process.returncode
 
 
 # --- the load --------------------------------------------------------------------------------
@@ -552,10 +490,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     pools = (good_items(args.shared), bad_items(args.shared, args.seed))
     log_path = args.server_log or Path(tempfile.mkstemp(prefix="imgcls-soak-", suffix=".log")[1])
-    server = Server(args.server_arg, log_path)
+    server = ServeProcess(log_path, "--grace-period", "5", *args.server_arg)
     try:
         server.start()
-    except RuntimeError as exc:
+    except AssertionError as exc:
         print(f"soak: {exc}", file=sys.stderr)
         return 2
     assert server.process is not None
