@@ -56,7 +56,7 @@ class _Pending:
 
 @dataclass
 class BatcherStats:
-    """Updated by the inference thread; read as plain ints (a snapshot may be a batch behind)."""
+    """Updated by the inference threads under the batcher's lock; read as plain ints (may be a batch behind)."""
 
     inputs: int = 0
     batches: int = 0
@@ -105,7 +105,6 @@ class DynamicBatcher:
         self._running: dict[int, list[_Pending]] = {}  # thread id -> the batch it is running
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = BatcherStats()
-        self._stats_lock = threading.Lock()
         self.crashed: BaseException | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -299,7 +298,7 @@ class DynamicBatcher:
             return
         finished = time.monotonic()
         queue_time = sum(started - p.enqueued for p in batch)
-        with self._stats_lock:  # several instances update them
+        with self._cond:  # several instances update them (and dropped_inputs is counted under it too)
             stats = self.stats
             stats.batches += 1
             stats.inputs += len(batch)
