@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,15 @@ Self = TypeVar("Self")
 
 # Messages are cut so an error never echoes a large input back.
 MAX_MESSAGE_CHARS = 1000
+
+
+def status_code_of(exc: BaseException) -> grpc.StatusCode:
+    """The status a call ending with exc is answered with (what metrics and logs record)."""
+    if isinstance(exc, ImgclsError):
+        return exc.status_code
+    if isinstance(exc, GeneratorExit | asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.INTERNAL
 
 
 def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import grpc
 from imgcls.server.engine import Engine
-from imgcls.server.errors import ImgclsError
 from imgcls.server.model import ServedModel
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -79,23 +74,6 @@ class Metrics:
             compute.observe(compute_s)
 
         return observe
-
-    @contextmanager
-    def track(self, model: str, method: str, inputs: int) -> Iterator[None]:
-        """Count one request by its final status code and time it."""
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            yield
-        except ImgclsError as exc:
-            code = exc.status_code
-            raise
-        except BaseException as exc:
-            cancelled = isinstance(exc, GeneratorExit | asyncio.CancelledError)
-            code = grpc.StatusCode.CANCELLED if cancelled else grpc.StatusCode.INTERNAL
-            raise
-        finally:
-            self.observe(model, method, code, inputs, time.perf_counter() - started)
 
     def observe(self, model: str, method: str, code: grpc.StatusCode, inputs: int, seconds: float) -> None:
         self.requests.labels(model, method, code.name).inc()

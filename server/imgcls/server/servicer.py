@@ -5,17 +5,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import grpc
 from imgcls.server import converters
 from imgcls.server.decoding import brief
 from imgcls.server.engine import Engine
-from imgcls.server.errors import ImgclsError, UnavailableError
-from imgcls.server.grpc_errors import translate_stream, translate_unary
+from imgcls.server.errors import UnavailableError
+from imgcls.server.grpc_errors import status_code_of, translate_stream, translate_unary
 from imgcls.server.metrics import Metrics
 from imgcls.server.streams import FrameResult, FrameStream, StreamFrame
-from imgcls.server.types import Ranking
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 
@@ -25,6 +25,14 @@ log = logging.getLogger("imgcls.requests")
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
+
+
+@dataclass(slots=True)
+class _Call:
+    """What a Classify call's metrics and log line report, filled in as the call goes."""
+
+    model: str
+    results: int = 0
 
 
 class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
@@ -51,40 +59,41 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
             return self._engine.default_model
         return name if name in self._engine.models else "_unknown"
 
-    def _track(self, model: str, method: str, inputs: int) -> contextlib.AbstractContextManager[None]:
-        if self._metrics is None:
-            return contextlib.nullcontext()
-        return self._metrics.track(self._model_label(model), method, inputs)
-
-    @translate_unary
-    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
+    @contextlib.contextmanager
+    def _observed(self, request: pb.ClassifyRequest) -> Iterator[_Call]:
+        """Metrics and the debug line of one Classify call, with the status it is answered with."""
+        call = _Call(model=request.model or self._engine.default_model)
         started = time.perf_counter()
-        model, status = request.model or self._engine.default_model, "OK"
-        rankings: list[Ranking] = []
+        code = grpc.StatusCode.OK
         try:
-            self._admit()
-            with self._track(request.model, "Classify", len(request.inputs)):
-                domain = converters.request_from_pb(request)
-                model, rankings = await self._engine.classify(domain, _deadline(context))
-        except ImgclsError as exc:
-            status = exc.status_code.name
-            raise
-        except BaseException:
-            status = "INTERNAL"
+            yield call
+        except BaseException as exc:
+            code = status_code_of(exc)
             raise
         finally:
+            seconds = time.perf_counter() - started
+            if self._metrics is not None:
+                self._metrics.observe(self._model_label(request.model), "Classify", code, len(request.inputs), seconds)
             if log.isEnabledFor(logging.DEBUG):
                 # brief(): ids and names come from callers and may be huge; never image bytes.
                 log.debug(
                     "Classify request_id=%s model=%s inputs=%d results=%d status=%s %.1fms",
                     brief(request.request_id),
-                    brief(model),
+                    brief(call.model),
                     len(request.inputs),
-                    len(rankings),
-                    status,
-                    (time.perf_counter() - started) * 1e3,
+                    call.results,
+                    code.name,
+                    seconds * 1e3,
                 )
-        return converters.response_to_pb(request.request_id, model, rankings)
+
+    @translate_unary
+    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
+        with self._observed(request) as call:
+            self._admit()
+            domain = converters.request_from_pb(request)
+            call.model, rankings = await self._engine.classify(domain, _deadline(context))
+            call.results = len(rankings)
+        return converters.response_to_pb(request.request_id, call.model, rankings)
 
     @translate_stream
     async def ClassifyStream(
