@@ -53,13 +53,12 @@ class RunningServer:
     async def stop(self, grace: float | None = None) -> None:
         """Graceful: NOT_SERVING at once, refuse new calls, let accepted work finish within grace."""
         grace = self.settings.grace_period_s if grace is None else grace
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
+        deadline = time.monotonic() + grace
         await self.set_serving(False)
         self.servicer.refuse_new_calls()
         await self._settle(min(grace, SETTLE_MAX_S))
         # gRPC refuses new calls from here and waits up to the rest of grace for accepted ones.
-        await self.server.stop(max(0.0, deadline - loop.time()))
+        await self.server.stop(max(0.0, deadline - time.monotonic()))
         await self.engine.stop(drain=True)
         self.metrics.shutdown()
 
