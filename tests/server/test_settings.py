@@ -159,25 +159,20 @@ def test_env_providers_comma_separated() -> None:
 # -- the TOML file ------------------------------------------------------------------------------------
 
 
-def test_toml_unknown_nested_key_names_it(tmp_path: Path) -> None:
-    path = write_toml(tmp_path, "[batching]\nmax_batch = 4\n")
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("[batching]\nmax_batch = 4\n", "batching.max_batch"),
+        ("prot = 50052\n", "prot"),
+        ('[[models]]\nname = "a"\nsource = "/m/a"\ndtyp = "fp16"\n', "models.0.dtyp"),
+    ],
+    ids=["nested", "top-level", "model"],
+)
+def test_toml_unknown_key_names_it(tmp_path: Path, toml: str, key: str) -> None:
+    path = write_toml(tmp_path, toml)
     with pytest.raises(ConfigError) as exc:
         load_settings(config_file=path, environ={})
-    assert_config_error(exc, "batching.max_batch")
-
-
-def test_toml_unknown_top_level_key_names_it(tmp_path: Path) -> None:
-    path = write_toml(tmp_path, "prot = 50052\n")
-    with pytest.raises(ConfigError) as exc:
-        load_settings(config_file=path, environ={})
-    assert_config_error(exc, "prot")
-
-
-def test_toml_unknown_model_key_names_it(tmp_path: Path) -> None:
-    path = write_toml(tmp_path, '[[models]]\nname = "a"\nsource = "/m/a"\ndtyp = "fp16"\n')
-    with pytest.raises(ConfigError) as exc:
-        load_settings(config_file=path, environ={})
-    assert_config_error(exc, "models.0.dtyp")
+    assert_config_error(exc, key)
 
 
 def test_toml_syntax_error(tmp_path: Path) -> None:
