@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +213,28 @@ def test_real_serve_process_classifies_and_stops_on_sigterm(tmp_path: Path, caps
     assert f"imgcls serving on {server.target}" in text
     assert "shutting down" in text
     assert "stopped" in text
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """cmd_serve configures logging for the process (root handlers, levels): undo it for the next tests."""
+    root, imgcls = logging.getLogger(), logging.getLogger("imgcls")
+    handlers, root_level, imgcls_level = root.handlers[:], root.level, imgcls.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(root_level)
+        imgcls.setLevel(imgcls_level)
+        logging.captureWarnings(False)
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_serve_on_a_taken_port_fails_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--host", "127.0.0.1", "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot start: cannot bind 127.0.0.1:{port}" in err and "Traceback" not in err, err

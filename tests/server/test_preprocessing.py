@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import IMAGES
 from imgcls.server.errors import InvalidInputError
 from imgcls.server.preprocessing import compile_preprocessor, merge_overrides
 from PIL import Image, ImageOps
@@ -383,3 +384,11 @@ def test_bad_configs_refused(config: dict[str, Any], message: str) -> None:
 def test_sizes_at_the_cap_are_accepted() -> None:
     preprocessor = compile_({"size": {"height": 2048, "width": 1}})
     assert preprocessor.fixed_output_hw == (2048, 1)
+
+
+def test_jpeg_draft_decodes_at_the_smallest_scale_keeping_a_margin_over_the_target() -> None:
+    config = {**EFFICIENTNET_CONFIG, "input_layout": "NCHW"}
+    image = Image.open(IMAGES / "coffee_1920x1280.jpg")
+    compile_preprocessor(config, dtype=F32, jpeg_draft=True).prepare_image(image)
+    # The resize target is 384x256; 1/4 scale (480x320) keeps 1.25x of it, 1/8 (240x160) would not.
+    assert image.size == (480, 320)
