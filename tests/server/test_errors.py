@@ -281,3 +281,25 @@ async def test_bad_requests_do_not_disturb_concurrent_good_ones(stub: pb_grpc.Im
     # And the server is still healthy afterwards.
     after = await stub.Classify(pb.ClassifyRequest(inputs=[good()]))
     assert after.results[0].labels[0].label == "espresso"
+
+
+async def test_a_bug_is_internal_with_the_type_only_for_unary_calls_and_stream_frames(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def bug(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("secret detail of a bug")
+
+    image = pb.Input(image=(IMAGES / "cat.jpg").read_bytes())
+    async with running_server() as server, connect(server) as stub:
+        monkeypatch.setattr(server.engine.get(""), "classify", bug)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Classify(pb.ClassifyRequest(inputs=[image]))
+
+        async def frames() -> Any:
+            yield pb.ClassifyStreamRequest(inputs=[image], request_id="0")
+
+        answers = [a async for a in stub.ClassifyStream(frames())]
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert caught.value.details() == "internal error: RuntimeError"
+    assert answers[0].status.code == grpc.StatusCode.INTERNAL.value[0]
+    assert answers[0].status.message == "internal error: RuntimeError"
