@@ -617,3 +617,15 @@ async def test_dynamic_size_model_refuses_an_unbounded_input_made_by_overrides(t
         "inputs[0]: preprocessing made a 2100x2100 (height x width) image, over the limit of 4194304 pixels "
         "for a model input; resize or crop it (do_resize, do_center_crop)"
     )
+
+
+def test_backend_builds_a_solo_session_only_when_asked_and_it_gives_the_same_scores() -> None:
+    from imgcls.server.onnx_backend import OnnxBackend, RuntimeOptions
+
+    onnx_path = EFFICIENTNET / "onnx" / "model.onnx"
+    shared = OnnxBackend(onnx_path, RuntimeOptions(1, 0, ("CPUExecutionProvider",), solo_intra_op_threads=2))
+    plain = OnnxBackend(onnx_path, RuntimeOptions(1, 0, ("CPUExecutionProvider",)))
+    assert shared.has_solo_session and not plain.has_solo_session
+    batch = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+    np.testing.assert_allclose(shared.run_alone(batch), shared.run(batch), atol=1e-5)
+    np.testing.assert_allclose(plain.run_alone(batch), plain.run(batch), atol=0)
