@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
-from imgcls.server.app import RunningServer, start_server
+from imgcls.server.server import RunningServer, start_server
 from imgcls.server.settings import ServerSettings, load_settings
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 

@@ -106,7 +106,7 @@ def _serve_parser(sub: Any) -> None:
 
 
 def serve_settings_from_args(args: argparse.Namespace) -> Any:
-    from imgcls.server.errors import ConfigError
+    from imgcls.server.domain.errors import ConfigError
     from imgcls.server.settings import load_settings, parse_model_arg
 
     cli: dict[str, Any] = {
@@ -162,9 +162,9 @@ def serve_settings_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from imgcls.server.app import serve
-    from imgcls.server.errors import ImgclsError
+    from imgcls.server.domain.errors import ImgclsError
     from imgcls.server.logging_setup import configure_logging
+    from imgcls.server.server import serve
 
     try:
         settings = serve_settings_from_args(args)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from conftest import IMAGES
 from imgcls import cli
-from imgcls.server.app import RunningServer
+from imgcls.server.server import RunningServer
 from support.serve_process import ServeProcess
 
 COFFEE = IMAGES / "coffee.jpg"
@@ -135,7 +135,7 @@ def no_serving(monkeypatch: pytest.MonkeyPatch) -> None:
     async def refuse(settings: Any) -> None:
         raise AssertionError(f"serve() was reached with {settings!r}")
 
-    monkeypatch.setattr("imgcls.server.app.serve", refuse)
+    monkeypatch.setattr("imgcls.server.server.serve", refuse)
     for key in list(os.environ):
         if key.startswith("IMGCLS_") or key == "HF_TOKEN":
             monkeypatch.delenv(key)

@@ -17,8 +17,8 @@ import pytest
 from conftest import EFFICIENTNET, IMAGES, running_server
 from imgcls.client import AsyncClient, Client, ClientError, Prediction
 from imgcls.client.client import build_request
-from imgcls.server.app import RunningServer
-from imgcls.server.preprocessing import compile_preprocessor
+from imgcls.server.images.preprocessing import compile_preprocessor
+from imgcls.server.server import RunningServer
 from imgcls.v1 import classifier_pb2 as pb
 from PIL import Image
 

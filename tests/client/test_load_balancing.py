@@ -20,7 +20,7 @@ import pytest
 from conftest import connect, make_settings, running_server
 from imgcls.client import AsyncClient, Client, ClientError
 from imgcls.client.client import channel_options, channel_target
-from imgcls.server.app import RunningServer, start_server
+from imgcls.server.server import RunningServer, start_server
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image

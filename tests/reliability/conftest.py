@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest_asyncio
 from conftest import connect, running_server
-from imgcls.server.app import RunningServer
+from imgcls.server.server import RunningServer
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 
 

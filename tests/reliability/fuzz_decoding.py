@@ -22,8 +22,8 @@ import grpc  # noqa: F401  (imported uninstrumented: only imgcls and Pillow are 
 import numpy as np
 
 with atheris.instrument_imports(include=["imgcls", "PIL"]):
-    from imgcls.server import decoding, preprocessing
-    from imgcls.server.errors import InvalidInputError
+    from imgcls.server.domain.errors import InvalidInputError
+    from imgcls.server.images import decoding, preprocessing
     from PIL import Image
 
     # Pillow imports its format plugins on the first open; import them here so they are
@@ -31,7 +31,7 @@ with atheris.instrument_imports(include=["imgcls", "PIL"]):
     Image.init()
 
 # The embedded model's folder (imgcls.server.settings names it too, but imports pydantic).
-EMBEDDED_MODEL_DIR = Path(preprocessing.__file__).parent / "models" / "efficientnet-lite0"
+EMBEDDED_MODEL_DIR = Path(preprocessing.__file__).parent.parent / "models" / "efficientnet-lite0"
 
 # Small, so one input decodes in milliseconds and the run covers many; the limit itself is
 # tested in test_hostile_images.

@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import connect, running_server
-from imgcls.server.app import RunningServer
+from imgcls.server.server import RunningServer
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from onnx import TensorProto, helper, numpy_helper

@@ -16,9 +16,9 @@ import grpc
 import numpy as np
 import pytest
 from conftest import EFFICIENTNET, IMAGES
-from imgcls.server.decoding import open_image
-from imgcls.server.errors import InvalidInputError
-from imgcls.server.preprocessing import compile_preprocessor
+from imgcls.server.domain.errors import InvalidInputError
+from imgcls.server.images.decoding import open_image
+from imgcls.server.images.preprocessing import compile_preprocessor
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image
@@ -268,7 +268,7 @@ async def test_crop_box_resize_matches_the_full_resize_within_one_level(
     # The path for huge intermediates, forced on an ordinary image so the full resize can be
     # compared: same size, same picture, pixels at most one level apart (float rounding of the
     # kernel positions), and Pillow is never asked for more than the crop.
-    from imgcls.server import preprocessing
+    from imgcls.server.images import preprocessing
 
     preprocessor = compile_preprocessor(config, dtype=np.dtype(np.float32), jpeg_draft=False)
     data = (IMAGES / name).read_bytes()

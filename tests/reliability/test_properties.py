@@ -23,8 +23,8 @@ from conftest import IMAGES, make_settings
 from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from imgcls.server.app import RunningServer, start_server
-from imgcls.server.preprocessing import OVERRIDABLE_KEYS
+from imgcls.server.images.preprocessing import OVERRIDABLE_KEYS
+from imgcls.server.server import RunningServer, start_server
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from reliability import corpus

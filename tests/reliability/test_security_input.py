@@ -26,9 +26,11 @@ import onnxruntime as ort
 import pytest
 from conftest import EFFICIENTNET, IMAGES, OPEN_NSFW, connect, running_server
 from google.protobuf import struct_pb2
-from imgcls.server import engine as engine_module
-from imgcls.server import hub, model_source, onnx_backend
-from imgcls.server import model as model_module
+from imgcls.server.engine import engine as engine_module
+from imgcls.server.engine import model as model_module
+from imgcls.server.runtime import onnx as onnx_backend
+from imgcls.server.sources import hub
+from imgcls.server.sources import local as model_source
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image

@@ -19,15 +19,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from imgcls.server import batcher as batcher_module
-from imgcls.server.batcher import DynamicBatcher
-from imgcls.server.errors import (
+from imgcls.server.domain.errors import (
     DeadlineExceededError,
     InferenceError,
     InvalidInputError,
     QueueFullError,
     UnavailableError,
 )
+from imgcls.server.engine import batcher as batcher_module
+from imgcls.server.engine.batcher import DynamicBatcher
 
 HANG = 2.0  # seconds: a bound on a hang, never a speed assertion
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import EFFICIENTNET, IMAGES, connect, running_server
 from google.protobuf import json_format
-from imgcls.server.preprocessing import compile_preprocessor
+from imgcls.server.images.preprocessing import compile_preprocessor
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from imgcls.server import cpus
+from imgcls.server.runtime import cpus
 
 
 def write(path: Path, text: str) -> Path:

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from huggingface_hub import constants
 from huggingface_hub.utils import close_session
-from imgcls.server.errors import ModelLoadError
-from imgcls.server.hub import HubModel, fetch_hub_model, looks_like_repo_id, parse_repo_ref
-from imgcls.server.variants import VARIANT_FILES
+from imgcls.server.domain.errors import ModelLoadError
+from imgcls.server.sources.hub import HubModel, fetch_hub_model, looks_like_repo_id, parse_repo_ref
+from imgcls.server.sources.variants import VARIANT_FILES
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from support.fake_hub import FakeHub, Fault, dead_endpoint
@@ -113,8 +113,8 @@ def child_env(tmp_path: Path, cache: Path, endpoint: str, *, offline: bool) -> d
 
 CHILD = """
 import json, sys
-from imgcls.server.errors import ModelLoadError
-from imgcls.server.hub import fetch_hub_model
+from imgcls.server.domain.errors import ModelLoadError
+from imgcls.server.sources.hub import fetch_hub_model
 try:
     model = fetch_hub_model(sys.argv[1], dtype=sys.argv[2])
 except ModelLoadError as e:

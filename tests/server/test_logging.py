@@ -21,8 +21,8 @@ import grpc
 import pytest
 from conftest import EFFICIENTNET, IMAGES, running_server
 from imgcls.client import AsyncClient, Client, ClientError
-from imgcls.server.app import log_startup_summary
 from imgcls.server.logging_setup import configure_logging
+from imgcls.server.server import log_startup_summary
 
 COFFEE = IMAGES / "coffee.jpg"
 IMGCLS = Path(sys.executable).parent / "imgcls"
@@ -94,9 +94,9 @@ def test_text_format_and_levels() -> None:
 
     out = io.StringIO()
     configure_logging("warning", "text", stream=out)
-    logging.getLogger("imgcls.server.app").info("hidden")
-    logging.getLogger("imgcls.server.app").warning("shown")
-    assert out.getvalue().splitlines()[0].endswith(" WARNING imgcls.server.app: shown")
+    logging.getLogger("imgcls.server.server").info("hidden")
+    logging.getLogger("imgcls.server.server").warning("shown")
+    assert out.getvalue().splitlines()[0].endswith(" WARNING imgcls.server.server: shown")
     assert "hidden" not in out.getvalue()
 
 
@@ -151,7 +151,7 @@ async def test_startup_summary_names_models_variants_providers_and_batching(
     caplog.set_level(logging.INFO, logger="imgcls")
     async with running_server(**settings) as server:
         log_startup_summary(server)
-    records = [r for r in caplog.records if r.name == "imgcls.server.app"]
+    records = [r for r in caplog.records if r.name == "imgcls.server.server"]
     head, *per_model = (r.getMessage() for r in records)
     assert head.startswith(f"imgcls serving on 127.0.0.1:{server.port} (plaintext, auth bearer token, ")
     assert f"metrics http://127.0.0.1:{server.metrics_port}/metrics" in head

@@ -11,9 +11,9 @@ import grpc
 import pytest
 import yaml
 from conftest import EFFICIENTNET, OPEN_NSFW, ROOT, running_server
-from imgcls.server.errors import ModelLoadError
-from imgcls.server.model_source import load_spec, resolve_dtype, resolve_local
-from imgcls.server.types import FunctionToApply
+from imgcls.server.domain.errors import ModelLoadError
+from imgcls.server.domain.types import FunctionToApply
+from imgcls.server.sources.local import load_spec, resolve_dtype, resolve_local
 
 EXAMPLE_SPEC = ROOT / "examples" / "open-nsfw.yaml"
 

@@ -25,9 +25,9 @@ import pytest
 import yaml
 from conftest import EFFICIENTNET, IMAGES, OPEN_NSFW, ROOT, connect, running_server
 from google.protobuf import json_format
-from imgcls.server.app import start_server
-from imgcls.server.errors import ConfigError, ModelLoadError
-from imgcls.server.preprocessing import compile_preprocessor
+from imgcls.server.domain.errors import ConfigError, ModelLoadError
+from imgcls.server.images.preprocessing import compile_preprocessor
+from imgcls.server.server import start_server
 from imgcls.server.settings import load_settings
 from imgcls.v1 import classifier_pb2 as pb
 from onnx import TensorProto, helper, numpy_helper
@@ -620,7 +620,7 @@ async def test_dynamic_size_model_refuses_an_unbounded_input_made_by_overrides(t
 
 
 def test_backend_builds_a_solo_session_only_when_asked_and_it_gives_the_same_scores() -> None:
-    from imgcls.server.onnx_backend import OnnxBackend, RuntimeOptions
+    from imgcls.server.runtime.onnx import OnnxBackend, RuntimeOptions
 
     onnx_path = EFFICIENTNET / "onnx" / "model.onnx"
     shared = OnnxBackend(onnx_path, RuntimeOptions(1, 0, ("CPUExecutionProvider",), solo_intra_op_threads=2))

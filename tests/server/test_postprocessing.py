@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from imgcls.server.errors import InvalidInputError
-from imgcls.server.postprocessing import apply_function, default_function, rank, validate_options
-from imgcls.server.types import ClassifyOptions, FunctionToApply
+from imgcls.server.domain.errors import InvalidInputError
+from imgcls.server.domain.types import ClassifyOptions, FunctionToApply
+from imgcls.server.images.postprocessing import apply_function, default_function, rank, validate_options
 
 LABELS = ("zero", "one", "two", "three", "four", "five", "six", "seven")
 

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import IMAGES
-from imgcls.server.errors import InvalidInputError
-from imgcls.server.preprocessing import compile_preprocessor, merge_overrides
+from imgcls.server.domain.errors import InvalidInputError
+from imgcls.server.images.preprocessing import compile_preprocessor, merge_overrides
 from PIL import Image, ImageOps
 
 F32 = np.dtype(np.float32)

@@ -12,7 +12,7 @@ from google.protobuf import descriptor_pb2, json_format
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from imgcls.server.app import RunningServer, start_server
+from imgcls.server.server import RunningServer, start_server
 from imgcls.server.settings import EMBEDDED_MODEL_DIR
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc

@@ -18,8 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from imgcls.cli import build_parser, serve_settings_from_args
 from imgcls.client import AsyncClient, ClientError, Prediction
-from imgcls.server.app import RunningServer, start_server
-from imgcls.server.errors import ConfigError
+from imgcls.server.domain.errors import ConfigError
+from imgcls.server.server import RunningServer, start_server
 from imgcls.server.settings import load_settings
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc

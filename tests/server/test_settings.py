@@ -16,9 +16,9 @@ import grpc
 import pytest
 from conftest import ROOT
 from imgcls import cli
-from imgcls.server.app import server_options
-from imgcls.server.errors import ConfigError
-from imgcls.server.onnx_backend import RuntimeOptions
+from imgcls.server.domain.errors import ConfigError
+from imgcls.server.runtime.onnx import RuntimeOptions
+from imgcls.server.server import server_options
 from imgcls.server.settings import (
     DEFAULT_MODEL_NAME,
     BatchingSettings,
@@ -553,7 +553,7 @@ def test_serve_with_a_bad_config_file_exits_2_naming_the_key(
     async def refuse(settings: Any) -> None:
         raise AssertionError(f"serve() was reached with {settings!r}")
 
-    monkeypatch.setattr("imgcls.server.app.serve", refuse)
+    monkeypatch.setattr("imgcls.server.server.serve", refuse)
     path = write_toml(tmp_path, "[batching]\nmax_batch = 4\n")
     assert cli.main(["serve", "--config", str(path)]) == 2
     err = capsys.readouterr().err

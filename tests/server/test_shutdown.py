@@ -18,7 +18,7 @@ import grpc
 import pytest
 from conftest import IMAGES, make_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from imgcls.server.app import start_server
+from imgcls.server.server import start_server
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from support.serve_process import ServeProcess as ChildServer

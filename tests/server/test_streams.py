@@ -11,7 +11,7 @@ import grpc
 import pytest
 from conftest import IMAGES, connect, running_server
 from imgcls.client import Client, StreamResult
-from imgcls.server.app import RunningServer
+from imgcls.server.server import RunningServer
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image

@@ -6,8 +6,8 @@ import functools
 from typing import Any
 
 import grpc
-from imgcls.server.engine import Engine
-from imgcls.server.model import ServedModel
+from imgcls.server.engine.engine import Engine
+from imgcls.server.engine.model import ServedModel
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

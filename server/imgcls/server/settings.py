@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from imgcls.server import cpus
-from imgcls.server.errors import ConfigError
-from imgcls.server.onnx_backend import RuntimeOptions
-from imgcls.server.variants import DTYPES
+from imgcls.server.domain.errors import ConfigError
+from imgcls.server.runtime import cpus
+from imgcls.server.runtime.onnx import RuntimeOptions
+from imgcls.server.sources.variants import DTYPES
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "IMGCLS_"

@@ -8,13 +8,13 @@ import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from imgcls.server.cpus import available_cpus
-from imgcls.server.decoding import brief
-from imgcls.server.errors import ModelLoadError, ModelNotFoundError, UnavailableError
-from imgcls.server.model import ModelLimits, ServedModel
-from imgcls.server.model_source import ModelFiles, load_hf_folder, resolve_local
+from imgcls.server.domain.errors import ModelLoadError, ModelNotFoundError, UnavailableError
+from imgcls.server.domain.types import ClassifyRequest, Ranking
+from imgcls.server.engine.model import ModelLimits, ServedModel
+from imgcls.server.images.decoding import brief
+from imgcls.server.runtime.cpus import available_cpus
 from imgcls.server.settings import ModelSettings, ServerSettings
-from imgcls.server.types import ClassifyRequest, Ranking
+from imgcls.server.sources.local import ModelFiles, load_hf_folder, resolve_local
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def resolve_model_files(model: ModelSettings, settings: ServerSettings) -> Model
     local = resolve_local(model.source, model.dtype)
     if local is not None:
         return local
-    from imgcls.server import hub  # only servers that name a hub model pay for importing huggingface_hub
+    from imgcls.server.sources import hub  # only servers that name a hub model pay for importing huggingface_hub
 
     if not hub.looks_like_repo_id(model.source):
         raise ModelLoadError(f"{model.source} is neither an existing path nor a repo id")

@@ -14,8 +14,8 @@ import warnings
 from typing import Any
 
 import numpy as np
-from imgcls.server.errors import InvalidInputError
-from imgcls.server.types import Base64Image, EncodedImage, PixelFormat, RawImage, TensorDType, TensorInput
+from imgcls.server.domain.errors import InvalidInputError
+from imgcls.server.domain.types import Base64Image, EncodedImage, PixelFormat, RawImage, TensorDType, TensorInput
 from PIL import Image, UnidentifiedImageError
 
 # Pillow's global bomb check warns or raises at its own fixed limit; imgcls enforces each server's

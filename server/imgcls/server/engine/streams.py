@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgcls.server.engine import Engine
-from imgcls.server.errors import ImgclsError, InferenceError, InvalidInputError
-from imgcls.server.types import ClassifyOptions, ImageInput, Ranking
+from imgcls.server.domain.errors import ImgclsError, InferenceError, InvalidInputError
+from imgcls.server.domain.types import ClassifyOptions, ImageInput, Ranking
+from imgcls.server.engine.engine import Engine
 
 log = logging.getLogger(__name__)
 

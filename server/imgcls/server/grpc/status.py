@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from imgcls.server.errors import ImgclsError
+from imgcls.server.domain.errors import ImgclsError
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from imgcls.server.decoding import brief, load_pixels
-from imgcls.server.errors import InvalidInputError
+from imgcls.server.domain.errors import InvalidInputError
+from imgcls.server.images.decoding import brief, load_pixels
 from PIL import Image, ImageOps
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from imgcls.server.errors import ModelLoadError
-from imgcls.server.types import FunctionToApply
-from imgcls.server.variants import AUTO, VARIANT_FILES, variants_in
+from imgcls.server.domain.errors import ModelLoadError
+from imgcls.server.domain.types import FunctionToApply
+from imgcls.server.sources.variants import AUTO, VARIANT_FILES, variants_in
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")

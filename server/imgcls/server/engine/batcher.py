@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from imgcls.server.errors import (
+from imgcls.server.domain.errors import (
     DeadlineExceededError,
     ImgclsError,
     InferenceError,

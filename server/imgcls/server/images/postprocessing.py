@@ -6,8 +6,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from imgcls.server.errors import InvalidInputError
-from imgcls.server.types import ClassifyOptions, FunctionToApply, LabelScore, Ranking
+from imgcls.server.domain.errors import InvalidInputError
+from imgcls.server.domain.types import ClassifyOptions, FunctionToApply, LabelScore, Ranking
 
 DEFAULT_TOP_K = 5
 

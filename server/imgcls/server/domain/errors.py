@@ -1,7 +1,7 @@
 """One exception hierarchy for the whole server.
 
 Each error carries the gRPC status it is answered with; the gRPC layer
-translates them in one place (``imgcls.server.grpc_errors``). Anything that is
+translates them in one place (``imgcls.server.grpc.status``). Anything that is
 not an ``ImgclsError`` is a bug: it is logged and answered as INTERNAL.
 """
 

@@ -27,8 +27,8 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from imgcls.server.errors import ModelLoadError
-from imgcls.server.variants import AUTO, VARIANT_FILES, variants_in
+from imgcls.server.domain.errors import ModelLoadError
+from imgcls.server.sources.variants import AUTO, VARIANT_FILES, variants_in
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import grpc
-from imgcls.server import converters
-from imgcls.server.decoding import brief
-from imgcls.server.engine import Engine
-from imgcls.server.errors import UnavailableError
-from imgcls.server.grpc_errors import status_code_of, translate_stream, translate_unary
+from imgcls.server.domain.errors import UnavailableError
+from imgcls.server.engine.engine import Engine
+from imgcls.server.engine.streams import FrameResult, FrameStream, StreamFrame
+from imgcls.server.grpc import converters
+from imgcls.server.grpc.status import status_code_of, translate_stream, translate_unary
+from imgcls.server.images.decoding import brief
 from imgcls.server.metrics import Metrics
-from imgcls.server.streams import FrameResult, FrameStream, StreamFrame
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 

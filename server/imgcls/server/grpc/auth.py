@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
-from imgcls.server.errors import ConfigError
+from imgcls.server.domain.errors import ConfigError
 from imgcls.server.settings import TlsSettings
 
 # Health and reflection stay reachable without a token unless the settings close them,

@@ -12,10 +12,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from imgcls.server.engine import Engine
+from imgcls.server.engine.engine import Engine
+from imgcls.server.grpc.auth import BearerTokenInterceptor, server_credentials
+from imgcls.server.grpc.servicer import ImageClassifierServicer
 from imgcls.server.metrics import Metrics
-from imgcls.server.security import BearerTokenInterceptor, server_credentials
-from imgcls.server.servicer import ImageClassifierServicer
 from imgcls.server.settings import ServerSettings
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from imgcls.server.errors import ModelLoadError
+from imgcls.server.domain.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

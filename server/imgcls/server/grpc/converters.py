@@ -6,10 +6,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2
-from imgcls.server.errors import ImgclsError, InvalidInputError
-from imgcls.server.model import ServedModel
-from imgcls.server.streams import FrameResult, StreamFrame
-from imgcls.server.types import (
+from imgcls.server.domain.errors import ImgclsError, InvalidInputError
+from imgcls.server.domain.types import (
     Base64Image,
     ClassifyOptions,
     ClassifyRequest,
@@ -22,6 +20,8 @@ from imgcls.server.types import (
     TensorDType,
     TensorInput,
 )
+from imgcls.server.engine.model import ServedModel
+from imgcls.server.engine.streams import FrameResult, StreamFrame
 from imgcls.v1 import classifier_pb2 as pb
 
 T = TypeVar("T")

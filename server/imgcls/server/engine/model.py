@@ -13,21 +13,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from imgcls.server import decoding
-from imgcls.server.batcher import DynamicBatcher
-from imgcls.server.errors import ImgclsError, InvalidInputError, ModelLoadError
-from imgcls.server.model_source import ModelFiles
-from imgcls.server.onnx_backend import OnnxBackend
-from imgcls.server.postprocessing import default_function, rank, validate_options
-from imgcls.server.preprocessing import MAX_OVERRIDE_SIDE, Preprocessor, compile_preprocessor, merge_overrides
-from imgcls.server.settings import BatchingSettings, RuntimeSettings
-from imgcls.server.types import (
+from imgcls.server.domain.errors import ImgclsError, InvalidInputError, ModelLoadError
+from imgcls.server.domain.types import (
     ClassifyOptions,
     FunctionToApply,
     ImageInput,
     Ranking,
     TensorInput,
 )
+from imgcls.server.engine.batcher import DynamicBatcher
+from imgcls.server.images import decoding
+from imgcls.server.images.postprocessing import default_function, rank, validate_options
+from imgcls.server.images.preprocessing import MAX_OVERRIDE_SIDE, Preprocessor, compile_preprocessor, merge_overrides
+from imgcls.server.runtime.onnx import OnnxBackend
+from imgcls.server.settings import BatchingSettings, RuntimeSettings
+from imgcls.server.sources.local import ModelFiles
 from PIL import Image
 
 log = logging.getLogger(__name__)
