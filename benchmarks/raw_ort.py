@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from imgcls.server.decoding import open_image
-from imgcls.server.model import ModelLimits, ServedModel
-from imgcls.server.model_source import resolve_local
-from imgcls.server.preprocessing import Preprocessor, compile_preprocessor
+from imgcls.server.engine.model import ModelLimits, ServedModel
+from imgcls.server.images.decoding import open_image
+from imgcls.server.images.preprocessing import Preprocessor, compile_preprocessor
 from imgcls.server.settings import BatchingSettings, RuntimeSettings, ServerSettings
+from imgcls.server.sources.local import resolve_local
 
 _DEFAULTS = ServerSettings()
 

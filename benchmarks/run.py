@@ -33,7 +33,7 @@ import grpc
 import numpy as np
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from imgcls.server.cpus import available_cpus
+from imgcls.server.runtime.cpus import available_cpus
 from imgcls.server.settings import DEFAULT_MODEL_NAME, EMBEDDED_MODEL_DIR, ServerSettings
 from PIL import Image
 
