@@ -8,10 +8,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import IMAGES
 from imgcls.server.domain.errors import InvalidInputError
-from imgcls.server.images.preprocessing import compile_preprocessor, merge_overrides
+from imgcls.server.images.preprocessing import (
+    DEFAULT_JPEG_DRAFT,
+    DRAFT_MARGINS,
+    compile_preprocessor,
+    merge_overrides,
+)
 from PIL import Image, ImageOps
+from support.paths import IMAGES
 
 F32 = np.dtype(np.float32)
 
@@ -386,9 +391,34 @@ def test_sizes_at_the_cap_are_accepted() -> None:
     assert preprocessor.fixed_output_hw == (2048, 1)
 
 
-def test_jpeg_draft_decodes_at_the_smallest_scale_keeping_a_margin_over_the_target() -> None:
+@pytest.mark.parametrize(
+    ("mode", "decoded"),
+    [
+        # The resize target is 384x256. faithful keeps 2x of it: 1/2 scale (960x640); 1/4 (480x320) would not.
+        ("faithful", (960, 640)),
+        (True, (960, 640)),  # the on/off boolean of earlier versions: on is the default mode
+        # fast keeps 1.25x: 1/4 scale (480x320); 1/8 (240x160) would not.
+        ("fast", (480, 320)),
+        ("off", (1920, 1280)),
+        (False, (1920, 1280)),
+    ],
+)
+def test_jpeg_draft_decodes_at_the_smallest_scale_keeping_the_mode_s_margin_over_the_target(
+    mode: Any, decoded: tuple[int, int]
+) -> None:
     config = {**EFFICIENTNET_CONFIG, "input_layout": "NCHW"}
     image = Image.open(IMAGES / "coffee_1920x1280.jpg")
-    compile_preprocessor(config, dtype=F32, jpeg_draft=True).prepare_image(image)
-    # The resize target is 384x256; 1/4 scale (480x320) keeps 1.25x of it, 1/8 (240x160) would not.
-    assert image.size == (480, 320)
+    prepared = compile_preprocessor(config, dtype=F32, jpeg_draft=mode).prepare_image(image)
+    assert image.size == decoded
+    assert prepared.size == (224, 224)
+
+
+def test_the_default_jpeg_draft_is_the_faithful_one() -> None:
+    config = {**EFFICIENTNET_CONFIG, "input_layout": "NCHW"}
+    assert compile_preprocessor(config, dtype=F32).jpeg_draft == DEFAULT_JPEG_DRAFT == "faithful"
+    assert DRAFT_MARGINS["faithful"] >= 2.0 > DRAFT_MARGINS["fast"]
+
+
+def test_unknown_jpeg_draft_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="jpeg_draft must be one of faithful, fast, off"):
+        compile_preprocessor(EFFICIENTNET_CONFIG, dtype=F32, jpeg_draft="exact")  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 from imgcls.server.domain.errors import InvalidInputError
@@ -90,8 +90,31 @@ class ResizeSpec:
 # EXIF orientations that turn the image a quarter (width and height swap).
 _QUARTER_TURNS = (5, 6, 7, 8)
 
-# How much larger than the resize target a JPEG draft decode must stay (see prepare_image).
-DRAFT_MARGIN = 1.25
+# JPEG draft decoding (see prepare_image): "faithful" (the default) decodes large JPEGs at a reduced
+# scale that keeps scores within 0.01 of a full decode, "fast" at a smaller one that moves them more,
+# "off" always decodes in full (bit-exact with the transformers pipeline).
+JpegDraft = Literal["faithful", "fast", "off"]
+JPEG_DRAFT_MODES: tuple[JpegDraft, ...] = get_args(JpegDraft)
+DEFAULT_JPEG_DRAFT: JpegDraft = "faithful"
+# How much larger than the resize target a draft decode must stay, per mode. Measured with
+# EfficientNet-Lite0 against the full decode, on the shared images and on camera-sized JPEGs made from
+# them (1353x900 to 4032x3024, quality 75 and 90; README, "JPEG draft decoding"): the largest change of
+# any score was 0.0054 at 2x and 0.028 at 1.25x (1.5x is no better than 1.25x: both land on the same
+# DCT scale for most sizes). Below 1x the resize would no longer filter (astronaut.jpg at 1.0x: a
+# different top-1).
+DRAFT_MARGINS: dict[JpegDraft, float] = {"faithful": 2.0, "fast": 1.25}
+
+
+def jpeg_draft_mode(value: bool | str) -> JpegDraft:
+    """A draft mode from a mode name, or from the on/off boolean of earlier versions (on: the default mode)."""
+    if value is True:
+        return DEFAULT_JPEG_DRAFT
+    if value is False:
+        return "off"
+    for mode in JPEG_DRAFT_MODES:
+        if value == mode:
+            return mode
+    raise ValueError(f"jpeg_draft must be one of {', '.join(JPEG_DRAFT_MODES)}, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +129,7 @@ class Preprocessor:
     bgr: bool
     nhwc: bool
     dtype: np.dtype[Any]
-    jpeg_draft: bool
+    jpeg_draft: JpegDraft
 
     @property
     def fixed_output_hw(self) -> tuple[int, int] | None:
@@ -125,13 +148,11 @@ class Preprocessor:
 
         Every image becomes RGB whatever do_convert_rgb says: the models take three channels.
         """
-        if self.jpeg_draft and image.format == "JPEG" and self.resize is not None:
+        margin = DRAFT_MARGINS.get(self.jpeg_draft)
+        if margin is not None and image.format == "JPEG" and self.resize is not None:
             # Decode at a reduced scale (DCT scaling: 1/2, 1/4 or 1/8) when the target is far
             # smaller: most of the cost of a large JPEG is the full-size decode. The decoded image
-            # stays at least DRAFT_MARGIN x the target, so the resize still filters: landing exactly
-            # on the target changes answers (astronaut.jpg at 1.0x: a different top-1), while twice
-            # the target cost 65% more time than 1.25x for no closer scores (coffee_1920x1280:
-            # exact 0.9579, 1.25x 0.9517, 2x 0.9545).
+            # stays at least `margin` x the target, so the resize still filters (DRAFT_MARGINS).
             # (A JPEG's EXIF comes from its header: reading it here decodes no pixels.)
             orientation: int | None = _orientation(image)
             turned = orientation in _QUARTER_TURNS
@@ -139,7 +160,7 @@ class Preprocessor:
             target = self.resize.output_size(width, height)
             if turned:
                 target = (target[1], target[0])
-            image.draft("RGB", (math.ceil(target[0] * DRAFT_MARGIN), math.ceil(target[1] * DRAFT_MARGIN)))
+            image.draft("RGB", (math.ceil(target[0] * margin), math.ceil(target[1] * margin)))
         else:
             orientation = None
         # Decode now, before anything reads the image: a decoder failure must refuse the input.
@@ -299,8 +320,13 @@ def _channels(value: Any, key: str) -> np.ndarray:
     return array
 
 
-def compile_preprocessor(config: Mapping[str, Any], *, dtype: np.dtype[Any], jpeg_draft: bool) -> Preprocessor:
-    """Turn a preprocessor_config.json-style dict into a Preprocessor; InvalidInputError when it is wrong."""
+def compile_preprocessor(
+    config: Mapping[str, Any], *, dtype: np.dtype[Any], jpeg_draft: bool | JpegDraft = DEFAULT_JPEG_DRAFT
+) -> Preprocessor:
+    """Turn a preprocessor_config.json-style dict into a Preprocessor; InvalidInputError when it is wrong.
+
+    jpeg_draft: a JpegDraft mode; True is the default mode and False is "off".
+    """
     processor_type = str(config.get("image_processor_type") or config.get("feature_extractor_type") or "")
     processor_type = processor_type.replace("FeatureExtractor", "ImageProcessor")
     to_square, default_resample, default_mean, default_std = _PROCESSOR_DEFAULTS.get(processor_type, _FALLBACK_DEFAULTS)
@@ -372,5 +398,5 @@ def compile_preprocessor(config: Mapping[str, Any], *, dtype: np.dtype[Any], jpe
         bgr=channel_order == "BGR",
         nhwc=layout == "NHWC",
         dtype=np.dtype(dtype),
-        jpeg_draft=jpeg_draft,
+        jpeg_draft=jpeg_draft_mode(jpeg_draft),
     )
