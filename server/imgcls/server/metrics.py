@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import grpc
 from imgcls.server.engine.engine import Engine
 from imgcls.server.engine.model import ServedModel
+from imgcls.server.engine.observation import RequestRecord
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -15,20 +15,22 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Metrics:
+    """Listens to the engine (requests, batches) and reads its gauges; knows no protocol."""
+
     def __init__(self, engine: Engine) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
             "imgcls_requests",
-            "Requests (unary calls and stream frames) by model, method and status code",
-            ["model", "method", "code"],
+            "Requests (unary calls and stream frames) by model, front door protocol, method and outcome",
+            ["model", "protocol", "method", "outcome"],
             registry=r,
         )
-        self.inputs = Counter("imgcls_inputs", "Inputs by model and status code", ["model", "code"], registry=r)
+        self.inputs = Counter("imgcls_inputs", "Inputs by model and outcome", ["model", "outcome"], registry=r)
         self.request_duration = Histogram(
             "imgcls_request_duration_seconds",
             "End-to-end request duration",
-            ["model", "method"],
+            ["model", "protocol", "method"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -50,14 +52,16 @@ class Metrics:
             "imgcls_batch_size", "Inputs per ONNX Runtime run", ["model"], buckets=_BATCH_BUCKETS, registry=r
         )
         self.pending = Gauge("imgcls_pending_inputs", "Inputs queued, not yet running", ["model"], registry=r)
-        self.streams = Gauge("imgcls_streams_in_flight", "Open ClassifyStream calls", registry=r)
+        self.streams = Gauge("imgcls_streams_in_flight", "Open streams", registry=r)
+        self.streams.set_function(lambda: float(engine.active_streams))
         self.load_time = Gauge("imgcls_model_load_seconds", "Time to load each model", ["model"], registry=r)
         self.ready = Gauge("imgcls_model_ready", "1 when the model is serving", ["model"], registry=r)
         for name, model in engine.models.items():
             self.pending.labels(name).set_function(functools.partial(_queue_depth, model))
             self.ready.labels(name).set_function(functools.partial(_ready, model))
             self.load_time.labels(name).set(model.load_seconds)
-            model.batcher.on_batch = self._batch_observer(name)
+            model.add_batch_listener(self._batch_observer(name))
+        engine.add_request_listener(self.observe)
         self._http: Any = None
         self.port: int | None = None
 
@@ -75,10 +79,11 @@ class Metrics:
 
         return observe
 
-    def observe(self, model: str, method: str, code: grpc.StatusCode, inputs: int, seconds: float) -> None:
-        self.requests.labels(model, method, code.name).inc()
-        self.inputs.labels(model, code.name).inc(inputs)
-        self.request_duration.labels(model, method).observe(seconds)
+    def observe(self, record: RequestRecord) -> None:
+        outcome = record.outcome_name
+        self.requests.labels(record.model, record.protocol, record.method, outcome).inc()
+        self.inputs.labels(record.model, outcome).inc(record.inputs)
+        self.request_duration.labels(record.model, record.protocol, record.method).observe(record.seconds)
 
     def serve_http(self, host: str, port: int) -> int:
         """Start the /metrics HTTP server; returns the bound port (port 0 picks one)."""
@@ -94,7 +99,7 @@ class Metrics:
 
 
 def _queue_depth(model: ServedModel) -> float:
-    return float(model.batcher.queue_depth)
+    return float(model.queue_depth)
 
 
 def _ready(model: ServedModel) -> float:

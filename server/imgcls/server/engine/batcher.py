@@ -30,15 +30,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from imgcls.server.domain.errors import (
     DeadlineExceededError,
-    ImgclsError,
     InferenceError,
     QueueFullError,
+    RequestError,
     UnavailableError,
 )
 
 log = logging.getLogger(__name__)
 
 RunFn = Callable[[np.ndarray], np.ndarray]
+BatchListener = Callable[[int, float, float], None]  # batch size, mean queue seconds, compute seconds
+CrashListener = Callable[[BaseException], None]
 
 
 @dataclass(slots=True)
@@ -76,7 +78,6 @@ class DynamicBatcher:
         max_queue_delay_s: float,
         queue_limit: int,
         fixed_batch: int | None = None,
-        on_batch: Callable[[int, float, float], None] | None = None,
         instances: int = 1,
         run_alone: RunFn | None = None,
     ) -> None:
@@ -93,10 +94,10 @@ class DynamicBatcher:
         self._fixed_batch = fixed_batch
         self._max_delay = max_queue_delay_s
         self.queue_limit = queue_limit
-        self.on_batch = on_batch
-        # Called (from the dying inference thread) when the batcher crashes, so the server can stop
-        # reporting itself healthy: every later call to this model would fail.
-        self.on_crash: Callable[[BaseException], None] | None = None
+        # Listeners, called on the inference thread: a batch ran (size, mean queue s, compute s); the
+        # batcher crashed, so the server can stop reporting itself healthy (every later call would fail).
+        self._batch_listeners: list[BatchListener] = []
+        self._crash_listeners: list[CrashListener] = []
         self._queue: deque[_Pending] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -106,6 +107,12 @@ class DynamicBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = BatcherStats()
         self.crashed: BaseException | None = None
+
+    def add_batch_listener(self, listener: BatchListener) -> None:
+        self._batch_listeners.append(listener)
+
+    def add_crash_listener(self, listener: CrashListener) -> None:
+        self._crash_listeners.append(listener)
 
     # -- lifecycle -------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -200,9 +207,9 @@ class DynamicBatcher:
                 self._stopping = True
                 self._cond.notify_all()
             self._fail(pending, UnavailableError(f"model {self.name}: batcher stopped ({exc})"))
-            if self.on_crash is not None:
+            for listener in self._crash_listeners:
                 try:
-                    self.on_crash(exc)
+                    listener(exc)
                 except Exception:
                     log.exception("model %s: crash listener failed", self.name)
 
@@ -289,7 +296,7 @@ class DynamicBatcher:
         try:
             # One sample: a view, not a copy (ONNX Runtime only reads its input).
             outputs = run(samples[0][None] if len(samples) == 1 else np.stack(samples))
-        except ImgclsError as exc:
+        except RequestError as exc:
             self._fail(batch, exc)
             return
         except Exception as exc:
@@ -305,8 +312,11 @@ class DynamicBatcher:
             stats.batch_size_counts[len(batch)] = stats.batch_size_counts.get(len(batch), 0) + 1
             stats.queue_time_s += queue_time
             stats.compute_time_s += finished - started
-        if self.on_batch is not None:
-            self.on_batch(len(batch), queue_time / len(batch), finished - started)
+        for listener in self._batch_listeners:
+            try:
+                listener(len(batch), queue_time / len(batch), finished - started)
+            except Exception:  # an observer's bug must not fail the callers whose batch just ran
+                log.exception("model %s: batch listener failed", self.name)
         self._deliver(batch, outputs)
 
     def _deliver(self, batch: list[_Pending], outputs: np.ndarray) -> None:

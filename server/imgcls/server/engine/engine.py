@@ -1,58 +1,94 @@
-"""The engine: the served models and the request path, with no knowledge of gRPC."""
+"""The engine: the served models and the request lifecycle every front door shares.
+
+Front doors only convert: their protocol's request to engine types, and the engine's answer or
+error back. Admission (refusing work while shutting down), readiness, observation (metrics and the
+debug line, through listeners) and streams all live here, once.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
-from imgcls.server.domain.errors import ModelLoadError, ModelNotFoundError, UnavailableError
+import numpy as np
+from imgcls.server.domain.errors import ModelLoadError, ModelNotFoundError, UnavailableError, kind_of
 from imgcls.server.domain.types import ClassifyRequest, Ranking
+from imgcls.server.engine.backend import Backend
+from imgcls.server.engine.description import ModelDescription, ModelStats
 from imgcls.server.engine.model import ModelLimits, ServedModel
+from imgcls.server.engine.observation import ReadinessListener, RequestListener, RequestRecord, log_request
+from imgcls.server.engine.streams import FrameResult, FrameStream
 from imgcls.server.images.decoding import brief
 from imgcls.server.runtime.cpus import available_cpus
-from imgcls.server.settings import ModelSettings, ServerSettings
-from imgcls.server.sources.local import ModelFiles, load_hf_folder, resolve_local
+from imgcls.server.runtime.onnx import OnnxBackend, RuntimeOptions, is_gpu_provider
+from imgcls.server.settings import ServerSettings
+from imgcls.server.sources.local import ModelFiles
+from imgcls.server.sources.resolve import resolve_model_files
 
 log = logging.getLogger(__name__)
 
+BackendFactory = Callable[[ModelFiles, RuntimeOptions], Backend]
 
-def resolve_model_files(model: ModelSettings, settings: ServerSettings) -> ModelFiles:
-    """Local folder, spec or .onnx file first; otherwise a Hugging Face repo id (downloaded or cached)."""
-    local = resolve_local(model.source, model.dtype)
-    if local is not None:
-        return local
-    from imgcls.server.sources import hub  # only servers that name a hub model pay for importing huggingface_hub
+UNKNOWN_MODEL = "_unknown"
 
-    if not hub.looks_like_repo_id(model.source):
-        raise ModelLoadError(f"{model.source} is neither an existing path nor a repo id")
-    repo_id, revision = hub.parse_repo_ref(model.source)
-    fetched = hub.fetch_hub_model(
-        repo_id,
-        revision=revision,
-        dtype=model.dtype,
-        token=settings.hf_token,
-        cache_dir=settings.cache_dir,
-        prefer_gpu=any(p != "CPUExecutionProvider" for p in settings.runtime_for(model).providers),
-    )
-    return load_hf_folder(fetched.folder, fetched.dtype, source=model.source)
+
+def onnx_backend(files: ModelFiles, options: RuntimeOptions) -> Backend:
+    return OnnxBackend(files.onnx_path, options, files.output_name)
+
+
+@dataclass(slots=True)
+class Call:
+    """What one request reports when it is answered, filled in as it goes."""
+
+    protocol: str
+    method: str
+    model: str
+    request_id: str = ""
+    inputs: int = 0
+    results: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    model: str  # the served model's name (the default's when the request named none)
+    rankings: list[Ranking]
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    model: str
+    outputs: np.ndarray  # (results, classes): the model's raw outputs
 
 
 class Engine:
-    """Owns the models, the preprocessing pool and their lifecycle."""
+    """Owns the models, the preprocessing pool, admission, readiness and observation."""
 
     def __init__(self, settings: ServerSettings, models: Iterable[ServedModel], pool: ThreadPoolExecutor) -> None:
         self.settings = settings
         self.models: dict[str, ServedModel] = {m.name: m for m in models}
         self.default_model = settings.default_model_name
         self._pool = pool
-        self.accepting = True
+        self._accepting = True
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # When the last request arrived: shutdown waits for arrivals to go quiet (see server.py).
+        self.last_call_at = time.monotonic()
+        self.active_streams = 0
+        self._request_listeners: list[RequestListener] = [log_request]
+        self._readiness_listeners: list[ReadinessListener] = []
+        for name, model in self.models.items():
+            model.add_crash_listener(functools.partial(self._model_failed, name))
 
     @classmethod
-    def load(cls, settings: ServerSettings) -> Engine:
+    def load(cls, settings: ServerSettings, backend_factory: BackendFactory | None = None) -> Engine:
         """Load every configured model (downloading hub models first); ModelLoadError names the one that failed."""
+        make_backend = backend_factory or onnx_backend
         workers = settings.preprocess_threads or available_cpus()
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
         limits = ModelLimits(
@@ -62,56 +98,114 @@ class Engine:
             jpeg_draft=settings.jpeg_draft,
         )
         models = []
-        for model in settings.served_models:
-            try:
-                files = resolve_model_files(model, settings)
-                served = ServedModel(
-                    model.name,
-                    files,
-                    batching=settings.batching_for(model),
-                    runtime=settings.runtime_for(model),
-                    limits=limits,
-                    preprocess_pool=pool,
+        try:
+            for model in settings.served_models:
+                runtime = settings.runtime_for(model)
+                started = time.monotonic()
+                try:
+                    files = resolve_model_files(
+                        model.source,
+                        model.dtype,
+                        hf_token=settings.hf_token,
+                        cache_dir=settings.cache_dir,
+                        prefer_gpu=any(is_gpu_provider(p) for p in runtime.providers),
+                    )
+                    served = ServedModel(
+                        model.name,
+                        files,
+                        make_backend(files, runtime.options()),
+                        batching=settings.batching_for(model),
+                        instances=runtime.resolved_instances(),
+                        limits=limits,
+                        preprocess_pool=pool,
+                        load_seconds=time.monotonic() - started,
+                    )
+                except ModelLoadError as exc:
+                    prefix = f"model {model.name}: "
+                    message = exc.message if exc.message.startswith(prefix) else prefix + exc.message
+                    raise ModelLoadError(message) from None
+                except Exception as exc:  # e.g. preprocessing config the compiler refuses
+                    raise ModelLoadError(f"model {model.name} ({model.source}): {exc}") from exc
+                models.append(served)
+                d = served.describe()
+                log.info(
+                    "loaded model %s from %s (variant %s, input %s %s %s, %d labels, providers %s) in %.2fs",
+                    d.name,
+                    files.source,
+                    d.variant or "-",
+                    d.input_name,
+                    list(d.input_shape),
+                    d.layout,
+                    d.num_labels,
+                    ",".join(d.runtime.providers),
+                    d.load_seconds,
                 )
-            except ModelLoadError as exc:
-                prefix = f"model {model.name}: "
-                message = exc.message if exc.message.startswith(prefix) else prefix + exc.message
-                raise ModelLoadError(message) from None
-            except Exception as exc:  # e.g. preprocessing config the compiler refuses
-                raise ModelLoadError(f"model {model.name} ({model.source}): {exc}") from exc
-            models.append(served)
-            log.info(
-                "loaded model %s from %s (variant %s, input %s %s %s, %d labels, providers %s) in %.2fs",
-                model.name,
-                files.source,
-                files.variant or "-",
-                served.backend.graph.input_name,
-                list(served.backend.graph.input_shape),
-                served.layout,
-                len(served.labels),
-                ",".join(served.backend.providers),
-                served.load_seconds,
-            )
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
         return cls(settings, models, pool)
 
+    # -- lifecycle -----------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
         for model in self.models.values():
             model.start(loop)
 
-    def on_model_failure(self, listener: Callable[[str, BaseException], None]) -> None:
-        """listener(model name, exception) when a model's batcher dies (called from its thread)."""
-        for name, model in self.models.items():
-            model.batcher.on_crash = functools.partial(listener, name)
+    def begin_shutdown(self) -> None:
+        """From now on every request is refused UNAVAILABLE; readiness listeners hear not-ready."""
+        if self._accepting:
+            self._accepting = False
+            self._notify_readiness()
 
     async def stop(self, drain: bool = True) -> None:
-        self.accepting = False
+        self.begin_shutdown()
         await asyncio.gather(*(m.stop(drain) for m in self.models.values()))
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     @property
-    def ready(self) -> bool:
-        return self.accepting and all(m.ready for m in self.models.values())
+    def accepting(self) -> bool:
+        return self._accepting
 
+    @property
+    def ready(self) -> bool:
+        """The one source of readiness: health, GetModel and the v2 ready endpoints all read it."""
+        return self._accepting and all(m.ready for m in self.models.values())
+
+    def model_ready(self, name: str) -> bool:
+        return self._accepting and self.get(name).ready
+
+    def add_readiness_listener(self, listener: ReadinessListener) -> None:
+        """listener(ready) on the event loop whenever readiness may have changed (shutdown, a model failed)."""
+        self._readiness_listeners.append(listener)
+
+    def add_request_listener(self, listener: RequestListener) -> None:
+        """listener(record) for every answered request and stream frame, on the event loop."""
+        self._request_listeners.append(listener)
+
+    def _model_failed(self, name: str, exc: BaseException) -> None:
+        # On the dying inference thread: every call to that model fails from now on.
+        log.error("model %s can no longer serve (%s): reporting not ready", name, exc)
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
+                self._loop.call_soon_threadsafe(self._notify_readiness)
+
+    def _notify_readiness(self) -> None:
+        ready = self.ready
+        for listener in self._readiness_listeners:
+            try:
+                listener(ready)
+            except Exception:
+                log.exception("readiness listener failed")
+
+    # -- admission -----------------------------------------------------------------
+    def admit(self) -> None:
+        """Every request passes here first, whatever door it came through."""
+        self.last_call_at = time.monotonic()
+        if not self._accepting:
+            # UNAVAILABLE, not CANCELLED: clients and load balancers retry it on another replica.
+            raise UnavailableError("server is shutting down; retry on another replica")
+
+    # -- models ----------------------------------------------------------------------
     def get(self, name: str) -> ServedModel:
         model = self.models.get(name or self.default_model)
         if model is None:
@@ -119,10 +213,114 @@ class Engine:
             raise ModelNotFoundError(f"model {brief(name)} is not served; served models: {', '.join(self.models)}")
         return model
 
-    async def classify(self, request: ClassifyRequest, deadline: float | None = None) -> tuple[str, list[Ranking]]:
-        """(served model name, one ranking per result)."""
-        if not self.accepting:
-            raise UnavailableError("server is shutting down")
+    def describe(self, name: str = "") -> ModelDescription:
+        return self.get(name).describe()
+
+    def describe_all(self) -> list[ModelDescription]:
+        return [m.describe() for m in self.models.values()]
+
+    def stats(self, name: str = "") -> ModelStats:
+        return self.get(name).stats()
+
+    def model_label(self, name: str) -> str:
+        """A served model's name for metrics and logs; anything else is one label, not the caller's text."""
+        if not name:
+            return self.default_model
+        return name if name in self.models else UNKNOWN_MODEL
+
+    # -- the request lifecycle -------------------------------------------------------
+    @contextlib.contextmanager
+    def observe(self, protocol: str, method: str, model: str, request_id: str = "", inputs: int = 0) -> Iterator[Call]:
+        """Admit one request and record how it was answered (listeners), whatever the outcome."""
+        call = Call(protocol, method, self.model_label(model), request_id, inputs)
+        outcome = None
+        try:
+            self.admit()
+            yield call
+        except BaseException as exc:
+            outcome = kind_of(exc)
+            raise
+        finally:
+            self._emit(
+                RequestRecord(
+                    protocol=call.protocol,
+                    method=call.method,
+                    model=call.model,
+                    request_id=call.request_id,
+                    inputs=call.inputs,
+                    results=call.results,
+                    outcome=outcome,
+                    seconds=time.perf_counter() - call.started,
+                )
+            )
+
+    def _emit(self, record: RequestRecord) -> None:
+        for listener in self._request_listeners:
+            try:
+                listener(record)
+            except Exception:
+                log.exception("request listener failed")
+
+    async def classify(
+        self, request: ClassifyRequest, *, deadline: float | None = None, call: Call | None = None
+    ) -> Classified:
+        """One ranking per result, from the named (or default) model.
+
+        A front door that converts its request inside observe() passes the call it got, so a
+        conversion error is observed too; without one, this opens its own.
+        """
+        if call is None:
+            with self.observe("engine", "Classify", request.model, request.request_id, len(request.inputs)) as call:
+                return await self._classify(request, deadline, call)
+        return await self._classify(request, deadline, call)
+
+    async def _classify(self, request: ClassifyRequest, deadline: float | None, call: Call) -> Classified:
         model = self.get(request.model)
         rankings = await model.classify(request.inputs, request.options, request.preprocessor_overrides, deadline)
-        return model.name, rankings
+        call.results = len(rankings)
+        return Classified(model.name, rankings)
+
+    async def score(
+        self, request: ClassifyRequest, *, deadline: float | None = None, call: Call | None = None
+    ) -> Scored:
+        """The model's raw outputs, one row per result (for protocols that answer with tensors)."""
+        if call is None:
+            with self.observe("engine", "Score", request.model, request.request_id, len(request.inputs)) as call:
+                return await self._score(request, deadline, call)
+        return await self._score(request, deadline, call)
+
+    async def _score(self, request: ClassifyRequest, deadline: float | None, call: Call) -> Scored:
+        model = self.get(request.model)
+        outputs = await model.run(request.inputs, request.preprocessor_overrides, deadline, options=request.options)
+        call.results = len(outputs)
+        return Scored(model.name, outputs)
+
+    @contextlib.asynccontextmanager
+    async def open_stream(self, protocol: str = "engine", method: str = "ClassifyStream") -> AsyncIterator[FrameStream]:
+        """Admit a stream; its frames are observed one by one as they are answered."""
+        self.admit()
+        self.active_streams += 1
+        try:
+            yield FrameStream(
+                self,
+                self.settings.stream_max_in_flight,
+                on_result=lambda result, inputs: self._observe_frame(protocol, method, result, inputs),
+            )
+        finally:
+            self.active_streams -= 1
+
+    def _observe_frame(self, protocol: str, method: str, result: FrameResult, inputs: int) -> None:
+        self.last_call_at = time.monotonic()
+        self._emit(
+            RequestRecord(
+                protocol=protocol,
+                method=method,
+                model=self.model_label(result.model),
+                request_id=result.request_id,
+                inputs=inputs,
+                results=len(result.rankings),
+                outcome=result.error.kind if result.error is not None else None,
+                seconds=result.seconds,
+                skipped=result.skipped,
+            )
+        )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from imgcls.server.domain.errors import ImgclsError, InvalidInputError, ModelLoadError
+from imgcls.server.domain.errors import InvalidInputError, ModelLoadError
 from imgcls.server.domain.types import (
     ClassifyOptions,
     FunctionToApply,
@@ -21,12 +21,13 @@ from imgcls.server.domain.types import (
     Ranking,
     TensorInput,
 )
-from imgcls.server.engine.batcher import DynamicBatcher
+from imgcls.server.engine.backend import Backend
+from imgcls.server.engine.batcher import BatchListener, CrashListener, DynamicBatcher
+from imgcls.server.engine.description import BatchingDescription, ModelDescription, ModelStats, public_source
 from imgcls.server.images import decoding
 from imgcls.server.images.postprocessing import default_function, rank, validate_options
 from imgcls.server.images.preprocessing import MAX_OVERRIDE_SIDE, Preprocessor, compile_preprocessor, merge_overrides
-from imgcls.server.runtime.onnx import OnnxBackend
-from imgcls.server.settings import BatchingSettings, RuntimeSettings
+from imgcls.server.settings import BatchingSettings
 from imgcls.server.sources.local import ModelFiles
 from PIL import Image
 
@@ -57,22 +58,27 @@ class RequestStats:
 
 
 class ServedModel:
+    """One model as the engine serves it; the runtime behind it is any Backend."""
+
     def __init__(
         self,
         name: str,
         files: ModelFiles,
+        backend: Backend,
         *,
         batching: BatchingSettings,
-        runtime: RuntimeSettings,
+        instances: int = 1,
         limits: ModelLimits,
         preprocess_pool: Executor,
+        load_seconds: float = 0.0,
     ) -> None:
         started = time.monotonic()
         self.name = name
         self.files = files
         self.limits = limits
         self._pool = preprocess_pool
-        self.backend = OnnxBackend(files.onnx_path, runtime.options(), files.output_name)
+        self.backend = backend
+        self._batching = batching
         graph = self.backend.graph
         self.layout = files.preprocessing.get("input_layout") or graph.guess_layout()
         self.preprocessing = self._complete_preprocessing(files.preprocessing)
@@ -91,11 +97,64 @@ class ServedModel:
             max_queue_delay_s=batching.max_queue_delay_us / 1e6,
             queue_limit=batching.queue_limit,
             fixed_batch=graph.fixed_batch,
-            instances=runtime.resolved_instances(),
+            instances=instances,
             run_alone=self.backend.run_alone if self.backend.has_solo_session else None,
         )
         self.request_stats = RequestStats()
-        self.load_seconds = time.monotonic() - started
+        # Loading the backend (given) plus compiling preprocessing and starting the batcher (here).
+        self.load_seconds = load_seconds + time.monotonic() - started
+
+    # -- what the model says about itself -----------------------------------------
+    def describe(self) -> ModelDescription:
+        graph = self.backend.graph
+        return ModelDescription(
+            name=self.name,
+            source=public_source(self.files.source),
+            variant=self.files.variant,
+            input_name=graph.input_name,
+            input_shape=graph.input_shape,
+            input_dtype=graph.input_dtype.name,
+            layout=self.layout,
+            output_name=graph.output_name,
+            labels=self.labels,
+            preprocessing=dict(self.preprocessing),
+            default_function=self.default_function,
+            batching=BatchingDescription(
+                max_batch_size=self.batcher.max_batch_size,
+                max_queue_delay_us=self._batching.max_queue_delay_us,
+                queue_limit=self.batcher.queue_limit,
+                instances=self.batcher.instances,
+            ),
+            runtime=self.backend.describe(),
+            ready=self.ready,
+            load_seconds=self.load_seconds,
+        )
+
+    def stats(self) -> ModelStats:
+        batcher = self.batcher.stats
+        return ModelStats(
+            requests=self.request_stats.requests,
+            failed_requests=self.request_stats.failed_requests,
+            inputs=batcher.inputs,
+            batches=batcher.batches,
+            batch_size_counts=dict(batcher.batch_size_counts),
+            queue_time_s=batcher.queue_time_s,
+            compute_time_s=batcher.compute_time_s,
+            dropped_inputs=batcher.dropped_inputs,
+        )
+
+    @property
+    def queue_depth(self) -> int:
+        return self.batcher.queue_depth
+
+    def add_batch_listener(self, listener: BatchListener) -> None:
+        self.batcher.add_batch_listener(listener)
+
+    def add_crash_listener(self, listener: CrashListener) -> None:
+        self.batcher.add_crash_listener(listener)
+
+    def count_dropped(self, inputs: int) -> None:
+        self.batcher.count_dropped(inputs)
 
     def _complete_preprocessing(self, config: dict[str, Any]) -> dict[str, Any]:
         """The model's preprocessing, with the graph's fixed size and layout filled in where unsaid."""
@@ -163,11 +222,23 @@ class ServedModel:
         deadline: float | None = None,
     ) -> list[Ranking]:
         """One ranking per result (a tensor input with batch N gives N), in input order."""
+        outputs = await self.run(inputs, overrides, deadline, options=options)
+        return rank(outputs, self.labels, options, self.default_function)
+
+    async def run(
+        self,
+        inputs: Sequence[ImageInput],
+        overrides: dict[str, Any] | None = None,
+        deadline: float | None = None,
+        *,
+        options: ClassifyOptions | None = None,
+    ) -> np.ndarray:
+        """The model's raw outputs, one row per result (N, classes), in input order."""
         self.request_stats.requests += 1
         try:
-            self.check_request(inputs, options)
+            self.check_request(inputs, options or ClassifyOptions())
             samples = await self.prepare(inputs, overrides or {})
-            return await self.infer(samples, options, deadline)
+            return await self.infer(samples, deadline)
         except BaseException:
             self.request_stats.failed_requests += 1
             raise
@@ -237,16 +308,15 @@ class ServedModel:
                 f"{MAX_MODEL_INPUT_PIXELS} pixels for a model input; resize or crop it (do_resize, do_center_crop)"
             )
 
-    async def infer(
-        self, samples: list[np.ndarray], options: ClassifyOptions, deadline: float | None = None
-    ) -> list[Ranking]:
+    async def infer(self, samples: list[np.ndarray], deadline: float | None = None) -> np.ndarray:
+        """Run pre-processed samples through the batcher: (N, classes) outputs."""
         futures = self.batcher.submit(samples, deadline)
         try:
             rows = await _gather_all(futures)
         finally:
             for future in futures:
                 future.cancel()  # no-op when done; frees queued work when the caller gives up
-        return rank(np.stack(rows), self.labels, options, self.default_function)
+        return np.stack(rows)
 
 
 async def _gather_all(aws: Sequence[Any]) -> list[Any]:
@@ -262,4 +332,4 @@ async def _as_awaitable(value: Any) -> Any:
     return (await value) if asyncio.isfuture(value) or asyncio.iscoroutine(value) else value
 
 
-__all__ = ["FunctionToApply", "ImgclsError", "ModelLimits", "ServedModel"]
+__all__ = ["FunctionToApply", "ModelLimits", "ServedModel"]

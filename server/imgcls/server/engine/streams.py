@@ -15,13 +15,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from imgcls.server.domain.errors import ImgclsError, InferenceError, InvalidInputError
+from imgcls.server.domain.errors import InferenceError, InvalidInputError, RequestError
 from imgcls.server.domain.types import ClassifyOptions, ImageInput, Ranking
-from imgcls.server.engine.engine import Engine
+
+if TYPE_CHECKING:
+    from imgcls.server.engine.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ class StreamFrame:
     options: ClassifyOptions | None = None
     overrides: dict[str, Any] | None = None
     drop_stale: bool = False
-    error: ImgclsError | None = None  # the message itself was invalid: answered with this, stream goes on
+    error: RequestError | None = None  # the message itself was invalid: answered with this, stream goes on
 
 
 @dataclass(slots=True)
@@ -44,9 +46,10 @@ class FrameResult:
     request_id: str
     model: str
     rankings: list[Ranking] = field(default_factory=list)
-    error: ImgclsError | None = None
+    error: RequestError | None = None
     skipped: bool = False
     seconds: float = 0.0  # from the frame's start to its answer
+    inputs: int = 0  # how many inputs the frame carried
 
 
 @dataclass(slots=True)
@@ -67,8 +70,14 @@ _END = _EndOfStream()
 class FrameStream:
     """One ClassifyStream call. Iterate run(frames) to get results in order."""
 
-    def __init__(self, engine: Engine, max_in_flight: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        max_in_flight: int,
+        on_result: Callable[[FrameResult, int], None] | None = None,
+    ) -> None:
         self._engine = engine
+        self._on_result = on_result
         self._max_in_flight = max_in_flight
         self._defaults: _Defaults | None = None
         self._fifo: asyncio.Queue[asyncio.Future[FrameResult] | BaseException | _EndOfStream] = asyncio.Queue()
@@ -90,6 +99,8 @@ class FrameStream:
                 if isinstance(entry, BaseException):
                     raise entry
                 result = await entry
+                if self._on_result is not None:
+                    self._on_result(result, result.inputs)
                 yield result
                 self._unanswered.release()
         finally:
@@ -131,8 +142,9 @@ class FrameStream:
                 else:
                     if self._waiting is not None:
                         stale = self._waiting
-                        stale[1].set_result(FrameResult(stale[0].request_id, stale[2], skipped=True))
-                        self._engine.get(stale[2]).batcher.count_dropped(len(stale[0].inputs))
+                        inputs = len(stale[0].inputs)
+                        stale[1].set_result(FrameResult(stale[0].request_id, stale[2], skipped=True, inputs=inputs))
+                        self._engine.get(stale[2]).count_dropped(inputs)
                     self._waiting = (frame, future, model, options, overrides)
             while self._tasks:
                 await asyncio.wait(set(self._tasks))
@@ -170,14 +182,14 @@ class FrameStream:
         options: ClassifyOptions,
         overrides: dict[str, Any],
     ) -> None:
-        result = FrameResult(frame.request_id, model_name)
+        result = FrameResult(frame.request_id, model_name, inputs=len(frame.inputs))
         started = time.perf_counter()
         try:
             if frame.error is not None:
                 raise frame.error
             model = self._engine.get(model_name)
             result.rankings = await model.classify(frame.inputs, options, overrides)
-        except ImgclsError as exc:
+        except RequestError as exc:
             result.error = exc
         except asyncio.CancelledError:
             raise

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2
-from imgcls.server.domain.errors import ImgclsError, InvalidInputError
+from imgcls.server.domain.errors import InvalidInputError
 from imgcls.server.domain.types import (
     Base64Image,
     ClassifyOptions,
@@ -20,8 +20,9 @@ from imgcls.server.domain.types import (
     TensorDType,
     TensorInput,
 )
-from imgcls.server.engine.model import ServedModel
+from imgcls.server.engine.description import ModelDescription, ModelStats
 from imgcls.server.engine.streams import FrameResult, StreamFrame
+from imgcls.server.grpc.status import code_number
 from imgcls.v1 import classifier_pb2 as pb
 
 T = TypeVar("T")
@@ -145,43 +146,36 @@ def response_to_pb(request_id: str, model: str, rankings: list[Ranking]) -> pb.C
 def frame_result_to_pb(result: FrameResult) -> pb.ClassifyStreamResponse:
     response = pb.ClassifyStreamResponse(request_id=result.request_id, model=result.model, skipped=result.skipped)
     if result.error is not None:
-        response.status.code = error_code(result.error)
+        response.status.code = code_number(result.error)
         response.status.message = result.error.message
     else:
         response.results.extend(results_to_pb(result.rankings))
     return response
 
 
-def error_code(error: ImgclsError) -> int:
-    return int(error.status_code.value[0])
-
-
-def model_info_to_pb(model: ServedModel, *, is_default: bool) -> pb.ModelInfo:
-    graph = model.backend.graph
-    batcher = model.batcher
-    stats = batcher.stats
+def model_info_to_pb(model: ModelDescription, stats: ModelStats, *, is_default: bool) -> pb.ModelInfo:
     info = pb.ModelInfo(
         name=model.name,
-        source=model.files.source,
-        variant=model.files.variant,
-        input_name=graph.input_name,
-        input_shape=[-1 if d is None else d for d in graph.input_shape],
-        input_dtype=_DTYPES_PB.get(graph.input_dtype.name, pb.DATA_TYPE_UNSPECIFIED),
-        num_labels=len(model.labels),
+        source=model.source,
+        variant=model.variant,
+        input_name=model.input_name,
+        input_shape=[-1 if d is None else d for d in model.input_shape],
+        input_dtype=_DTYPES_PB.get(model.input_dtype, pb.DATA_TYPE_UNSPECIFIED),
+        num_labels=model.num_labels,
         labels=list(model.labels),
         default_function_to_apply=_FUNCTIONS_PB[model.default_function],
         is_default=is_default,
         input_layout=model.layout,
-        max_batch_size=batcher.max_batch_size,
+        max_batch_size=model.batching.max_batch_size,
         ready=model.ready,
         stats=pb.ModelStats(
-            requests=model.request_stats.requests,
+            requests=stats.requests,
             inputs=stats.inputs,
             batches=stats.batches,
             batch_size_counts=dict(stats.batch_size_counts),
             queue_time_us=int(stats.queue_time_s * 1e6),
             compute_time_us=int(stats.compute_time_s * 1e6),
-            failed_requests=model.request_stats.failed_requests,
+            failed_requests=stats.failed_requests,
             dropped_inputs=stats.dropped_inputs,
         ),
     )

@@ -1,15 +1,14 @@
-"""The one place where errors become gRPC statuses, for unary and streaming handlers alike."""
+"""The one place where error kinds become gRPC statuses, for unary and streaming handlers alike."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from imgcls.server.domain.errors import ImgclsError
+from imgcls.server.domain.errors import ErrorKind, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -20,21 +19,31 @@ Self = TypeVar("Self")
 # Messages are cut so an error never echoes a large input back.
 MAX_MESSAGE_CHARS = 1000
 
+STATUS_OF_KIND: dict[ErrorKind, grpc.StatusCode] = {
+    ErrorKind.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorKind.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorKind.CANCELLED: grpc.StatusCode.CANCELLED,
+    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorKind.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
+    ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+}
 
-def status_code_of(exc: BaseException) -> grpc.StatusCode:
-    """The status a call ending with exc is answered with (what metrics and logs record)."""
-    if isinstance(exc, ImgclsError):
-        return exc.status_code
-    if isinstance(exc, GeneratorExit | asyncio.CancelledError):
-        return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.INTERNAL
 
-
-def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, ImgclsError):
-        return exc.status_code, exc.message[:MAX_MESSAGE_CHARS]
+def status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status and message a call ending with exc is answered with; a bug is logged, its type only sent."""
+    if isinstance(exc, RequestError):
+        return STATUS_OF_KIND[exc.kind], exc.message[:MAX_MESSAGE_CHARS]
     log.exception("unexpected error while handling a request")
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+
+
+def code_number(error: RequestError) -> int:
+    """The numeric status code, for statuses carried inside messages (a stream frame's status)."""
+    return int(STATUS_OF_KIND[error.kind].value[0])
 
 
 def translate_unary(
@@ -47,7 +56,7 @@ def translate_unary(
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            code, message = _status_of(exc)
+            code, message = status_of(exc)
             await context.abort(code, message)
             raise  # unreachable: abort raises
 
@@ -65,7 +74,7 @@ def translate_stream(
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            code, message = _status_of(exc)
+            code, message = status_of(exc)
             await context.abort(code, message)
 
     return wrapper

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 from imgcls.server.domain.errors import ModelLoadError
+from imgcls.server.domain.graph import GraphInfo, RuntimeDescription
 
 log = logging.getLogger(__name__)
 
@@ -26,31 +27,6 @@ class RuntimeOptions:
     # Set: a second session with this many intra-op threads (0 = every core) for a batch that runs
     # alone, while the main session's fewer threads serve runs side by side (see run_alone).
     solo_intra_op_threads: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class GraphInfo:
-    """What the ONNX graph says: input name, shape (None = dynamic), dtype, layout, outputs."""
-
-    input_name: str
-    input_shape: tuple[int | None, ...]
-    input_dtype: np.dtype  # type: ignore[type-arg]
-    output_name: str
-    num_classes: int | None
-
-    @property
-    def fixed_batch(self) -> int | None:
-        return self.input_shape[0]
-
-    @property
-    def sample_shape(self) -> tuple[int | None, ...]:
-        return self.input_shape[1:]
-
-    def guess_layout(self) -> str:
-        """NHWC when the last dim is 1 or 3 and the second is not; NCHW otherwise (the HF norm)."""
-        if len(self.input_shape) == 4 and self.input_shape[3] in (1, 3) and self.input_shape[1] not in (1, 3):
-            return "NHWC"
-        return "NCHW"
 
 
 def _dim(value: Any) -> int | None:
@@ -88,6 +64,14 @@ class OnnxBackend:
     def has_solo_session(self) -> bool:
         return self._solo_session is not None
 
+    def describe(self) -> RuntimeDescription:
+        return RuntimeDescription(
+            providers=self.providers,
+            intra_op_threads=self.options.intra_op_threads,
+            inter_op_threads=self.options.inter_op_threads,
+            solo_intra_op_threads=self.options.solo_intra_op_threads if self.has_solo_session else None,
+        )
+
     def _inspect(self, path: Path, output_name: str | None) -> GraphInfo:
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
@@ -124,6 +108,11 @@ class OnnxBackend:
     def _run(self, session: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
         (scores,) = session.run([self.graph.output_name], {self.graph.input_name: batch})
         return np.asarray(scores).reshape(batch.shape[0], -1)
+
+
+def is_gpu_provider(name: str) -> bool:
+    """Any execution provider but the CPU's runs on an accelerator (CUDA, TensorRT, ROCm, CoreML, ...)."""
+    return name != "CPUExecutionProvider"
 
 
 def select_providers(requested: tuple[str, ...]) -> tuple[str, ...]:

@@ -1,0 +1,96 @@
+"""The gRPC front door: one grpc.aio server with imgcls.v1, health and reflection on one port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from imgcls.server.engine.engine import Engine
+from imgcls.server.grpc.auth import BearerTokenInterceptor, server_credentials
+from imgcls.server.grpc.servicer import ImageClassifierServicer
+from imgcls.server.settings import ServerSettings
+from imgcls.v1 import classifier_pb2 as pb
+from imgcls.v1 import classifier_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageClassifierService"].full_name
+
+
+def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    if settings.max_connection_age_s is not None:
+        # At least 1 ms: gRPC reads 0 as "close at once".
+        options.append(("grpc.max_connection_age_ms", max(1, round(settings.max_connection_age_s * 1000))))
+        if settings.max_connection_age_grace_s is not None:
+            options.append(("grpc.max_connection_age_grace_ms", round(settings.max_connection_age_grace_s * 1000)))
+    return options
+
+
+class GrpcFrontDoor:
+    """imgcls.v1 (and any other gRPC service added to it) over one port; health follows engine readiness."""
+
+    name = "grpc"
+
+    def __init__(self, engine: Engine, settings: ServerSettings) -> None:
+        self._engine = engine
+        self._settings = settings
+        # Read the TLS files first: a bad path fails before the server binds.
+        self._credentials = server_credentials(settings.tls) if settings.tls is not None else None
+        interceptors = []
+        if settings.auth_tokens:
+            interceptors.append(BearerTokenInterceptor(settings.auth_tokens, open_health=settings.auth_open_health))
+        self.server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
+        self.servicer = ImageClassifierServicer(engine)
+        pb_grpc.add_ImageClassifierServiceServicer_to_server(self.servicer, self.server)
+        self.health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._services = [SERVICE_NAME]
+        self._pending: set[asyncio.Future[Any]] = set()
+        self.port = 0
+
+    def add_service(self, full_name: str) -> None:
+        """Another service on this server (registered by its own module): health and reflection list it."""
+        self._services.append(full_name)
+
+    async def start(self) -> None:
+        reflection.enable_server_reflection(
+            (*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        address = f"{self._settings.host}:{self._settings.port}"
+        try:
+            if self._credentials is not None:
+                port = self.server.add_secure_port(address, self._credentials)
+            else:
+                port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpcio raises RuntimeError when the address cannot be bound
+            raise OSError(f"cannot bind {address}: {exc}") from exc
+        if port == 0:
+            raise OSError(f"cannot bind {address}")
+        self.port = port
+        await self.server.start()
+        await self.set_serving(self._engine.ready)
+        self._engine.add_readiness_listener(self._readiness_changed)
+
+    def _readiness_changed(self, ready: bool) -> None:
+        future = asyncio.ensure_future(self.set_serving(ready))
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", *self._services):
+            await self.health.set(service, status)
+
+    async def stop(self, grace: float) -> None:
+        """gRPC refuses new calls from here and waits up to grace for accepted ones."""
+        await self.server.stop(grace)
