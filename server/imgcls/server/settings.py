@@ -17,7 +17,7 @@ from imgcls.server.images.preprocessing import DEFAULT_JPEG_DRAFT, JpegDraft
 from imgcls.server.runtime import cpus
 from imgcls.server.runtime.onnx import RuntimeOptions
 from imgcls.server.sources.variants import DTYPES
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "IMGCLS_"
 DEFAULT_MODEL_NAME = "efficientnet-lite0"
@@ -88,6 +88,13 @@ class ModelSettings(_Frozen):
     dtype: str = "fp32"
     batching: BatchingSettings | None = None  # None: the server-wide settings
     runtime: RuntimeSettings | None = None
+    # Set by load_settings on models from a config file: their relative sources are relative to its folder.
+    _config_file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def config_file(self) -> Path | None:
+        """The config file that named this model (pass it to sources.resolve.resolve_model_files), or None."""
+        return self._config_file
 
     @field_validator("dtype")
     @classmethod
@@ -298,8 +305,11 @@ def load_settings(
             *merged.get("auth_tokens", ()),
             *(t for t in tokens if t and not t.startswith("#")),
         )
+    from_file = config_file is not None and origins.get(("models",), "").startswith("config file")
+    if from_file and config_file is not None and isinstance(merged.get("models"), list):
+        merged["models"] = [_relative_to_file(entry, config_file) for entry in merged["models"]]
     try:
-        return ServerSettings.model_validate(merged)
+        settings = ServerSettings.model_validate(merged)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -308,3 +318,22 @@ def load_settings(
             origin = _origin(err["loc"], origins)
             problems.append(f"{problem} (from {origin})" if origin else problem)
         raise ConfigError(f"invalid configuration: {'; '.join(problems)}") from None
+    if from_file and config_file is not None:
+        for model in settings.models:
+            model._config_file = config_file.absolute()
+    return settings
+
+
+def _relative_to_file(entry: Any, config_file: Path) -> Any:
+    """A config file's model entry with a relative source that exists beside the file made absolute.
+
+    A relative source that does not exist there may still be a Hugging Face repo id: it stays as written,
+    and ModelSettings.config_file tells the resolver what it is relative to.
+    """
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("source"), str):
+        return entry
+    source = Path(entry["source"]).expanduser()
+    beside = config_file.parent / source
+    if source.is_absolute() or not beside.exists():
+        return entry
+    return {**entry, "source": str(beside.absolute())}

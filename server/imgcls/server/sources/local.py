@@ -4,7 +4,7 @@ file, or a Hugging Face repo id. Everything model-specific is resolved here, onc
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,16 +60,24 @@ class ModelSpec(BaseModel):
 
 
 def resolve_local(source: str, dtype: str) -> ModelFiles | None:
-    """The model at a local path, or None when source is not an existing path."""
+    """The model at a local path (relative to the working directory), or None when source is not an existing path.
+
+    sources.resolve.resolve_model_files also tries the Hub and says why neither had it.
+    """
     path = Path(source).expanduser()
     if not path.exists():
         return None
+    return load_local(path, dtype, source=source)
+
+
+def load_local(path: Path, dtype: str, *, source: str) -> ModelFiles:
+    """The model at an existing path: a folder in Hugging Face layout, a spec file or a bare .onnx file."""
     if path.is_dir():
         return load_hf_folder(path, dtype, source=source)
     if path.suffix in SPEC_SUFFIXES:
-        return load_spec(path)
+        return replace(load_spec(path), source=source)
     if path.suffix == ".onnx":
-        return load_bare_onnx(path)
+        return replace(load_bare_onnx(path), source=source)
     raise ModelLoadError(f"{source}: expected a model folder, a .onnx file or a spec file (.yaml/.json)")
 
 
