@@ -1,25 +1,24 @@
-"""Shared fixtures: real servers on 127.0.0.1 port 0, stubs, and the shared data beside the checkout."""
+"""Fixtures only: the helpers behind them live in tests/support/ (import them from there, never from conftest).
+
+Servers are real, on 127.0.0.1 port 0. `server`/`stub` are one per test; `module_server`/`module_stub` are
+shared by a module's tests (which then run on the module's event loop: `pytest.mark.asyncio(loop_scope="module")`).
+"""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-from imgcls.server.server import RunningServer, start_server
-from imgcls.server.settings import ServerSettings, load_settings
+import pytest_asyncio
+from imgcls.server.server import RunningServer
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
-
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
-IMAGES = SHARED / "images"
-EFFICIENTNET = SHARED / "models" / "efficientnet-lite0"
-OPEN_NSFW = SHARED / "models" / "open-nsfw"
+from support.environment import remove_server_variables
+from support.inputs import write_open_nsfw_spec
+from support.paths import IMAGES, SHARED
+from support.servers import connect, running_server
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -37,30 +36,21 @@ def image_bytes() -> Callable[[str], bytes]:
     return lambda name: (IMAGES / name).read_bytes()
 
 
-def make_settings(**overrides: Any) -> ServerSettings:
-    """Settings for a test server: port 0 on loopback, no environment, overrides on top."""
-    return load_settings({"host": "127.0.0.1", "port": 0, **overrides}, environ={})
+@pytest.fixture
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """None of the test runner's IMGCLS_*, HF_* or HUGGING_FACE_* variables are seen by the code under test."""
+    remove_server_variables(monkeypatch)
 
 
-@asynccontextmanager
-async def running_server(**overrides: Any) -> AsyncIterator[RunningServer]:
-    server = await start_server(make_settings(**overrides))
-    try:
-        yield server
-    finally:
-        await server.stop(grace=1.0)
-
-
-@asynccontextmanager
-async def connect(server: RunningServer) -> AsyncIterator[pb_grpc.ImageClassifierServiceStub]:
-    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", options=options) as channel:
-        yield pb_grpc.ImageClassifierServiceStub(channel)
+@pytest.fixture
+def open_nsfw_spec(tmp_path: Path) -> Path:
+    """examples/open-nsfw.yaml beside the shared open-nsfw model, in a folder of its own."""
+    return write_open_nsfw_spec(tmp_path)
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[RunningServer]:
-    """The embedded default model with default settings."""
+    """The embedded default model with default settings, for one test."""
     async with running_server() as running:
         yield running
 
@@ -68,4 +58,17 @@ async def server() -> AsyncIterator[RunningServer]:
 @pytest.fixture
 async def stub(server: RunningServer) -> AsyncIterator[pb_grpc.ImageClassifierServiceStub]:
     async with connect(server) as s:
+        yield s
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_server() -> AsyncIterator[RunningServer]:
+    """The embedded default model with default settings, shared by a module's tests (refusals leave it serving)."""
+    async with running_server() as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_stub(module_server: RunningServer) -> AsyncIterator[pb_grpc.ImageClassifierServiceStub]:
+    async with connect(module_server) as s:
         yield s

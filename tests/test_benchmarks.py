@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import IMAGES, ROOT
 from PIL import Image
+from support.paths import IMAGES, ROOT
 
 # benchmarks/ is a top-level package of the checkout, not part of the installed imgcls.
 if str(ROOT) not in sys.path:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from support.paths import ROOT
 
 BIN = Path(sys.executable).parent
 PATHS = ["server", "client", "tests", "benchmarks"]

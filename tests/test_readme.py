@@ -6,9 +6,10 @@ import base64
 import json
 import re
 
-from conftest import IMAGES, ROOT, connect, running_server
 from google.protobuf import json_format
 from imgcls.v1 import classifier_pb2 as pb
+from support.paths import IMAGES, ROOT
+from support.servers import connect, running_server
 
 README = (ROOT / "README.md").read_text()
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import IMAGES
 from imgcls import cli
 from imgcls.server.server import RunningServer
+from support.paths import IMAGES
 from support.serve_process import ServeProcess
 
 COFFEE = IMAGES / "coffee.jpg"
@@ -129,16 +128,13 @@ def test_serve_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.fixture
-def no_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+def no_serving(monkeypatch: pytest.MonkeyPatch, clean_environ: None) -> None:
     """A config that unexpectedly passes must fail the test, not serve forever."""
 
     async def refuse(settings: Any) -> None:
         raise AssertionError(f"serve() was reached with {settings!r}")
 
     monkeypatch.setattr("imgcls.server.server.serve", refuse)
-    for key in list(os.environ):
-        if key.startswith("IMGCLS_") or key == "HF_TOKEN":
-            monkeypatch.delenv(key)
 
 
 @pytest.mark.usefixtures("no_serving")

@@ -14,13 +14,14 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import pytest
-from conftest import EFFICIENTNET, IMAGES, running_server
 from imgcls.client import AsyncClient, Client, ClientError, Prediction
 from imgcls.client.client import build_request
 from imgcls.server.images.preprocessing import compile_preprocessor
 from imgcls.server.server import RunningServer
 from imgcls.v1 import classifier_pb2 as pb
 from PIL import Image
+from support.paths import EFFICIENTNET, IMAGES
+from support.servers import running_server
 
 T = TypeVar("T")
 COFFEE = IMAGES / "coffee.jpg"

@@ -17,13 +17,13 @@ from contextlib import asynccontextmanager
 import grpc
 import numpy as np
 import pytest
-from conftest import connect, make_settings, running_server
 from imgcls.client import AsyncClient, Client, ClientError
 from imgcls.client.client import channel_options, channel_target
 from imgcls.server.server import RunningServer, start_server
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image
+from support.servers import connect, make_settings, running_server
 
 CALLS = 20
 # After a server has stopped, this many calls in a row must all succeed on the survivor.

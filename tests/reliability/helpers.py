@@ -11,17 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from conftest import IMAGES
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
+from support.inputs import ESPRESSO, good_request
 
-COFFEE = (IMAGES / "coffee.jpg").read_bytes()
-ESPRESSO = 967  # ImageNet index of "espresso", the reference top-1 for coffee.jpg
 GOOD_CALLERS = 3
-
-
-def good_request() -> pb.ClassifyRequest:
-    return pb.ClassifyRequest(inputs=[pb.Input(image=COFFEE)], request_id="good")
 
 
 async def good_call(stub: pb_grpc.ImageClassifierServiceStub) -> None:

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -19,22 +18,21 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import connect, running_server
 from imgcls.server.server import RunningServer
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from onnx import TensorProto, helper, numpy_helper
 from reliability.helpers import (
-    COFFEE,
-    ESPRESSO,
     Resources,
     beside_good_callers,
     good_call,
-    good_request,
     leftover_tasks,
     poll_until,
     settle,
 )
+from support.inputs import COFFEE, ESPRESSO, good_request
+from support.paths import IMAGES
+from support.servers import connect, running_server
 
 MODEL = "efficientnet-lite0"
 
@@ -64,12 +62,6 @@ async def assert_no_leaks(server: RunningServer, baseline: Resources) -> None:
     assert after.tasks <= baseline.tasks, f"leaked tasks: {leftover_tasks()}"
     assert after.threads <= baseline.threads + 2, (baseline, after)
     assert after.fds <= baseline.fds + 4, (baseline, after)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[RunningServer]:
-    async with running_server() as running:
-        yield running
 
 
 # --- callers that give up ---------------------------------------------------------------------
@@ -139,8 +131,6 @@ VANISHING_CLIENT = textwrap.dedent(
 
 
 async def test_client_process_killed_mid_calls_leaves_server_serving(server: RunningServer) -> None:
-    from conftest import IMAGES
-
     async with connect(server) as stub:
         baseline = await warmed_baseline(stub)
         client = await asyncio.create_subprocess_exec(

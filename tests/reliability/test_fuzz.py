@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import IMAGES
 from reliability import corpus
+from support.paths import IMAGES
 
 pytest.importorskip("atheris", reason="atheris (libFuzzer for Python) cannot be imported on this Python")
 

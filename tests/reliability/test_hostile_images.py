@@ -15,7 +15,6 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import EFFICIENTNET, IMAGES
 from imgcls.server.domain.errors import InvalidInputError
 from imgcls.server.images.decoding import open_image
 from imgcls.server.images.preprocessing import compile_preprocessor
@@ -24,14 +23,14 @@ from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image
 from reliability import corpus
 from reliability.helpers import (
-    COFFEE,
-    ESPRESSO,
     answered,
     assert_same_ranking,
     beside_good_callers,
     refused,
     request_of,
 )
+from support.inputs import COFFEE, ESPRESSO
+from support.paths import EFFICIENTNET, IMAGES
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -79,9 +78,9 @@ def single(data: bytes, **fields: Any) -> pb.ClassifyRequest:
     ],
 )
 async def test_broken_image_is_refused_naming_input_and_cause(
-    stub: pb_grpc.ImageClassifierServiceStub, data: bytes, cause: str
+    module_stub: pb_grpc.ImageClassifierServiceStub, data: bytes, cause: str
 ) -> None:
-    await refused(stub, second(data), INVALID, "inputs[1]", cause)
+    await refused(module_stub, second(data), INVALID, "inputs[1]", cause)
 
 
 # TIFFs found by the fuzz target: a strip offset stored as a RATIONAL (or FLOAT) makes Pillow's loader
@@ -97,70 +96,70 @@ FUZZ_FOUND_TIFFS = [
 
 @pytest.mark.parametrize("encoded", FUZZ_FOUND_TIFFS, ids=["rational-offset", "float-offset"])
 async def test_tiff_whose_parser_raises_type_error_is_refused(
-    stub: pb_grpc.ImageClassifierServiceStub, encoded: str
+    module_stub: pb_grpc.ImageClassifierServiceStub, encoded: str
 ) -> None:
     data = base64.b64decode(encoded)
     with pytest.raises(TypeError):  # what Pillow itself does with this file
         Image.open(io.BytesIO(data)).load()
-    await refused(stub, second(data), INVALID, "inputs[1]", "image data is corrupt (TypeError")
+    await refused(module_stub, second(data), INVALID, "inputs[1]", "image data is corrupt (TypeError")
 
 
-async def test_broken_base64_is_refused(stub: pb_grpc.ImageClassifierServiceStub) -> None:
+async def test_broken_base64_is_refused(module_stub: pb_grpc.ImageClassifierServiceStub) -> None:
     request = request_of(pb.Input(image=COFFEE), pb.Input(image_base64="data:image/png;base64,@@@not base64@@@"))
-    await refused(stub, request, INVALID, "inputs[1]", "not valid base64")
+    await refused(module_stub, request, INVALID, "inputs[1]", "not valid base64")
 
 
-async def test_input_with_no_kind_is_refused(stub: pb_grpc.ImageClassifierServiceStub) -> None:
-    await refused(stub, request_of(pb.Input(image=COFFEE), pb.Input()), INVALID, "inputs[1]", "set one of image")
+async def test_input_with_no_kind_is_refused(module_stub: pb_grpc.ImageClassifierServiceStub) -> None:
+    await refused(module_stub, request_of(pb.Input(image=COFFEE), pb.Input()), INVALID, "inputs[1]", "set one of image")
 
 
 async def test_png_whose_pixel_data_does_not_match_its_header_is_refused(
-    stub: pb_grpc.ImageClassifierServiceStub,
+    module_stub: pb_grpc.ImageClassifierServiceStub,
 ) -> None:
     # Under the pixel limit, so only decoding can tell: Pillow's own load() raises for this file.
     lying = corpus.png_with_dimensions(COFFEE_PNG, 1200, 800)
     with pytest.raises(OSError, match="unrecognized data stream"):
         Image.open(io.BytesIO(lying)).load()
-    await refused(stub, second(lying), INVALID, "inputs[1]", "corrupt")
+    await refused(module_stub, second(lying), INVALID, "inputs[1]", "corrupt")
 
 
 # --- many frames: the first frame only --------------------------------------------------------
 
 
 async def test_animated_gif_with_2000_frames_is_classified_from_its_first_frame(
-    stub: pb_grpc.ImageClassifierServiceStub,
+    module_stub: pb_grpc.ImageClassifierServiceStub,
 ) -> None:
     animated, first_alone = corpus.animated_gif(COFFEE_RGB.resize((64, 64)), 2000)
     assert corpus.frame_count(animated) == 2000 and corpus.frame_count(first_alone) == 1
-    got = await answered(stub, single(animated))
-    want = await answered(stub, single(first_alone))
+    got = await answered(module_stub, single(animated))
+    want = await answered(module_stub, single(first_alone))
     assert_same_ranking(got, want, atol=1e-6)
 
 
 async def test_tiff_with_1000_pages_is_classified_from_its_first_page(
-    stub: pb_grpc.ImageClassifierServiceStub,
+    module_stub: pb_grpc.ImageClassifierServiceStub,
 ) -> None:
     many, first_alone = corpus.multipage_tiff(COFFEE_RGB.resize((64, 64)), 1000)
     assert corpus.frame_count(many) == 1000 and corpus.frame_count(first_alone) == 1
-    got = await answered(stub, single(many))
-    want = await answered(stub, single(first_alone))
+    got = await answered(module_stub, single(many))
+    want = await answered(module_stub, single(first_alone))
     assert_same_ranking(got, want, atol=1e-6)
 
 
 # --- unusual colour spaces and bit depths: answered like their plain equivalent ----------------
 
 
-async def test_cmyk_jpeg_is_classified(stub: pb_grpc.ImageClassifierServiceStub) -> None:
+async def test_cmyk_jpeg_is_classified(module_stub: pb_grpc.ImageClassifierServiceStub) -> None:
     data = corpus.cmyk_jpeg(COFFEE_RGB)
     assert Image.open(io.BytesIO(data)).mode == "CMYK"
-    response = await answered(stub, single(data))
+    response = await answered(module_stub, single(data))
     assert response.results[0].labels[0].index == ESPRESSO
 
 
-async def test_ycck_jpeg_is_classified(stub: pb_grpc.ImageClassifierServiceStub) -> None:
+async def test_ycck_jpeg_is_classified(module_stub: pb_grpc.ImageClassifierServiceStub) -> None:
     data = corpus.ycck_jpeg(COFFEE_RGB)
     assert corpus.jpeg_adobe_transform(data) == 2  # really YCCK, not plain CMYK
-    response = await answered(stub, single(data))
+    response = await answered(module_stub, single(data))
     assert response.results[0].labels[0].index == ESPRESSO
 
 
@@ -181,20 +180,22 @@ def _png_bit_depth(data: bytes) -> int:
     ],
 )
 async def test_unusual_png_is_classified_like_its_plain_equivalent(
-    stub: pb_grpc.ImageClassifierServiceStub, pair: Any, is_unusual: Any
+    module_stub: pb_grpc.ImageClassifierServiceStub, pair: Any, is_unusual: Any
 ) -> None:
     unusual, plain = pair(COFFEE_RGB)
     assert is_unusual(unusual) and not is_unusual(plain)
-    got = await answered(stub, single(unusual))
-    want = await answered(stub, single(plain))
+    got = await answered(module_stub, single(unusual))
+    want = await answered(module_stub, single(plain))
     assert_same_ranking(got, want, atol=1e-5)
 
 
-async def test_exif_rotated_photo_is_classified_like_the_original(stub: pb_grpc.ImageClassifierServiceStub) -> None:
+async def test_exif_rotated_photo_is_classified_like_the_original(
+    module_stub: pb_grpc.ImageClassifierServiceStub,
+) -> None:
     rotated = corpus.exif_rotated_jpeg(COFFEE_RGB)
     assert Image.open(io.BytesIO(rotated)).size == (COFFEE_RGB.height, COFFEE_RGB.width)
-    original = await answered(stub, single(corpus.encode(COFFEE_RGB, "JPEG", quality=95)))
-    got = await answered(stub, single(rotated))
+    original = await answered(module_stub, single(corpus.encode(COFFEE_RGB, "JPEG", quality=95)))
+    got = await answered(module_stub, single(rotated))
     assert got.results[0].labels[0].index == ESPRESSO
     # Upright, the scores are the original's (up to JPEG re-encoding of turned blocks); turned, they
     # are far off (espresso drops from ~0.95 to ~0.6), so this tells whether EXIF was honoured.
@@ -206,9 +207,9 @@ async def test_exif_rotated_photo_is_classified_like_the_original(stub: pb_grpc.
 
 @pytest.mark.parametrize(("width", "height"), [(1, 1), (1, 4000), (4000, 1)])
 async def test_tiny_and_extreme_aspect_images_are_answered_or_refused_never_internal(
-    stub: pb_grpc.ImageClassifierServiceStub, width: int, height: int
+    module_stub: pb_grpc.ImageClassifierServiceStub, width: int, height: int
 ) -> None:
-    outcome = await answered_or_invalid(stub, single(corpus.solid(width, height)))
+    outcome = await answered_or_invalid(module_stub, single(corpus.solid(width, height)))
     if isinstance(outcome, grpc.aio.AioRpcError):
         assert outcome.code() == INVALID and "inputs[0]" in (outcome.details() or "")
     else:
@@ -216,9 +217,9 @@ async def test_tiny_and_extreme_aspect_images_are_answered_or_refused_never_inte
 
 
 async def answered_or_invalid(
-    stub: pb_grpc.ImageClassifierServiceStub, request: pb.ClassifyRequest
+    module_stub: pb_grpc.ImageClassifierServiceStub, request: pb.ClassifyRequest
 ) -> pb.ClassifyResponse | grpc.aio.AioRpcError:
-    outcome = await beside_good_callers(stub, request)
+    outcome = await beside_good_callers(module_stub, request)
     if isinstance(outcome, grpc.aio.AioRpcError):
         assert outcome.code() == INVALID, f"{outcome.code().name}: {outcome.details()}"
     return outcome
@@ -346,10 +347,12 @@ async def test_gif_frame_larger_than_its_screen_is_refused_before_anything_is_al
 
 
 async def test_gif_frame_larger_than_its_screen_is_refused_by_the_server(
-    stub: pb_grpc.ImageClassifierServiceStub,
+    module_stub: pb_grpc.ImageClassifierServiceStub,
 ) -> None:
     data = corpus.gif_with_oversized_frame(65535, 65535)
-    await refused(stub, second(data), INVALID, "inputs[1]: image is 65535x65535 = 4294836225 pixels, over the limit")
+    await refused(
+        module_stub, second(data), INVALID, "inputs[1]: image is 65535x65535 = 4294836225 pixels, over the limit"
+    )
 
 
 async def test_gif_frame_a_little_larger_than_its_screen_is_refused_by_the_imgcls_limit() -> None:
@@ -362,13 +365,13 @@ async def test_gif_frame_a_little_larger_than_its_screen_is_refused_by_the_imgcl
 
 @pytest.mark.parametrize("fmt", ["PPM", "TGA", "ICO", "PCX", "SGI"])
 async def test_format_the_readme_does_not_document_is_refused(
-    stub: pb_grpc.ImageClassifierServiceStub, fmt: str
+    module_stub: pb_grpc.ImageClassifierServiceStub, fmt: str
 ) -> None:
     # Pillow reads these, but each is a parser callers need not reach: only documented formats open.
     data = corpus.encode(COFFEE_RGB.resize((64, 64)), fmt)
     assert Image.open(io.BytesIO(data)).format == fmt  # a real file of that format
     await refused(
-        stub,
+        module_stub,
         second(data),
         INVALID,
         "inputs[1]: not a decodable image (unknown or corrupt format; accepted: JPEG, PNG, WebP, GIF, BMP, TIFF)",
@@ -376,20 +379,20 @@ async def test_format_the_readme_does_not_document_is_refused(
 
 
 async def test_jpeg_holding_several_pictures_is_classified_from_the_first(
-    stub: pb_grpc.ImageClassifierServiceStub,
+    module_stub: pb_grpc.ImageClassifierServiceStub,
 ) -> None:
     # Phone cameras write MPO: a JPEG with more pictures after the first. Pillow opens it as MPO.
     other = Image.new("RGB", COFFEE_RGB.size, (20, 200, 90))
     data = corpus.encode(COFFEE_RGB, "MPO", save_all=True, append_images=[other], quality=95)
     assert Image.open(io.BytesIO(data)).format == "MPO" and corpus.frame_count(data) == 2
-    got = await answered(stub, single(data))
-    want = await answered(stub, single(corpus.encode(COFFEE_RGB, "JPEG", quality=95)))
+    got = await answered(module_stub, single(data))
+    want = await answered(module_stub, single(corpus.encode(COFFEE_RGB, "JPEG", quality=95)))
     assert got.results[0].labels[0].index == ESPRESSO
     assert_same_ranking(got, want, atol=1e-3)
 
 
 async def test_webp_canvas_over_the_limit_is_refused_before_the_decoder_allocates_it(
-    monkeypatch: pytest.MonkeyPatch, stub: pb_grpc.ImageClassifierServiceStub
+    monkeypatch: pytest.MonkeyPatch, module_stub: pb_grpc.ImageClassifierServiceStub
 ) -> None:
     from PIL import WebPImagePlugin
 
@@ -412,4 +415,6 @@ async def test_webp_canvas_over_the_limit_is_refused_before_the_decoder_allocate
         open_image(data, max_pixels=40_000_000)
     assert raised.value.message == "image is 16384x16384 = 268435456 pixels, over the limit of 40000000"
     assert created == []  # refused before the canvas was allocated
-    await refused(stub, second(data), INVALID, "inputs[1]: image is 16384x16384 = 268435456 pixels, over the limit")
+    await refused(
+        module_stub, second(data), INVALID, "inputs[1]: image is 16384x16384 = 268435456 pixels, over the limit"
+    )

@@ -13,12 +13,13 @@ import math
 import grpc
 import numpy as np
 import pytest
-from conftest import connect, running_server
 from google.protobuf import struct_pb2
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image
-from reliability.helpers import COFFEE, ESPRESSO, answered, refused, request_of
+from reliability.helpers import answered, refused, request_of
+from support.inputs import COFFEE, ESPRESSO
+from support.servers import connect, running_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -82,8 +83,10 @@ def overrides(value: dict[str, object]) -> struct_pb2.Struct:
         pytest.param(raw(2, 2, pb.PIXEL_FORMAT_UNSPECIFIED, b"\0" * 12), "raw.format 0", id="unspecified-format"),
     ],
 )
-async def test_bad_raw_image_is_refused(stub: pb_grpc.ImageClassifierServiceStub, item: pb.Input, cause: str) -> None:
-    await refused(stub, after_good(item), INVALID, "inputs[1]", cause)
+async def test_bad_raw_image_is_refused(
+    module_stub: pb_grpc.ImageClassifierServiceStub, item: pb.Input, cause: str
+) -> None:
+    await refused(module_stub, after_good(item), INVALID, "inputs[1]", cause)
 
 
 # --- tensors ------------------------------------------------------------------------------
@@ -146,18 +149,20 @@ async def test_bad_raw_image_is_refused(stub: pb_grpc.ImageClassifierServiceStub
         ),
     ],
 )
-async def test_bad_tensor_is_refused(stub: pb_grpc.ImageClassifierServiceStub, item: pb.Input, cause: str) -> None:
-    await refused(stub, after_good(item), INVALID, "inputs[1]", cause)
+async def test_bad_tensor_is_refused(
+    module_stub: pb_grpc.ImageClassifierServiceStub, item: pb.Input, cause: str
+) -> None:
+    await refused(module_stub, after_good(item), INVALID, "inputs[1]", cause)
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
 async def test_non_finite_tensor_values_are_answered_with_the_model_scores(
-    stub: pb_grpc.ImageClassifierServiceStub, value: float
+    module_stub: pb_grpc.ImageClassifierServiceStub, value: float
 ) -> None:
     # The README: NaN and Inf are passed to the model and answered with whatever scores it gives.
     values = np.zeros(SAMPLE_VALUES, dtype="<f4")
     values[::997] = value
-    response = await answered(stub, after_good(tensor([1, *SAMPLE], raw_data=values.tobytes())))
+    response = await answered(module_stub, after_good(tensor([1, *SAMPLE], raw_data=values.tobytes())))
     assert len(response.results) == 2
     assert response.results[0].labels[0].index == ESPRESSO
     assert len(response.results[1].labels) == 5
@@ -191,13 +196,13 @@ async def test_non_finite_tensor_values_are_answered_with_the_model_scores(
     ],
 )
 async def test_bad_parameters_are_refused(
-    stub: pb_grpc.ImageClassifierServiceStub, parameters: pb.Parameters, cause: str
+    module_stub: pb_grpc.ImageClassifierServiceStub, parameters: pb.Parameters, cause: str
 ) -> None:
-    await refused(stub, coffee_with(parameters=parameters), INVALID, cause)
+    await refused(module_stub, coffee_with(parameters=parameters), INVALID, cause)
 
 
-async def test_huge_top_k_is_clipped_to_every_label(stub: pb_grpc.ImageClassifierServiceStub) -> None:
-    response = await answered(stub, coffee_with(parameters=pb.Parameters(top_k=2**31 - 1)))
+async def test_huge_top_k_is_clipped_to_every_label(module_stub: pb_grpc.ImageClassifierServiceStub) -> None:
+    response = await answered(module_stub, coffee_with(parameters=pb.Parameters(top_k=2**31 - 1)))
     labels = response.results[0].labels
     assert len(labels) == 1000
     assert labels[0].index == ESPRESSO
@@ -226,39 +231,43 @@ async def test_huge_top_k_is_clipped_to_every_label(stub: pb_grpc.ImageClassifie
     ],
 )
 async def test_bad_preprocessor_overrides_are_refused(
-    stub: pb_grpc.ImageClassifierServiceStub, value: dict[str, object], causes: list[str]
+    module_stub: pb_grpc.ImageClassifierServiceStub, value: dict[str, object], causes: list[str]
 ) -> None:
-    await refused(stub, coffee_with(preprocessor_overrides=overrides(value)), INVALID, *causes)
+    await refused(module_stub, coffee_with(preprocessor_overrides=overrides(value)), INVALID, *causes)
 
 
 # --- request shapes and sizes --------------------------------------------------------------
 
 
 async def test_request_with_5000_inputs_is_refused_over_the_per_request_maximum(
-    stub: pb_grpc.ImageClassifierServiceStub,
+    module_stub: pb_grpc.ImageClassifierServiceStub,
 ) -> None:
     request = request_of(*[pb.Input(image=b"x") for _ in range(5000)])
-    await refused(stub, request, INVALID, "request has 5000 inputs, over the limit of 64")
+    await refused(module_stub, request, INVALID, "request has 5000 inputs, over the limit of 64")
 
 
-async def test_request_with_no_inputs_is_refused(stub: pb_grpc.ImageClassifierServiceStub) -> None:
-    await refused(stub, request_of(), INVALID, "request has no inputs")
+async def test_request_with_no_inputs_is_refused(module_stub: pb_grpc.ImageClassifierServiceStub) -> None:
+    await refused(module_stub, request_of(), INVALID, "request has no inputs")
 
 
-async def test_tensor_batch_over_the_per_request_maximum_is_refused(stub: pb_grpc.ImageClassifierServiceStub) -> None:
+async def test_tensor_batch_over_the_per_request_maximum_is_refused(
+    module_stub: pb_grpc.ImageClassifierServiceStub,
+) -> None:
     # 65 samples in one tensor: each input is fine, the batch dimension takes it over 64 samples.
     item = tensor([65, *SAMPLE], dtype=pb.DATA_TYPE_FLOAT16, raw_data=np.zeros(65 * SAMPLE_VALUES, "<f2").tobytes())
-    await refused(stub, request_of(item), INVALID, "65 samples", "over the limit of 64")
+    await refused(module_stub, request_of(item), INVALID, "65 samples", "over the limit of 64")
 
 
 async def test_message_over_the_size_limit_is_resource_exhausted() -> None:
-    async with running_server(max_message_bytes=1 << 20) as small, connect(small) as stub:
+    async with running_server(max_message_bytes=1 << 20) as small, connect(small) as module_stub:
         request = request_of(pb.Input(image=bytes(2 << 20)))
-        error = await refused(stub, request, grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max")
+        error = await refused(module_stub, request, grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max")
         assert str(1 << 20) in (error.details() or "")
 
 
-async def test_no_resize_override_on_a_fixed_size_model_is_refused(stub: pb_grpc.ImageClassifierServiceStub) -> None:
+async def test_no_resize_override_on_a_fixed_size_model_is_refused(
+    module_stub: pb_grpc.ImageClassifierServiceStub,
+) -> None:
     # coffee.jpg is 600x400 (width x height); the graph takes 224x224. Refused before ONNX Runtime
     # sees it, so the other callers in the batch are not failed with it.
     # The overrides apply to every input: the first already has the graph's size and passes.
@@ -268,7 +277,7 @@ async def test_no_resize_override_on_a_fixed_size_model_is_refused(stub: pb_grpc
         preprocessor_overrides=overrides({"do_resize": False}),
     )
     await refused(
-        stub,
+        module_stub,
         request,
         INVALID,
         "inputs[1]: preprocessing made a 400x600 (height x width) image but model efficientnet-lite0 takes 224x224",
@@ -276,12 +285,13 @@ async def test_no_resize_override_on_a_fixed_size_model_is_refused(stub: pb_grpc
 
 
 async def test_no_resize_override_is_answered_for_an_image_of_the_model_size(
-    stub: pb_grpc.ImageClassifierServiceStub,
+    module_stub: pb_grpc.ImageClassifierServiceStub,
 ) -> None:
     # The check is on what preprocessing makes, not on the override: an image that already has
     # the graph's size still works with do_resize off (the crop keeps 224x224).
     response = await answered(
-        stub, request_of(pb.Input(image=coffee_224_png()), preprocessor_overrides=overrides({"do_resize": False}))
+        module_stub,
+        request_of(pb.Input(image=coffee_224_png()), preprocessor_overrides=overrides({"do_resize": False})),
     )
     assert len(response.results[0].labels) == 5
 
@@ -293,7 +303,7 @@ def coffee_224_png() -> bytes:
 
 
 async def test_no_resize_override_in_a_stream_refuses_only_that_frame(
-    stub: pb_grpc.ImageClassifierServiceStub,
+    module_stub: pb_grpc.ImageClassifierServiceStub,
 ) -> None:
     frames = [
         pb.ClassifyStreamRequest(inputs=[pb.Input(image=COFFEE)], request_id="good-1"),
@@ -303,7 +313,7 @@ async def test_no_resize_override_in_a_stream_refuses_only_that_frame(
             preprocessor_overrides=overrides({"do_resize": False}),
         ),
     ]
-    responses = [r async for r in stub.ClassifyStream(iter(frames), timeout=60)]
+    responses = [r async for r in module_stub.ClassifyStream(iter(frames), timeout=60)]
     assert [r.request_id for r in responses] == ["good-1", "bad"]
     assert responses[0].results[0].labels[0].index == ESPRESSO
     assert responses[1].status.code == INVALID.value[0]

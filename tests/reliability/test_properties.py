@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import pytest
-from conftest import IMAGES, make_settings
 from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -28,6 +27,9 @@ from imgcls.server.server import RunningServer, start_server
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from reliability import corpus
+from support.inputs import good_request
+from support.paths import IMAGES
+from support.servers import make_settings
 
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
 SAMPLE = (3, 224, 224)
@@ -87,14 +89,10 @@ class Client:
         if code != grpc.StatusCode.OK:
             assert message, f"{code.name} without a message"
         # The server keeps answering a good request, and answers it correctly.
-        good_code, good_message, good = self.call(good_request())
+        good_code, good_message, good = self.call(good_request(GOOD_IMAGE))
         assert good_code == grpc.StatusCode.OK, f"good request after a hostile one: {good_code.name}: {good_message}"
         assert good is not None and [label.index for label in good.results[0].labels] == self.good_answer
         return code, response
-
-
-def good_request() -> pb.ClassifyRequest:
-    return pb.ClassifyRequest(inputs=[pb.Input(image=GOOD_IMAGE)])
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +101,7 @@ def client() -> Iterator[Client]:
     channel = grpc.insecure_channel(f"127.0.0.1:{server.running.port}")
     try:
         stub = pb_grpc.ImageClassifierServiceStub(channel)
-        answer = stub.Classify(good_request(), timeout=60)
+        answer = stub.Classify(good_request(GOOD_IMAGE), timeout=60)
         yield Client(stub, [label.index for label in answer.results[0].labels])
     finally:
         channel.close()

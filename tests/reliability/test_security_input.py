@@ -24,7 +24,6 @@ from typing import Any
 import grpc
 import onnxruntime as ort
 import pytest
-from conftest import EFFICIENTNET, IMAGES, OPEN_NSFW, connect, running_server
 from google.protobuf import struct_pb2
 from imgcls.server.engine import engine as engine_module
 from imgcls.server.engine import model as model_module
@@ -35,8 +34,11 @@ from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image
 from reliability import corpus
-from reliability.helpers import COFFEE, ESPRESSO, good_call
+from reliability.helpers import good_call
+from support.inputs import COFFEE, ESPRESSO
+from support.paths import EFFICIENTNET, IMAGES, OPEN_NSFW
 from support.serve_process import ServeProcess
+from support.servers import connect, running_server
 
 SERVED = "efficientnet-lite0"
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -151,24 +153,24 @@ async def assert_served_set_unchanged(stub: pb_grpc.ImageClassifierServiceStub) 
 @pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize("name", HOSTILE_MODEL_NAMES)
 async def test_model_name_that_is_a_path_url_or_repo_id_is_not_found_and_nothing_is_loaded(
-    stub: pb_grpc.ImageClassifierServiceStub, observer: Observer, loads: list[str], name: str
+    module_stub: pb_grpc.ImageClassifierServiceStub, observer: Observer, loads: list[str], name: str
 ) -> None:
     request = pb.ClassifyRequest(model=name, inputs=[pb.Input(image=COFFEE)])
-    error = await rpc_error(stub.Classify(request, timeout=30))
+    error = await rpc_error(module_stub.Classify(request, timeout=30))
     assert (error.code(), error.details()) == (NOT_FOUND, not_served(name))
 
-    error = await rpc_error(stub.GetModel(pb.GetModelRequest(name=name), timeout=30))
+    error = await rpc_error(module_stub.GetModel(pb.GetModelRequest(name=name), timeout=30))
     assert (error.code(), error.details()) == (NOT_FOUND, not_served(name))
 
     # A stream names its model in the first frame: the stream ends NOT_FOUND.
     frames = iter([pb.ClassifyStreamRequest(model=name, inputs=[pb.Input(image=COFFEE)])])
-    stream = stub.ClassifyStream(frames, timeout=30)
+    stream = module_stub.ClassifyStream(frames, timeout=30)
     answered = [r async for r in _until_error(stream)]
     assert answered == []
     assert (await stream.code(), await stream.details()) == (NOT_FOUND, not_served(name))
 
-    await good_call(stub)
-    await assert_served_set_unchanged(stub)
+    await good_call(module_stub)
+    await assert_served_set_unchanged(module_stub)
     assert loads == [], "a model was resolved or loaded for a request"
     # Nothing opened or listed under the name, and no network call at all.
     probe = Path(name.split("://")[-1].split("@")[0]).name  # "passwd", "open-nsfw", "model.onnx", ...
@@ -284,9 +286,9 @@ def assert_short_and_not_echoed(message: str, fragment: str, echoed: str | None)
 @pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize(("fields", "fragment", "echoed"), BIG_BAD_INPUTS)
 async def test_large_bad_input_gets_a_short_message_in_a_call(
-    stub: pb_grpc.ImageClassifierServiceStub, fields: dict[str, Any], fragment: str, echoed: str | None
+    module_stub: pb_grpc.ImageClassifierServiceStub, fields: dict[str, Any], fragment: str, echoed: str | None
 ) -> None:
-    error = await rpc_error(stub.Classify(pb.ClassifyRequest(**fields), timeout=60))
+    error = await rpc_error(module_stub.Classify(pb.ClassifyRequest(**fields), timeout=60))
     assert error.code() == INVALID, f"{error.code().name}: {(error.details() or '')[:500]}"
     assert_short_and_not_echoed(error.details() or "", fragment, echoed)
 
@@ -294,14 +296,14 @@ async def test_large_bad_input_gets_a_short_message_in_a_call(
 @pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize(("fields", "fragment", "echoed"), BIG_BAD_INPUTS)
 async def test_large_bad_input_gets_a_short_message_in_a_stream_frame(
-    stub: pb_grpc.ImageClassifierServiceStub, fields: dict[str, Any], fragment: str, echoed: str | None
+    module_stub: pb_grpc.ImageClassifierServiceStub, fields: dict[str, Any], fragment: str, echoed: str | None
 ) -> None:
     # Frame errors travel in the response's status, not through the gRPC layer's cap.
     frames = [
         pb.ClassifyStreamRequest(**fields, request_id="bad"),
         pb.ClassifyStreamRequest(inputs=[pb.Input(image=COFFEE)], request_id="good", preprocessor_overrides={}),
     ]
-    responses = [r async for r in stub.ClassifyStream(iter(frames), timeout=60)]
+    responses = [r async for r in module_stub.ClassifyStream(iter(frames), timeout=60)]
     assert [r.request_id for r in responses] == ["bad", "good"]
     assert responses[0].status.code == INVALID.value[0], responses[0].status
     assert_short_and_not_echoed(responses[0].status.message, fragment, echoed)
@@ -310,10 +312,12 @@ async def test_large_bad_input_gets_a_short_message_in_a_stream_frame(
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_huge_model_name_is_not_found_with_the_served_models_named(
-    stub: pb_grpc.ImageClassifierServiceStub,
+    module_stub: pb_grpc.ImageClassifierServiceStub,
 ) -> None:
     name = big_text("model")
-    error = await rpc_error(stub.Classify(pb.ClassifyRequest(model=name, inputs=[pb.Input(image=COFFEE)]), timeout=30))
+    error = await rpc_error(
+        module_stub.Classify(pb.ClassifyRequest(model=name, inputs=[pb.Input(image=COFFEE)]), timeout=30)
+    )
     details = error.details() or ""
     assert error.code() == NOT_FOUND
     assert details.startswith("model 'model-model-") and details.endswith(f"is not served; served models: {SERVED}")

@@ -9,9 +9,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import connect, running_server
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
+from support.servers import connect, running_server
 
 Reference = dict[str, list[dict[str, Any]]]
 SIX_IMAGES = ["cat.jpg", "coffee.jpg", "rocket.jpg", "astronaut.jpg", "camera.png", "coffee_1920x1280.jpg"]

@@ -12,12 +12,14 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import EFFICIENTNET, IMAGES, connect, running_server
 from google.protobuf import json_format
 from imgcls.server.images.preprocessing import compile_preprocessor
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image
+from support.inputs import image_input
+from support.paths import EFFICIENTNET, IMAGES
+from support.servers import connect, running_server
 
 REFERENCE: dict[str, list[dict[str, Any]]] = json.loads((IMAGES / "reference-efficientnet-lite0.json").read_text())
 PREPROCESSOR_CONFIG: dict[str, Any] = json.loads((EFFICIENTNET / "preprocessor_config.json").read_text())
@@ -25,10 +27,6 @@ NUM_LABELS = 1000
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-def image_input(name: str) -> pb.Input:
-    return pb.Input(image=(IMAGES / name).read_bytes())
 
 
 def decoded(name: str) -> Image.Image:

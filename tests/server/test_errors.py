@@ -13,10 +13,11 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import IMAGES, connect, running_server
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image
+from support.paths import IMAGES
+from support.servers import connect, running_server
 
 TENSOR_VALUES = 3 * 224 * 224
 

@@ -19,14 +19,10 @@ from huggingface_hub.utils import close_session
 from imgcls.server.domain.errors import ModelLoadError
 from imgcls.server.sources.hub import HubModel, fetch_hub_model, looks_like_repo_id, parse_repo_ref
 from imgcls.server.sources.variants import VARIANT_FILES
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.environment import without_server_variables
 from support.fake_hub import FakeHub, Fault, dead_endpoint
+from support.paths import EFFICIENTNET as SHARED
 
-# Same place tests/conftest.py looks: SHARED_DIR, else ../shared beside the checkout.
-SHARED = (
-    Path(os.environ.get("SHARED_DIR", Path(__file__).resolve().parents[3] / "shared")) / "models" / "efficientnet-lite0"
-)
 TOKEN = "hf_test_token_123"
 
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is not available")
@@ -104,7 +100,7 @@ def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cache: Path) -> Iterato
 
 
 def child_env(tmp_path: Path, cache: Path, endpoint: str, *, offline: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env = without_server_variables()
     env.update(HF_ENDPOINT=endpoint, HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / "hf-home"))
     if offline:
         env["HF_HUB_OFFLINE"] = "1"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import queue
 import signal
 import subprocess
@@ -19,10 +18,12 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import EFFICIENTNET, IMAGES, running_server
 from imgcls.client import AsyncClient, Client, ClientError
 from imgcls.server.logging_setup import configure_logging
 from imgcls.server.server import log_startup_summary
+from support.environment import without_server_variables
+from support.paths import EFFICIENTNET, IMAGES
+from support.servers import running_server
 
 COFFEE = IMAGES / "coffee.jpg"
 IMGCLS = Path(sys.executable).parent / "imgcls"
@@ -180,7 +181,7 @@ def test_serve_process_logs_json(tmp_path: Path) -> None:
     """``imgcls serve --log-format json --log-level debug`` on port 0: every line it writes is a JSON object;
     the start-up summary reports the bound port, the model, its variant and providers; a Classify gives
     a debug line with its request_id; SIGTERM ends it with exit 0."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCLS_")}
+    env = without_server_variables()
     process = subprocess.Popen(
         [str(IMGCLS), "serve", "--port", "0", "--log-format", "json", "--log-level", "debug", "--grace-period", "2"],
         stdout=subprocess.PIPE,

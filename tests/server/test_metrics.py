@@ -10,12 +10,13 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from conftest import IMAGES, connect, make_settings, running_server
 from imgcls.server.server import RunningServer, start_server
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from support.paths import IMAGES
+from support.servers import connect, make_settings, running_server
 
 MODEL = "efficientnet-lite0"
 GOOD_CALLS = 3

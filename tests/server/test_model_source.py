@@ -10,12 +10,11 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from conftest import EFFICIENTNET, OPEN_NSFW, ROOT, running_server
 from imgcls.server.domain.errors import ModelLoadError
 from imgcls.server.domain.types import FunctionToApply
 from imgcls.server.sources.local import load_spec, resolve_dtype, resolve_local
-
-EXAMPLE_SPEC = ROOT / "examples" / "open-nsfw.yaml"
+from support.paths import EFFICIENTNET, EXAMPLE_SPEC, OPEN_NSFW
+from support.servers import running_server
 
 # A valid minimal spec; tests change one thing at a time.
 BASE_SPEC: dict[str, Any] = {"model": "model.onnx", "resize": {"mode": "exact", "height": 8, "width": 8}}
@@ -44,15 +43,8 @@ def load_error(spec_path: Path) -> ModelLoadError:
 # -- the shipped example spec ------------------------------------------------------------------------
 
 
-def open_nsfw_spec(tmp_path: Path) -> Path:
-    """examples/open-nsfw.yaml next to the shared model, as a user would lay it out."""
-    shutil.copy(EXAMPLE_SPEC, tmp_path / "open-nsfw.yaml")
-    (tmp_path / "model.onnx").symlink_to(OPEN_NSFW / "model.onnx")
-    return tmp_path / "open-nsfw.yaml"
-
-
-def test_example_open_nsfw_spec(tmp_path: Path) -> None:
-    files = load_spec(open_nsfw_spec(tmp_path))
+def test_example_open_nsfw_spec(open_nsfw_spec: Path) -> None:
+    files = load_spec(open_nsfw_spec)
     assert files.onnx_path == (OPEN_NSFW / "model.onnx").resolve()
     assert files.labels == ("sfw", "nsfw")
     assert files.variant == ""

@@ -23,7 +23,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import yaml
-from conftest import EFFICIENTNET, IMAGES, OPEN_NSFW, ROOT, connect, running_server
 from google.protobuf import json_format
 from imgcls.server.domain.errors import ConfigError, ModelLoadError
 from imgcls.server.images.preprocessing import compile_preprocessor
@@ -32,8 +31,10 @@ from imgcls.server.settings import load_settings
 from imgcls.v1 import classifier_pb2 as pb
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
+from support.inputs import image_input
+from support.paths import EFFICIENTNET, EXAMPLE_SPEC, IMAGES, OPEN_NSFW, ROOT
+from support.servers import connect, running_server
 
-EXAMPLE_SPEC = ROOT / "examples" / "open-nsfw.yaml"
 EXAMPLE_CONFIG = ROOT / "examples" / "imgcls.toml"
 IMAGE_NAMES = sorted(p.name for p in IMAGES.iterdir() if p.suffix in (".jpg", ".png"))
 NONE = pb.Parameters(function_to_apply=pb.FUNCTION_TO_APPLY_NONE, top_k=0)
@@ -41,10 +42,6 @@ NONE = pb.Parameters(function_to_apply=pb.FUNCTION_TO_APPLY_NONE, top_k=0)
 
 def load_reference(model: str) -> dict[str, list[dict[str, Any]]]:
     return json.loads((IMAGES / f"reference-{model}.json").read_text())
-
-
-def image_input(name: str) -> pb.Input:
-    return pb.Input(image=(IMAGES / name).read_bytes())
 
 
 def scores_by_label(result: pb.Result) -> dict[str, float]:
@@ -56,16 +53,6 @@ def scores_by_index(result: pb.Result) -> np.ndarray:
     for label in result.labels:
         scores[label.index] = label.score
     return scores
-
-
-@pytest.fixture
-def open_nsfw_spec(tmp_path: Path) -> Path:
-    """The shipped example spec beside the shared model, laid out as a user would."""
-    folder = tmp_path / "open-nsfw"
-    folder.mkdir()
-    shutil.copy(EXAMPLE_SPEC, folder / "open-nsfw.yaml")
-    (folder / "model.onnx").symlink_to(OPEN_NSFW / "model.onnx")
-    return folder / "open-nsfw.yaml"
 
 
 # -- 1. open-nsfw through a spec ------------------------------------------------------------------------

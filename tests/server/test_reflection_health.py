@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from conftest import EFFICIENTNET, IMAGES, connect, make_settings, running_server
 from google.protobuf import descriptor_pb2, json_format
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -16,6 +15,8 @@ from imgcls.server.server import RunningServer, start_server
 from imgcls.server.settings import EMBEDDED_MODEL_DIR
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
+from support.paths import EFFICIENTNET, IMAGES
+from support.servers import connect, make_settings, running_server
 
 SERVICE = "imgcls.v1.ImageClassifierService"
 HEALTH = "grpc.health.v1.Health"

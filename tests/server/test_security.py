@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,7 +12,6 @@ from typing import Any
 import grpc
 import pytest
 import trustme
-from conftest import IMAGES, make_settings, running_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from imgcls.cli import build_parser, serve_settings_from_args
@@ -23,6 +21,8 @@ from imgcls.server.server import RunningServer, start_server
 from imgcls.server.settings import load_settings
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
+from support.paths import IMAGES
+from support.servers import make_settings, running_server
 
 TOKEN = "s3cret-token-7f1c9a"  # distinctive, so finding it in a log is no accident
 OTHER_TOKEN = "other-token-b2d4"
@@ -161,8 +161,8 @@ async def test_failed_start_leaves_no_batcher_thread(pki: Pki, tmp_path: Path) -
     assert leaked == []
 
 
-def test_tls_flags_build_tls_settings(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
-    clean_environment(monkeypatch)
+@pytest.mark.usefixtures("clean_environ")
+def test_tls_flags_build_tls_settings(pki: Pki) -> None:
     args = build_parser().parse_args(
         [
             "serve",
@@ -184,13 +184,6 @@ def test_tls_flags_build_tls_settings(pki: Pki, monkeypatch: pytest.MonkeyPatch)
 
 
 # -- bearer tokens ---------------------------------------------------------------------------
-
-
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CLI reads os.environ: no IMGCLS_* variable of the caller's may leak into these tests."""
-    for key in list(os.environ):
-        if key.startswith("IMGCLS_") and key != "SHARED_DIR":
-            monkeypatch.delenv(key)
 
 
 @pytest.fixture
@@ -317,8 +310,8 @@ def test_missing_token_file_is_a_config_error(tmp_path: Path) -> None:
     assert "nope.txt" in caught.value.message
 
 
-def test_token_file_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    clean_environment(monkeypatch)
+@pytest.mark.usefixtures("clean_environ")
+def test_token_file_flag(tmp_path: Path) -> None:
     args = build_parser().parse_args(
         ["serve", "--auth-token-file", str(write_token_file(tmp_path)), "--auth-close-health"]
     )

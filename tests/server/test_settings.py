@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,6 @@ from typing import Any, get_args, get_origin
 
 import grpc
 import pytest
-from conftest import ROOT
 from imgcls import cli
 from imgcls.server.domain.errors import ConfigError
 from imgcls.server.runtime.onnx import RuntimeOptions
@@ -29,6 +27,7 @@ from imgcls.server.settings import (
     load_settings,
 )
 from pydantic import BaseModel, ValidationError
+from support.paths import ROOT
 
 EXAMPLE_CONFIG = ROOT / "examples" / "imgcls.toml"
 
@@ -458,14 +457,6 @@ def serve_help() -> str:
     with contextlib.redirect_stdout(io.StringIO()) as out, pytest.raises(SystemExit):
         parser.parse_args(["serve", "--help"])
     return out.getvalue()
-
-
-@pytest.fixture
-def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CLI reads the real environment: none of the test runner's IMGCLS_* may leak in."""
-    for key in list(os.environ):
-        if key.startswith("IMGCLS_") or key == "HF_TOKEN":
-            monkeypatch.delenv(key)
 
 
 def test_every_setting_has_a_flag_in_serve_help() -> None:

@@ -16,12 +16,13 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import IMAGES, make_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from imgcls.server.server import start_server
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
+from support.paths import IMAGES
 from support.serve_process import ServeProcess as ChildServer
+from support.servers import make_settings
 
 # Images with a clear winner, so a correct answer is unambiguous whatever the batch composition.
 NAMES = ("coffee.jpg", "camera.png", "rocket.jpg")

@@ -9,12 +9,14 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import IMAGES, connect, running_server
 from imgcls.client import Client, StreamResult
 from imgcls.server.server import RunningServer
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image
+from support.inputs import image_input
+from support.paths import IMAGES
+from support.servers import connect, running_server
 
 Reference = dict[str, list[dict[str, Any]]]
 SIX_IMAGES = ["cat.jpg", "coffee.jpg", "rocket.jpg", "astronaut.jpg", "camera.png", "coffee_1920x1280.jpg"]
@@ -29,10 +31,6 @@ def raw_input(name: str) -> pb.Input:
     return pb.Input(
         raw=pb.RawImage(width=image.width, height=image.height, format=pb.PIXEL_FORMAT_RGB8, data=image.tobytes())
     )
-
-
-def image_input(name: str) -> pb.Input:
-    return pb.Input(image=(IMAGES / name).read_bytes())
 
 
 def frame(inputs: pb.Input, request_id: str, **fields: Any) -> pb.ClassifyStreamRequest:

@@ -14,9 +14,9 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import SHARED
 from imgcls.v1 import classifier_pb2 as pb
 from soak import soak
+from support.paths import SHARED
 
 SCRIPT = Path(soak.__file__)
 

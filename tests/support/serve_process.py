@@ -1,13 +1,12 @@
 """``imgcls serve`` in a child process, as a user starts it: for the end-to-end tests and the soak.
 
 Started on a free loopback port (probed, then retried if another process took it in between), with
-IMGCLS_* variables of the test runner left out, its output in a file for failure messages, and
+IMGCLS_* and HF_* variables of the test runner left out, its output in a file for failure messages, and
 SIGTERM to stop it gracefully.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from support.environment import without_server_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -33,7 +34,7 @@ class ServeProcess:
     def __init__(self, log_path: Path, *args: str, env: Mapping[str, str] | None = None) -> None:
         self.log_path = log_path
         self.args = list(args)
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("IMGCLS_")}, **(env or {})}
+        self.env = {**without_server_variables(), **(env or {})}
         self.port = 0
         self.command: list[str] = []
         self.process: subprocess.Popen[bytes] | None = None
