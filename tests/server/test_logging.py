@@ -128,10 +128,10 @@ async def test_debug_lines_for_refused_calls_and_stream_frames(caplog: pytest.Lo
     assert [f.code for f in frames] == [grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT]
     messages = [r.getMessage() for r in caplog.records if r.name == "imgcls.requests"]
     refused = [m for m in messages if "'req-bad'" in m]
-    assert len(refused) == 1 and "status=INVALID_ARGUMENT" in refused[0], messages
-    stream = [m for m in messages if m.startswith("ClassifyStream frame")]
+    assert len(refused) == 1 and "outcome=invalid_input" in refused[0], messages
+    stream = [m for m in messages if m.startswith("imgcls.v1 ClassifyStream ")]
     assert len(stream) == 2, messages
-    assert "status=OK" in stream[0] and "status=INVALID_ARGUMENT" in stream[1]
+    assert "outcome=ok" in stream[0] and "outcome=invalid_input" in stream[1]
 
 
 async def test_startup_summary_names_models_variants_providers_and_batching(

@@ -97,22 +97,24 @@ async def test_metrics_server_not_started_without_metrics_port(server: RunningSe
     assert server.metrics_port is None
 
 
-def test_request_counters_by_model_method_and_code(exercised: tuple[Scrape, pb.ModelStats]) -> None:
+def test_request_counters_by_model_protocol_method_and_outcome(exercised: tuple[Scrape, pb.ModelStats]) -> None:
     metrics, _ = exercised
     total = "imgcls_requests_total"
-    assert metrics.value(total, model=MODEL, method="Classify", code="OK") == GOOD_CALLS
-    assert metrics.value(total, model=MODEL, method="Classify", code="INVALID_ARGUMENT") == 1
-    assert metrics.value(total, model=MODEL, method="ClassifyStream", code="OK") == STREAM_FRAMES
+    assert metrics.value(total, model=MODEL, protocol="imgcls.v1", method="Classify", outcome="ok") == GOOD_CALLS
+    assert metrics.value(total, model=MODEL, protocol="imgcls.v1", method="Classify", outcome="invalid_input") == 1
+    assert (
+        metrics.value(total, model=MODEL, protocol="imgcls.v1", method="ClassifyStream", outcome="ok") == STREAM_FRAMES
+    )
     # Unknown names share one label value: callers cannot grow the label set.
-    assert metrics.value(total, model="_unknown", method="Classify", code="NOT_FOUND") == 1
+    assert metrics.value(total, model="_unknown", protocol="imgcls.v1", method="Classify", outcome="not_found") == 1
     assert not [s for s in metrics.samples if s.labels.get("model") == "no-such-model"]
 
 
-def test_input_counters_by_model_and_code(exercised: tuple[Scrape, pb.ModelStats]) -> None:
+def test_input_counters_by_model_and_outcome(exercised: tuple[Scrape, pb.ModelStats]) -> None:
     metrics, _ = exercised
-    assert metrics.value("imgcls_inputs_total", model=MODEL, code="OK") == GOOD_CALLS + STREAM_FRAMES
-    assert metrics.value("imgcls_inputs_total", model=MODEL, code="INVALID_ARGUMENT") == 1
-    assert metrics.value("imgcls_inputs_total", model="_unknown", code="NOT_FOUND") == 1
+    assert metrics.value("imgcls_inputs_total", model=MODEL, outcome="ok") == GOOD_CALLS + STREAM_FRAMES
+    assert metrics.value("imgcls_inputs_total", model=MODEL, outcome="invalid_input") == 1
+    assert metrics.value("imgcls_inputs_total", model="_unknown", outcome="not_found") == 1
 
 
 def test_request_duration_histogram_counts_every_call(exercised: tuple[Scrape, pb.ModelStats]) -> None:

@@ -145,7 +145,9 @@ async def test_list_models_describes_the_default_model(stub: pb_grpc.ImageClassi
     assert len(response.models) == 1
     info = response.models[0]
     assert info.name == "efficientnet-lite0"
-    assert info.source == str(EMBEDDED_MODEL_DIR)
+    # The folder's name, not the server's install path (callers must not learn the filesystem layout).
+    assert info.source == EMBEDDED_MODEL_DIR.name
+    assert str(EMBEDDED_MODEL_DIR.parent) not in str(response)
     assert info.variant == "fp32"
     assert info.input_dtype == pb.DATA_TYPE_FLOAT32
     assert info.is_default
@@ -180,7 +182,7 @@ async def test_several_models_variants_and_default() -> None:
     full, half = listed
     assert (full.is_default, half.is_default) == (False, True)
     assert default.name == "half"
-    assert full.source == half.source == str(EFFICIENTNET)
+    assert full.source == half.source == EFFICIENTNET.name
     assert (full.variant, half.variant) == ("fp32", "fp16")
     assert (full.input_dtype, half.input_dtype) == (pb.DATA_TYPE_FLOAT32, pb.DATA_TYPE_FLOAT16)
     for info in listed:
