@@ -10,12 +10,12 @@ import os
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from imgcls.server.domain.errors import ConfigError
 from imgcls.server.images.preprocessing import DEFAULT_JPEG_DRAFT, JpegDraft
 from imgcls.server.runtime import cpus
-from imgcls.server.runtime.onnx import RuntimeOptions
+from imgcls.server.runtime.onnx import RuntimeOptions, is_gpu_provider
 from imgcls.server.sources.variants import DTYPES
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -63,7 +63,7 @@ class RuntimeSettings(_Frozen):
         """
         if self.instances:
             return self.instances
-        if any(p != "CPUExecutionProvider" for p in self.providers):
+        if any(is_gpu_provider(p) for p in self.providers):
             return 1
         return max(1, min(AUTO_MAX_INSTANCES, cpus.available_cpus()))
 
@@ -140,6 +140,9 @@ class ServerSettings(_Frozen):
     # None: until they end; new calls already go over the new connection either way.
     max_connection_age_grace_s: float | None = Field(default=None, ge=0, le=_MAX_CONNECTION_AGE_S)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # HTTP front door (Open Inference Protocol REST, the Hugging Face API, imgcls.v1 as JSON) on the same
+    # host: 0 turns it off; "auto" binds a free port (tests), reported by the running server.
+    http_port: Annotated[int, Field(ge=0, le=65535)] | Literal["auto"] = 8000
     tls: TlsSettings | None = None
     auth_tokens: tuple[str, ...] = Field(default=(), repr=False)
     auth_open_health: bool = True  # health and reflection answer without a token
