@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import json
-from collections.abc import AsyncIterator, Callable
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -247,3 +250,152 @@ async def test_async_client_over_two_servers() -> None:
     assert all(r[0].label == "espresso" for r in results)
     assert sum(served) == 20
     assert min(served) > 0, served
+
+
+# --- Prediction, keyword arguments, timeouts (issue 11, point 9) -------------------------------------
+
+
+async def test_prediction_carries_the_class_index(server: RunningServer) -> None:
+    predictions = await in_thread(server, lambda client: client.classify(COFFEE, top_k=3))
+    want = REFERENCE["coffee.jpg"][:3]
+    assert [(p.label, p.index) for p in predictions] == [(w["label"], w["index"]) for w in want]
+    assert all(type(p.index) is int for p in predictions)  # not tuple.index
+    first = predictions[0]
+    assert repr(first).startswith("Prediction(label='espresso', score=0.9") and repr(first).endswith(", index=967)")
+    with pytest.raises(AttributeError):
+        first.index = 1  # type: ignore[misc]
+    assert first == Prediction("espresso", first.score, 967)
+
+
+@pytest.mark.parametrize("client_class", [Client, AsyncClient])
+def test_methods_take_explicit_keyword_arguments(client_class: type[Client] | type[AsyncClient]) -> None:
+    for name in ("__init__", "classify", "classify_batch", "classify_request", "classify_stream"):
+        parameters = inspect.signature(getattr(client_class, name)).parameters.values()
+        assert not [p for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD], name
+    for name in ("classify", "classify_batch", "classify_stream"):
+        keywords = set(inspect.signature(getattr(client_class, name)).parameters)
+        assert {"model", "top_k", "threshold", "function_to_apply", "preprocessor_overrides", "timeout"} <= keywords
+
+
+def test_a_misspelt_option_is_a_type_error() -> None:
+    with Client("127.0.0.1:1") as client, pytest.raises(TypeError, match="topk"):
+        client.classify(COFFEE, topk=3)  # type: ignore[call-arg]
+
+
+async def test_per_call_timeout_overrides_the_client_s(server: RunningServer) -> None:
+    def call(client: Client) -> tuple[list[Prediction], ClientError]:
+        ok = client.classify(COFFEE, timeout=30)  # the client's own timeout would expire at once
+        with pytest.raises(ClientError) as late:
+            client.classify(COFFEE, timeout=1e-6)
+        return ok, late.value
+
+    ok, late = await in_thread(server, call, timeout=1e-6)
+    assert ok[0].label == "espresso"
+    assert late.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_async_per_call_timeout(aclient: AsyncClient) -> None:
+    with pytest.raises(ClientError) as late:
+        await aclient.classify(COFFEE, timeout=1e-6)
+    assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert (await aclient.classify(COFFEE, timeout=None))[0].label == "espresso"
+
+
+async def test_async_classify_request(aclient: AsyncClient) -> None:
+    request = build_request([COFFEE, IMAGES / "cat.jpg"], request_id="abc", top_k=1)
+    response = await aclient.classify_request(request, timeout=30)
+    assert isinstance(response, pb.ClassifyResponse)
+    assert response.request_id == "abc"
+    assert [r.labels[0].index for r in response.results] == [967, 285]
+
+
+def test_urls_are_not_fetched_nor_read_as_paths() -> None:
+    with Client("127.0.0.1:1") as client:
+        for url in ("https://example.com/cat.jpg", "http://example.com/cat.jpg", "s3://bucket/cat.jpg"):
+            with pytest.raises(ValueError, match="URLs are not fetched; download the image first"):
+                client.classify(url)
+
+
+def test_missing_file_and_folder_name_the_path(tmp_path: Path) -> None:
+    with Client("127.0.0.1:1") as client:
+        with pytest.raises(FileNotFoundError, match=r"nope\.jpg"):
+            client.classify(tmp_path / "nope.jpg")
+        with pytest.raises(IsADirectoryError, match=re.escape(str(tmp_path))):
+            client.classify(tmp_path)
+
+
+# --- streams: options, and frames that cannot be sent ------------------------------------------------
+
+
+async def test_stream_takes_function_to_apply_and_preprocessor_overrides(server: RunningServer) -> None:
+    overrides = {"crop_pct": 1.0}
+
+    def call(client: Client) -> tuple[list[Any], list[Prediction], list[Prediction]]:
+        frames = [COFFEE, IMAGES / "cat.jpg"]
+        results = list(client.classify_stream(frames, top_k=1, function_to_apply="sigmoid"))
+        overridden = list(client.classify_stream([COFFEE], top_k=1, preprocessor_overrides=overrides))
+        unary = client.classify(COFFEE, top_k=1, preprocessor_overrides=overrides)
+        plain = client.classify(COFFEE, top_k=1)
+        return [results, overridden], unary, plain
+
+    (results, overridden), unary, plain = await in_thread(server, call)
+    assert [r.predictions[0][0].label for r in results] == ["espresso", "Egyptian cat"]
+    assert all(r.predictions[0][0].score > 0.99 for r in results[:1])  # sigmoid, not softmax's 0.95
+    assert overridden[0].predictions[0][0].score == pytest.approx(unary[0].score, abs=1e-6)
+    assert unary[0].score != pytest.approx(plain[0].score, abs=1e-4)  # the override really changed the input
+
+
+async def test_async_stream_takes_function_to_apply_and_overrides(aclient: AsyncClient) -> None:
+    results = [r async for r in aclient.classify_stream([COFFEE], top_k=1, function_to_apply="sigmoid")]
+    assert results[0].predictions[0][0].score > 0.99
+    overridden = [r async for r in aclient.classify_stream([COFFEE], preprocessor_overrides={"crop_pct": 1.0})]
+    unary = await aclient.classify(COFFEE, preprocessor_overrides={"crop_pct": 1.0})
+    assert overridden[0].predictions[0] == unary
+
+
+@pytest.mark.timeout(60)
+async def test_stream_with_a_missing_file_raises_its_error_after_the_frames_before_it(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.jpg"
+
+    def call(client: Client) -> tuple[list[Any], BaseException]:
+        answered = []
+        with pytest.raises(FileNotFoundError) as info:
+            for result in client.classify_stream([COFFEE, missing, COFFEE], top_k=1):
+                answered.append(result)
+        return answered, info.value
+
+    answered, error = await in_thread(server, call)
+    assert [r.predictions[0][0].label for r in answered] == ["espresso"]
+    assert str(missing) in str(error)
+    assert "frame 1 of the stream" in "".join(getattr(error, "__notes__", []))
+
+
+@pytest.mark.timeout(60)
+async def test_stream_whose_frames_iterator_fails_raises_that_error(server: RunningServer) -> None:
+    def frames() -> Iterator[Any]:
+        yield COFFEE
+        raise RuntimeError("camera unplugged")
+
+    def call(client: Client) -> list[Any]:
+        return list(client.classify_stream(frames()))
+
+    with pytest.raises(RuntimeError, match="camera unplugged"):
+        await in_thread(server, call)
+
+
+@pytest.mark.timeout(60)
+async def test_async_stream_with_a_missing_file_raises_its_error(aclient: AsyncClient, tmp_path: Path) -> None:
+    answered = []
+    with pytest.raises(FileNotFoundError, match=r"missing\.jpg"):
+        async for result in aclient.classify_stream([COFFEE, tmp_path / "missing.jpg"]):
+            answered.append(result)
+    assert [r.predictions[0][0].label for r in answered] == ["espresso"]
+
+    async def frames() -> AsyncIterator[Any]:
+        yield COFFEE
+        raise RuntimeError("camera unplugged")
+
+    with pytest.raises(RuntimeError, match="camera unplugged"):
+        _ = [r async for r in aclient.classify_stream(frames())]

@@ -8,7 +8,7 @@ import json
 import socket
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal
 
 import grpc
 from google.protobuf import struct_pb2
@@ -20,6 +20,17 @@ from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
+
+class _ClientTimeout:
+    """The default of a call's ``timeout``: the one the client was made with."""
+
+    def __repr__(self) -> str:
+        return "CLIENT_TIMEOUT"
+
+
+CLIENT_TIMEOUT: Any = _ClientTimeout()
+FunctionName = Literal["softmax", "sigmoid", "none"]
+
 _FUNCTIONS = {
     None: pb.FUNCTION_TO_APPLY_UNSPECIFIED,
     "softmax": pb.FUNCTION_TO_APPLY_SOFTMAX,
@@ -28,9 +39,13 @@ _FUNCTIONS = {
 }
 
 
-class Prediction(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One ranked class: its label, score and index in the model's outputs (config.json's id2label key)."""
+
     label: str
     score: float
+    index: int
 
 
 @dataclass(frozen=True)
@@ -136,10 +151,15 @@ def build_request(
     model: str = "",
     top_k: int | None = None,
     threshold: float | None = None,
-    function_to_apply: str | None = None,
+    function_to_apply: FunctionName | None = None,
     preprocessor_overrides: dict[str, Any] | None = None,
     request_id: str = "",
 ) -> pb.ClassifyRequest:
+    """A ClassifyRequest: top_k (None: the server's 5, 0: all), threshold (0..1), function_to_apply
+    (softmax, sigmoid, none; None: the model's default), preprocessor_overrides (merged over the
+    model's preprocessor_config.json)."""
+    if function_to_apply not in _FUNCTIONS:
+        raise ValueError(f"function_to_apply must be softmax, sigmoid, none or None, got {function_to_apply!r}")
     request = pb.ClassifyRequest(model=model, inputs=[to_input(i) for i in images], request_id=request_id)
     if top_k is not None:
         request.parameters.top_k = top_k
@@ -152,7 +172,7 @@ def build_request(
 
 
 def predictions(result: pb.Result) -> list[Prediction]:
-    return [Prediction(label.label, label.score) for label in result.labels]
+    return [Prediction(label.label, label.score, label.index) for label in result.labels]
 
 
 def stream_result(response: pb.ClassifyStreamResponse) -> StreamResult:
@@ -175,7 +195,37 @@ def _status_code(value: int) -> grpc.StatusCode:
 def _frame_request(frame: ImageLike | pb.ClassifyStreamRequest, index: int) -> pb.ClassifyStreamRequest:
     if isinstance(frame, pb.ClassifyStreamRequest):
         return frame
-    return pb.ClassifyStreamRequest(inputs=[to_input(frame)], request_id=str(index))
+    try:
+        return pb.ClassifyStreamRequest(inputs=[to_input(frame)], request_id=str(index))
+    except Exception as exc:
+        exc.add_note(f"(frame {index} of the stream)")
+        raise
+
+
+def _stream_defaults(
+    *,
+    model: str,
+    top_k: int | None,
+    threshold: float | None,
+    function_to_apply: FunctionName | None,
+    preprocessor_overrides: dict[str, Any] | None,
+    drop_stale: bool,
+) -> pb.ClassifyStreamRequest:
+    """What the first frame carries for every later one that leaves it empty."""
+    first = build_request(
+        [],
+        model=model,
+        top_k=top_k,
+        threshold=threshold,
+        function_to_apply=function_to_apply,
+        preprocessor_overrides=preprocessor_overrides,
+    )
+    return pb.ClassifyStreamRequest(
+        model=first.model,
+        parameters=first.parameters,
+        preprocessor_overrides=first.preprocessor_overrides if preprocessor_overrides else None,
+        drop_stale=drop_stale,
+    )
 
 
 def _first_frame(request: pb.ClassifyStreamRequest, first: pb.ClassifyStreamRequest) -> pb.ClassifyStreamRequest:
@@ -205,12 +255,37 @@ class _Options:
         self.credentials = _credentials(tls, root_certificates, client_cert)
         self.options = channel_options(max_message_bytes)
 
+    def _timeout(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is CLIENT_TIMEOUT else timeout
+
 
 class Client(_Options):
-    """Blocking client. ``classify`` one image -> [Prediction]; ``classify_batch`` several -> [[Prediction]]."""
+    """Blocking client. ``classify`` one image -> [Prediction]; ``classify_batch`` several -> [[Prediction]].
 
-    def __init__(self, target: str | Sequence[str] = DEFAULT_TARGET, **kwargs: Any) -> None:
-        super().__init__(target, **kwargs)
+    ``timeout`` (seconds, None: no deadline) applies to every unary call; each method takes its own
+    ``timeout`` too. Streams have no deadline unless given one.
+    """
+
+    def __init__(
+        self,
+        target: str | Sequence[str] = DEFAULT_TARGET,
+        *,
+        timeout: float | None = 60.0,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        client_cert: tuple[bytes, bytes] | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        super().__init__(
+            target,
+            timeout=timeout,
+            token=token,
+            tls=tls,
+            root_certificates=root_certificates,
+            client_cert=client_cert,
+            max_message_bytes=max_message_bytes,
+        )
         if self.credentials is None:
             self.channel = grpc.insecure_channel(self.target, options=self.options)
         else:
@@ -226,21 +301,67 @@ class Client(_Options):
     def close(self) -> None:
         self.channel.close()
 
-    def _call(self, method: Any, request: Any) -> Any:
+    def _call(self, method: Any, request: Any, timeout: float | None = CLIENT_TIMEOUT) -> Any:
         try:
-            return method(request, timeout=self.timeout, metadata=self.metadata)
+            return method(request, timeout=self._timeout(timeout), metadata=self.metadata)
         except grpc.RpcError as exc:
             raise ClientError(exc.code(), exc.details() or "") from None
 
-    def classify(self, image: ImageLike, **options: Any) -> list[Prediction]:
-        return self.classify_batch([image], **options)[0]
+    def classify(
+        self,
+        image: ImageLike,
+        *,
+        model: str = "",
+        top_k: int | None = None,
+        threshold: float | None = None,
+        function_to_apply: FunctionName | None = None,
+        preprocessor_overrides: dict[str, Any] | None = None,
+        request_id: str = "",
+        timeout: float | None = CLIENT_TIMEOUT,
+    ) -> list[Prediction]:
+        """One image's ranked predictions (top_k None: the server's 5, 0: all)."""
+        return self.classify_batch(
+            [image],
+            model=model,
+            top_k=top_k,
+            threshold=threshold,
+            function_to_apply=function_to_apply,
+            preprocessor_overrides=preprocessor_overrides,
+            request_id=request_id,
+            timeout=timeout,
+        )[0]
 
-    def classify_batch(self, images: Sequence[ImageLike], **options: Any) -> list[list[Prediction]]:
-        response = self.classify_request(build_request(images, **options))
+    def classify_batch(
+        self,
+        images: Sequence[ImageLike],
+        *,
+        model: str = "",
+        top_k: int | None = None,
+        threshold: float | None = None,
+        function_to_apply: FunctionName | None = None,
+        preprocessor_overrides: dict[str, Any] | None = None,
+        request_id: str = "",
+        timeout: float | None = CLIENT_TIMEOUT,
+    ) -> list[list[Prediction]]:
+        """Several images in one request; one list of predictions per input, in order."""
+        request = build_request(
+            images,
+            model=model,
+            top_k=top_k,
+            threshold=threshold,
+            function_to_apply=function_to_apply,
+            preprocessor_overrides=preprocessor_overrides,
+            request_id=request_id,
+        )
+        response = self.classify_request(request, timeout=timeout)
         return [predictions(r) for r in response.results]
 
-    def classify_request(self, request: pb.ClassifyRequest) -> pb.ClassifyResponse:
-        return self._call(self.stub.Classify, request)
+    def classify_request(
+        self, request: pb.ClassifyRequest, *, timeout: float | None = CLIENT_TIMEOUT
+    ) -> pb.ClassifyResponse:
+        """A ClassifyRequest as it is (see build_request) -> the ClassifyResponse."""
+        response: pb.ClassifyResponse = self._call(self.stub.Classify, request, timeout)
+        return response
 
     def classify_stream(
         self,
@@ -249,42 +370,83 @@ class Client(_Options):
         model: str = "",
         top_k: int | None = None,
         threshold: float | None = None,
+        function_to_apply: FunctionName | None = None,
+        preprocessor_overrides: dict[str, Any] | None = None,
         drop_stale: bool = False,
+        timeout: float | None = None,
     ) -> Iterator[StreamResult]:
-        """Yield one StreamResult per frame, in order, as they come back."""
-        first = build_request([], model=model, top_k=top_k, threshold=threshold)
-        stream_defaults = pb.ClassifyStreamRequest(
-            model=first.model, parameters=first.parameters, drop_stale=drop_stale
+        """Yield one StreamResult per frame, in order, as they come back.
+
+        A frame that cannot be sent (a missing file, an unsupported value) or an exception of the frames
+        iterator itself ends the stream: the frames before it are answered, then that exception is raised
+        here, in the caller's thread.
+        """
+        defaults = _stream_defaults(
+            model=model,
+            top_k=top_k,
+            threshold=threshold,
+            function_to_apply=function_to_apply,
+            preprocessor_overrides=preprocessor_overrides,
+            drop_stale=drop_stale,
         )
+        failure: list[Exception] = []
 
         def requests() -> Iterator[pb.ClassifyStreamRequest]:
-            for index, frame in enumerate(frames):
-                request = _frame_request(frame, index)
-                yield _first_frame(request, stream_defaults) if index == 0 else request
+            # gRPC iterates this on a thread of its own, where an exception would only be logged and the
+            # call failed as UNKNOWN "Exception iterating requests!": keep it and end the stream instead.
+            try:
+                for index, frame in enumerate(frames):
+                    request = _frame_request(frame, index)
+                    yield _first_frame(request, defaults) if index == 0 else request
+            except Exception as exc:
+                failure.append(exc)
 
         try:
-            for response in self.stub.ClassifyStream(requests(), metadata=self.metadata):
+            for response in self.stub.ClassifyStream(requests(), timeout=timeout, metadata=self.metadata):
                 yield stream_result(response)
         except grpc.RpcError as exc:
+            if failure:
+                raise failure[0] from None
             raise ClientError(exc.code(), exc.details() or "") from None
+        if failure:
+            raise failure[0]
 
-    def list_models(self) -> list[pb.ModelInfo]:
-        return list(self._call(self.stub.ListModels, pb.ListModelsRequest()).models)
+    def list_models(self, *, timeout: float | None = CLIENT_TIMEOUT) -> list[pb.ModelInfo]:
+        return list(self._call(self.stub.ListModels, pb.ListModelsRequest(), timeout).models)
 
-    def get_model(self, name: str = "") -> pb.ModelInfo:
-        return self._call(self.stub.GetModel, pb.GetModelRequest(name=name)).model
+    def get_model(self, name: str = "", *, timeout: float | None = CLIENT_TIMEOUT) -> pb.ModelInfo:
+        model: pb.ModelInfo = self._call(self.stub.GetModel, pb.GetModelRequest(name=name), timeout).model
+        return model
 
-    def health(self, service: str = "") -> bool:
+    def health(self, service: str = "", *, timeout: float | None = CLIENT_TIMEOUT) -> bool:
         stub = health_pb2_grpc.HealthStub(self.channel)
-        response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service))
-        return response.status == health_pb2.HealthCheckResponse.SERVING
+        response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 class AsyncClient(_Options):
-    """The asyncio twin of Client."""
+    """The asyncio twin of Client: the same methods, as coroutines (classify_stream an async iterator)."""
 
-    def __init__(self, target: str | Sequence[str] = DEFAULT_TARGET, **kwargs: Any) -> None:
-        super().__init__(target, **kwargs)
+    def __init__(
+        self,
+        target: str | Sequence[str] = DEFAULT_TARGET,
+        *,
+        timeout: float | None = 60.0,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        client_cert: tuple[bytes, bytes] | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        super().__init__(
+            target,
+            timeout=timeout,
+            token=token,
+            tls=tls,
+            root_certificates=root_certificates,
+            client_cert=client_cert,
+            max_message_bytes=max_message_bytes,
+        )
         if self.credentials is None:
             self.channel = grpc.aio.insecure_channel(self.target, options=self.options)
         else:
@@ -300,18 +462,66 @@ class AsyncClient(_Options):
     async def close(self) -> None:
         await self.channel.close(None)
 
-    async def _call(self, method: Any, request: Any) -> Any:
+    async def _call(self, method: Any, request: Any, timeout: float | None = CLIENT_TIMEOUT) -> Any:
         try:
-            return await method(request, timeout=self.timeout, metadata=self.metadata)
+            return await method(request, timeout=self._timeout(timeout), metadata=self.metadata)
         except grpc.RpcError as exc:
             raise ClientError(exc.code(), exc.details() or "") from None
 
-    async def classify(self, image: ImageLike, **options: Any) -> list[Prediction]:
-        return (await self.classify_batch([image], **options))[0]
+    async def classify(
+        self,
+        image: ImageLike,
+        *,
+        model: str = "",
+        top_k: int | None = None,
+        threshold: float | None = None,
+        function_to_apply: FunctionName | None = None,
+        preprocessor_overrides: dict[str, Any] | None = None,
+        request_id: str = "",
+        timeout: float | None = CLIENT_TIMEOUT,
+    ) -> list[Prediction]:
+        results = await self.classify_batch(
+            [image],
+            model=model,
+            top_k=top_k,
+            threshold=threshold,
+            function_to_apply=function_to_apply,
+            preprocessor_overrides=preprocessor_overrides,
+            request_id=request_id,
+            timeout=timeout,
+        )
+        return results[0]
 
-    async def classify_batch(self, images: Sequence[ImageLike], **options: Any) -> list[list[Prediction]]:
-        response = await self._call(self.stub.Classify, build_request(images, **options))
+    async def classify_batch(
+        self,
+        images: Sequence[ImageLike],
+        *,
+        model: str = "",
+        top_k: int | None = None,
+        threshold: float | None = None,
+        function_to_apply: FunctionName | None = None,
+        preprocessor_overrides: dict[str, Any] | None = None,
+        request_id: str = "",
+        timeout: float | None = CLIENT_TIMEOUT,
+    ) -> list[list[Prediction]]:
+        request = build_request(
+            images,
+            model=model,
+            top_k=top_k,
+            threshold=threshold,
+            function_to_apply=function_to_apply,
+            preprocessor_overrides=preprocessor_overrides,
+            request_id=request_id,
+        )
+        response = await self.classify_request(request, timeout=timeout)
         return [predictions(r) for r in response.results]
+
+    async def classify_request(
+        self, request: pb.ClassifyRequest, *, timeout: float | None = CLIENT_TIMEOUT
+    ) -> pb.ClassifyResponse:
+        """A ClassifyRequest as it is (see build_request) -> the ClassifyResponse."""
+        response: pb.ClassifyResponse = await self._call(self.stub.Classify, request, timeout)
+        return response
 
     async def classify_stream(
         self,
@@ -320,15 +530,24 @@ class AsyncClient(_Options):
         model: str = "",
         top_k: int | None = None,
         threshold: float | None = None,
+        function_to_apply: FunctionName | None = None,
+        preprocessor_overrides: dict[str, Any] | None = None,
         drop_stale: bool = False,
+        timeout: float | None = None,
     ) -> AsyncIterator[StreamResult]:
-        first = build_request([], model=model, top_k=top_k, threshold=threshold)
-        stream_defaults = pb.ClassifyStreamRequest(
-            model=first.model, parameters=first.parameters, drop_stale=drop_stale
+        """Yield one StreamResult per frame, in order; a frame that cannot be sent ends the stream as in Client."""
+        defaults = _stream_defaults(
+            model=model,
+            top_k=top_k,
+            threshold=threshold,
+            function_to_apply=function_to_apply,
+            preprocessor_overrides=preprocessor_overrides,
+            drop_stale=drop_stale,
         )
+        failure: list[Exception] = []
 
         # grpc-stubs types the sync stub; the aio call object is untyped there.
-        call: Any = self.stub.ClassifyStream(metadata=self.metadata)  # type: ignore[call-arg]
+        call: Any = self.stub.ClassifyStream(timeout=timeout, metadata=self.metadata)  # type: ignore[call-arg]
 
         async def send() -> None:
             index = 0
@@ -340,27 +559,42 @@ class AsyncClient(_Options):
                 if call.done():
                     return
                 async for frame in _aiter(frames):
-                    request = _frame_request(frame, index)
-                    await call.write(_first_frame(request, stream_defaults) if index == 0 else request)
+                    try:
+                        request = _frame_request(frame, index)
+                    except Exception as exc:
+                        # The frames before it are answered, then the reader raises this.
+                        failure.append(exc)
+                        break
+                    await call.write(_first_frame(request, defaults) if index == 0 else request)
                     index += 1
                 await call.done_writing()
             except (grpc.RpcError, asyncio.InvalidStateError):
                 # The server ended the call (an error status, or shutdown) while frames were still
                 # being written; the reader below reports the call's real status, not this write's.
                 return
-            except BaseException:
-                call.cancel()  # a frame that cannot be sent (or the caller's iterator failed): end the call
+            except asyncio.CancelledError:
                 raise
+            except Exception as exc:  # the caller's frames iterator failed: end the call, the reader raises it
+                failure.append(exc)
+                call.cancel()
 
         writer = asyncio.ensure_future(send())
         try:
             while (response := await call.read()) is not grpc.aio.EOF:  # type: ignore[attr-defined]
                 yield stream_result(response)
             code = await call.code()
+            if failure:
+                raise failure[0]
             if code != grpc.StatusCode.OK:
                 raise ClientError(code, await call.details() or "")
         except grpc.RpcError as exc:
+            if failure:
+                raise failure[0] from None
             raise ClientError(exc.code(), exc.details() or "") from None
+        except asyncio.CancelledError:
+            if failure:  # the writer cancelled the call: its exception, not the cancellation
+                raise failure[0] from None
+            raise
         finally:
             if not writer.done():
                 writer.cancel()
@@ -368,16 +602,17 @@ class AsyncClient(_Options):
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
 
-    async def list_models(self) -> list[pb.ModelInfo]:
-        return list((await self._call(self.stub.ListModels, pb.ListModelsRequest())).models)
+    async def list_models(self, *, timeout: float | None = CLIENT_TIMEOUT) -> list[pb.ModelInfo]:
+        return list((await self._call(self.stub.ListModels, pb.ListModelsRequest(), timeout)).models)
 
-    async def get_model(self, name: str = "") -> pb.ModelInfo:
-        return (await self._call(self.stub.GetModel, pb.GetModelRequest(name=name))).model
+    async def get_model(self, name: str = "", *, timeout: float | None = CLIENT_TIMEOUT) -> pb.ModelInfo:
+        model: pb.ModelInfo = (await self._call(self.stub.GetModel, pb.GetModelRequest(name=name), timeout)).model
+        return model
 
-    async def health(self, service: str = "") -> bool:
+    async def health(self, service: str = "", *, timeout: float | None = CLIENT_TIMEOUT) -> bool:
         stub = health_pb2_grpc.HealthStub(self.channel)
-        response = await self._call(stub.Check, health_pb2.HealthCheckRequest(service=service))
-        return response.status == health_pb2.HealthCheckResponse.SERVING
+        response = await self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 async def _aiter(items: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +17,25 @@ except ImportError:  # pragma: no cover
 
 ImageLike = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray | Any
 
+# A URL scheme (http://, https://, s3://, ...): never read as a path, and never fetched.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
 _RAW_FORMATS = {1: pb.PIXEL_FORMAT_GRAY8, 3: pb.PIXEL_FORMAT_RGB8, 4: pb.PIXEL_FORMAT_RGBA8}
 
 
 def to_input(value: ImageLike) -> pb.Input:
-    """A path, encoded bytes, a PIL image, a uint8 HxW[xC] array (raw pixels) or a float array (a tensor)."""
+    """A path, encoded bytes, a PIL image, a uint8 HxW[xC] array (raw pixels) or a float array (a tensor).
+
+    A missing or unreadable path raises the OSError naming it; a URL raises ValueError (it is not fetched).
+    """
     if isinstance(value, pb.Input):
         return value
     if isinstance(value, str | os.PathLike):
         text = os.fspath(value)
         if isinstance(value, str) and text.startswith("data:"):
             return pb.Input(image_base64=text)
+        if isinstance(value, str) and _URL.match(text):
+            raise ValueError(f"URLs are not fetched; download the image first and pass its path or bytes: {text}")
         return pb.Input(image=Path(text).read_bytes())
     if isinstance(value, bytes | bytearray | memoryview):
         return pb.Input(image=bytes(value))
