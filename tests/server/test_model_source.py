@@ -3,16 +3,17 @@ folders and their dtype variants, and what is refused before any ONNX Runtime se
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import yaml
-from imgcls.server.domain.errors import ModelLoadError
+from imgcls.server.domain.errors import ModelLoadError, StartupError
 from imgcls.server.domain.types import FunctionToApply
-from imgcls.server.sources.local import load_spec, resolve_dtype, resolve_local
+from imgcls.server.sources.local import load_spec, resolve_local
+from imgcls.server.sources.variants import resolve_dtype
 from support.paths import EFFICIENTNET, EXAMPLE_SPEC, OPEN_NSFW
 from support.servers import running_server
 
@@ -36,7 +37,7 @@ def write_spec(folder: Path, spec: dict[str, Any], name: str = "spec.yaml") -> P
 def load_error(spec_path: Path) -> ModelLoadError:
     with pytest.raises(ModelLoadError) as exc:
         load_spec(spec_path)
-    assert exc.value.status_code == grpc.StatusCode.FAILED_PRECONDITION
+    assert isinstance(exc.value, StartupError)  # never answered to a caller: no status
     return exc.value
 
 
@@ -200,7 +201,7 @@ def test_unsupported_file_type(tmp_path: Path) -> None:
     path.write_bytes(b"")
     with pytest.raises(ModelLoadError) as exc:
         resolve_local(str(path), "fp32")
-    assert exc.value.status_code == grpc.StatusCode.FAILED_PRECONDITION
+    assert isinstance(exc.value, StartupError)  # never answered to a caller: no status
     assert "expected a model folder, a .onnx file or a spec file" in exc.value.message
 
 
@@ -233,11 +234,28 @@ def test_folder_missing_variant_lists_present_ones(dtype: str) -> None:
 
 def test_auto_dtype() -> None:
     # config.json's transformers.js_config.dtype when there is one, else fp32.
-    assert resolve_dtype("auto", {}) == "fp32"
-    assert resolve_dtype("auto", {"transformers.js_config": {"dtype": "q8"}}) == "q8"
-    assert resolve_dtype("auto", {"transformers.js_config": {"dtype": {"model": "fp16"}}}) == "fp16"
-    assert resolve_dtype("auto", {"transformers.js_config": {"dtype": "q9"}}) == "fp32"
-    assert resolve_dtype("int8", {"transformers.js_config": {"dtype": "q8"}}) == "int8"
+    assert resolve_dtype("auto", {}, "m") == "fp32"
+    assert resolve_dtype("auto", {"transformers.js_config": {"dtype": "q8"}}, "m") == "q8"
+    assert resolve_dtype("auto", {"transformers.js_config": {"dtype": {"model": "fp16"}}}, "m") == "fp16"
+    assert resolve_dtype("int8", {"transformers.js_config": {"dtype": "q8"}}, "m") == "int8"
+    # Malformed or unknown: the same outcome for a local folder as for a Hub repo (one copy of the rules).
+    assert resolve_dtype("auto", {"transformers.js_config": "q8"}, "m") == "fp32"
+    assert resolve_dtype("auto", {"transformers.js_config": {"dtype": {"a": "q8", "b": "fp16"}}}, "m") == "fp32"
+    files = resolve_local(str(EFFICIENTNET), "auto")
+    assert files is not None and files.variant == "fp32"
+
+
+def test_auto_dtype_unknown_to_the_server_is_a_clear_error(tmp_path: Path) -> None:
+    """Was: a local folder silently fell back to fp32 while a Hub repo raised; now both raise."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    config = json.loads((EFFICIENTNET / "config.json").read_text())
+    config["transformers.js_config"] = {"dtype": "q9"}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError) as exc:
+        resolve_local(str(folder), "auto")
+    assert "transformers.js_config.dtype is 'q9'" in exc.value.message
+    assert "pass a dtype explicitly" in exc.value.message
     files = resolve_local(str(EFFICIENTNET), "auto")
     assert files is not None and files.variant == "fp32"
 
@@ -250,7 +268,7 @@ async def test_bad_spec_stops_the_start(spec_dir: Path) -> None:
     with pytest.raises(ModelLoadError) as exc:
         async with running_server(models=[{"name": "custom", "source": str(spec)}]):
             pass
-    assert exc.value.status_code == grpc.StatusCode.FAILED_PRECONDITION
+    assert isinstance(exc.value, StartupError)  # never answered to a caller: no status
     assert "colour_order" in exc.value.message
 
 

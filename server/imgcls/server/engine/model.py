@@ -26,7 +26,13 @@ from imgcls.server.engine.batcher import BatchListener, CrashListener, DynamicBa
 from imgcls.server.engine.description import BatchingDescription, ModelDescription, ModelStats, public_source
 from imgcls.server.images import decoding
 from imgcls.server.images.postprocessing import default_function, rank, validate_options
-from imgcls.server.images.preprocessing import MAX_OVERRIDE_SIDE, Preprocessor, compile_preprocessor, merge_overrides
+from imgcls.server.images.preprocessing import (
+    MAX_OVERRIDE_SIDE,
+    JpegDraft,
+    Preprocessor,
+    compile_preprocessor,
+    merge_overrides,
+)
 from imgcls.server.settings import BatchingSettings
 from imgcls.server.sources.local import ModelFiles
 from PIL import Image
@@ -48,7 +54,7 @@ class ModelLimits:
     max_inputs_per_request: int
     max_image_pixels: int
     max_tensor_elements: int
-    jpeg_draft: bool
+    jpeg_draft: JpegDraft
 
 
 @dataclass

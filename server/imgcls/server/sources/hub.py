@@ -28,13 +28,12 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from imgcls.server.domain.errors import ModelLoadError
-from imgcls.server.sources.variants import AUTO, VARIANT_FILES, variants_in
+from imgcls.server.sources.variants import AUTO, VARIANT_FILES, resolve_dtype, variants_in
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
-DEFAULT_DTYPE = "fp32"
 
 # One Hub name part, as the Hub accepts it: ASCII word chars, "-" and ".", starting and ending
 # with a word char, at most 96 long.
@@ -193,17 +192,7 @@ class _Fetch:
         if not isinstance(config, dict):
             raise ModelLoadError(f"repo {self.where}: config.json is not a JSON object")
         _check_image_classifier(config, self.where)
-        if dtype != AUTO:
-            return dtype
-        wanted = _transformers_js_dtype(config)
-        if wanted is None:
-            return DEFAULT_DTYPE
-        if wanted not in VARIANT_FILES:
-            raise ModelLoadError(
-                f"repo {self.where}: config.json transformers.js_config.dtype is {wanted!r}, "
-                f"which this server does not know; pass a dtype explicitly ({', '.join(VARIANT_FILES)})"
-            )
-        return wanted
+        return resolve_dtype(dtype, config, f"repo {self.where}")
 
     def missing_variant(self, resolved: str, asked: str, repo_files: set[str]) -> ModelLoadError:
         available = variants_in([f.removeprefix("onnx/") for f in repo_files if f.startswith("onnx/")])
@@ -250,24 +239,6 @@ def _onnx_path(dtype: str) -> str:
 def _is_external_data_of(name: str, onnx_file: str) -> bool:
     """onnx/<stem>.onnx_data, onnx/<stem>.onnx_data_1, ... belong to onnx/<stem>.onnx."""
     return re.fullmatch(rf"{re.escape(onnx_file)}_data(?:_\d+)?", name) is not None
-
-
-def _transformers_js_dtype(config: dict[str, Any]) -> str | None:
-    js_config = config.get("transformers.js_config")
-    if not isinstance(js_config, dict):
-        return None
-    value = js_config.get("dtype")
-    if isinstance(value, dict):
-        # Per-module dtypes; an image classifier has one module, named "model".
-        if "model" in value:
-            value = value["model"]
-        elif len(value) == 1:
-            value = next(iter(value.values()))
-        else:
-            return None
-    if not isinstance(value, str) or value == AUTO:
-        return None
-    return value
 
 
 def _check_image_classifier(config: dict[str, Any], where: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 from imgcls.server.domain.errors import ModelLoadError
 from imgcls.server.domain.types import FunctionToApply
-from imgcls.server.sources.variants import AUTO, VARIANT_FILES, variants_in
+from imgcls.server.sources.variants import VARIANT_FILES, resolve_dtype, variants_in
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
@@ -91,16 +91,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def resolve_dtype(dtype: str, config: dict[str, Any]) -> str:
-    """auto: config.json's transformers.js_config.dtype when present, else fp32."""
-    if dtype != AUTO:
-        return dtype
-    js_dtype = (config.get("transformers.js_config") or {}).get("dtype")
-    if isinstance(js_dtype, dict):
-        js_dtype = js_dtype.get("model") or (next(iter(js_dtype.values())) if len(js_dtype) == 1 else None)
-    return js_dtype if isinstance(js_dtype, str) and js_dtype in VARIANT_FILES else "fp32"
-
-
 def load_hf_folder(folder: Path, dtype: str, *, source: str) -> ModelFiles:
     """A folder in Hugging Face layout: config.json, preprocessor_config.json, onnx/model*.onnx."""
     config_path = folder / "config.json"
@@ -110,7 +100,7 @@ def load_hf_folder(folder: Path, dtype: str, *, source: str) -> ModelFiles:
     labels = labels_from_config(config, source)
     preprocessor_path = folder / "preprocessor_config.json"
     preprocessing = _read_json(preprocessor_path) if preprocessor_path.is_file() else {}
-    dtype = resolve_dtype(dtype, config)
+    dtype = resolve_dtype(dtype, config, source)
     onnx_dir = folder / "onnx" if (folder / "onnx").is_dir() else folder
     onnx_path = onnx_dir / VARIANT_FILES[dtype]
     if not onnx_path.is_file():
