@@ -1,0 +1,136 @@
+"""Tensor bytes in the Open Inference Protocol's forms: typed values, raw little-endian, length-prefixed BYTES.
+
+Every error is an InvalidInputError whose message names the input (``input 'image': ...``).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from imgcls.server.domain.errors import InvalidInputError
+from imgcls.server.images.decoding import brief
+from imgcls.server.v2.types import NUMPY_OF_DATATYPE, InputTensor
+
+_LENGTH = struct.Struct("<I")
+
+
+def named(tensor: InputTensor | str) -> str:
+    name = tensor if isinstance(tensor, str) else tensor.name
+    return f"input {brief(name)}"
+
+
+def element_count(tensor: InputTensor) -> int:
+    """prod(shape), refusing negative dims (a request's shape has no -1)."""
+    if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in tensor.shape):
+        raise InvalidInputError(f"{named(tensor)}: shape {brief(list(tensor.shape))} must be non-negative integers")
+    return math.prod(tensor.shape)
+
+
+def encode_bytes_elements(elements: Sequence[bytes]) -> bytes:
+    """BYTES elements in binary form: each a 4-byte little-endian length, then its bytes."""
+    parts = []
+    for element in elements:
+        parts.append(_LENGTH.pack(len(element)))
+        parts.append(element)
+    return b"".join(parts)
+
+
+def decode_bytes_elements(raw: bytes | memoryview, count: int, name: str) -> list[bytes]:
+    """The inverse of encode_bytes_elements, checking there are exactly ``count`` elements and nothing after."""
+    view = memoryview(raw).cast("B")
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(view):
+        if len(elements) == count:
+            raise InvalidInputError(
+                f"{named(name)}: {len(view) - offset} bytes after its {count} BYTES elements "
+                "(each element is a 4-byte little-endian length, then that many bytes)"
+            )
+        if offset + 4 > len(view):
+            raise InvalidInputError(
+                f"{named(name)}: element {len(elements)} is truncated: {len(view) - offset} bytes left where a "
+                "4-byte little-endian length prefix was expected"
+            )
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise InvalidInputError(
+                f"{named(name)}: element {len(elements)} claims {length} bytes but only {len(view) - offset} "
+                "follow (each element is a 4-byte little-endian length, then that many bytes)"
+            )
+        elements.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(elements) != count:
+        raise InvalidInputError(f"{named(name)}: has {len(elements)} BYTES elements but its shape needs {count}")
+    return elements
+
+
+def bytes_elements(tensor: InputTensor) -> list[bytes | str]:
+    """A BYTES input's elements, row-major: from raw (length-prefixed) or data (bytes or str elements)."""
+    if tensor.datatype != "BYTES":
+        raise InvalidInputError(f"{named(tensor)}: datatype is {brief(tensor.datatype)}; it takes BYTES")
+    count = element_count(tensor)
+    if tensor.raw is not None:
+        if tensor.data is not None:
+            raise InvalidInputError(f"{named(tensor)}: has both raw contents and typed contents; send one")
+        return list(decode_bytes_elements(tensor.raw, count, tensor.name))
+    flat = _flatten(tensor.data if tensor.data is not None else [], tensor)
+    for index, element in enumerate(flat):
+        if not isinstance(element, bytes | bytearray | memoryview | str):
+            raise InvalidInputError(
+                f"{named(tensor)}: element {index} is a {type(element).__name__}; BYTES elements are bytes or text"
+            )
+    if len(flat) != count:
+        raise InvalidInputError(f"{named(tensor)}: has {len(flat)} BYTES elements but its shape needs {count}")
+    return [e if isinstance(e, bytes | str) else bytes(e) for e in flat]
+
+
+def numeric_array(tensor: InputTensor) -> np.ndarray:
+    """An FP32 or FP16 input as a numpy array of its shape (raw bytes are viewed, not copied)."""
+    dtype = NUMPY_OF_DATATYPE.get(tensor.datatype)
+    if dtype is None:
+        raise InvalidInputError(f"{named(tensor)}: datatype {brief(tensor.datatype)} is not accepted; use FP32 or FP16")
+    count = element_count(tensor)
+    if tensor.raw is not None:
+        if tensor.data is not None:
+            raise InvalidInputError(f"{named(tensor)}: has both raw contents and typed contents; send one")
+        size = len(memoryview(tensor.raw).cast("B"))
+        if size != count * dtype.itemsize:
+            raise InvalidInputError(
+                f"{named(tensor)}: raw contents have {size} bytes but shape {list(tensor.shape)} of "
+                f"{tensor.datatype} needs {count * dtype.itemsize}"
+            )
+        return np.frombuffer(tensor.raw, dtype=dtype).reshape(tensor.shape)
+    data = tensor.data if tensor.data is not None else []
+    try:
+        array = np.asarray(data, dtype=dtype) if not isinstance(data, np.ndarray) else data.astype(dtype, copy=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{named(tensor)}: data is not a list of numbers ({type(exc).__name__})") from None
+    if array.size != count:
+        raise InvalidInputError(
+            f"{named(tensor)}: has {array.size} values but shape {brief(list(tensor.shape))} needs {count}"
+        )
+    return array.reshape(tensor.shape)
+
+
+def _flatten(data: Any, tensor: InputTensor) -> list[Any]:
+    """Nested lists (JSON data in the tensor's shape) flattened row-major; a flat list is returned as is."""
+    if isinstance(data, np.ndarray):
+        return list(data.reshape(-1))
+    if isinstance(data, bytes | str):
+        return [data]
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list | tuple):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
