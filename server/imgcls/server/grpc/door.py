@@ -12,9 +12,12 @@ from grpc_reflection.v1alpha import reflection
 from imgcls.server.engine.engine import Engine
 from imgcls.server.grpc.auth import BearerTokenInterceptor, server_credentials
 from imgcls.server.grpc.servicer import ImageClassifierServicer
+from imgcls.server.grpc.v2_servicer import SERVICE_NAME as V2_SERVICE_NAME
+from imgcls.server.grpc.v2_servicer import OpenInferenceServicer
 from imgcls.server.settings import ServerSettings
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
+from tritonclient.grpc import service_pb2_grpc as v2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +54,12 @@ class GrpcFrontDoor:
         self.server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
         self.servicer = ImageClassifierServicer(engine)
         pb_grpc.add_ImageClassifierServiceServicer_to_server(self.servicer, self.server)
+        # The Open Inference Protocol on the same port (raises ConfigError when some NAME_image is a served name).
+        self.v2_servicer = OpenInferenceServicer(engine)
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server(self.v2_servicer, self.server)
         self.health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self._services = [SERVICE_NAME]
+        self._services = [SERVICE_NAME, V2_SERVICE_NAME]
         self._pending: set[asyncio.Future[Any]] = set()
         self.port = 0
 

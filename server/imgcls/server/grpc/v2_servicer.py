@@ -1,0 +1,291 @@
+"""The Open Inference Protocol's gRPC service (``inference.GRPCInferenceService``, Triton's superset).
+
+Converts protobuf <-> the v2 core's dataclasses and calls the core. The messages are tritonclient's
+generated stubs: the protocol's own package, file and field numbers, so Triton and KServe clients work
+unchanged, and a process that imports tritonclient (tests, a client in the same process) sees one
+definition of ``grpc_service.proto`` in protobuf's descriptor pool, not two that clash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from imgcls.server.domain.errors import InvalidInputError, UnimplementedError
+from imgcls.server.engine.engine import Engine
+from imgcls.server.grpc.servicer import deadline_of
+from imgcls.server.grpc.status import status_of, translate_stream, translate_unary
+from imgcls.server.v2 import (
+    GRPC_EXTENSIONS,
+    InferRequest,
+    InferResponse,
+    InputTensor,
+    OpenInferenceCore,
+    RequestedOutput,
+)
+from imgcls.server.v2.tensors import named
+from tritonclient.grpc import model_config_pb2
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+PROTOCOL = "v2-grpc"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+# The typed contents field each datatype travels in (FP16 and BF16 have none: raw_input_contents only).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def parameters_from_pb(parameters: Any) -> dict[str, Any]:
+    """map<string, InferParameter> as plain values."""
+    values = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        if choice is not None:
+            values[key] = getattr(parameter, choice)
+    return values
+
+
+def request_from_pb(request: pb.ModelInferRequest) -> InferRequest:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInputError(
+            f"raw_input_contents has {len(raw)} entries but the request has {len(request.inputs)} inputs "
+            "(one entry per input, in order, or none)"
+        )
+    inputs = []
+    for index, tensor in enumerate(request.inputs):
+        has_contents = tensor.HasField("contents")
+        if raw and has_contents:
+            raise InvalidInputError(f"{named(tensor.name)}: has both raw_input_contents and contents; send one")
+        data: Any = None
+        if not raw:
+            field = _CONTENTS_FIELD.get(tensor.datatype)
+            if field is None and tensor.datatype in ("FP16", "BF16"):
+                raise InvalidInputError(
+                    f"{named(tensor.name)}: {tensor.datatype} values travel in raw_input_contents "
+                    "(contents has no field for them)"
+                )
+            data = getattr(tensor.contents, field) if field is not None else []
+        inputs.append(
+            InputTensor(
+                name=tensor.name,
+                datatype=tensor.datatype,
+                shape=tuple(tensor.shape),
+                raw=raw[index] if raw else None,
+                data=data,
+                parameters=parameters_from_pb(tensor.parameters),
+            )
+        )
+    outputs = []
+    for output in request.outputs:
+        parameters = parameters_from_pb(output.parameters)
+        outputs.append(RequestedOutput(output.name, parameters=parameters))
+    return InferRequest(
+        model_name=request.model_name,
+        model_version=request.model_version,
+        id=request.id,
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        parameters=parameters_from_pb(request.parameters),
+    )
+
+
+def response_to_pb(response: InferResponse) -> pb.ModelInferResponse:
+    """Outputs in raw_output_contents, as Triton answers (tritonclient reads either form)."""
+    return pb.ModelInferResponse(
+        model_name=response.model_name,
+        model_version=response.model_version,
+        id=response.id,
+        outputs=[
+            pb.ModelInferResponse.InferOutputTensor(name=o.name, datatype=o.datatype, shape=list(o.shape))
+            for o in response.outputs
+        ],
+        raw_output_contents=[o.raw_bytes() for o in response.outputs],
+    )
+
+
+class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """inference.GRPCInferenceService over the engine; RPCs imgcls does not implement answer UNIMPLEMENTED."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        # Refuses a model set where some NAME_image is another model's name (ConfigError at start).
+        self._core = OpenInferenceCore(engine, extensions=GRPC_EXTENSIONS)
+        self._max_in_flight = engine.settings.stream_max_in_flight
+
+    # -- health and metadata ---------------------------------------------------------
+    # Live and ready answer during shutdown too (not ready then), so probes see the truth, not an error.
+    @translate_unary
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=self._core.server_live())
+
+    @translate_unary
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self._core.server_ready())
+
+    @translate_unary
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ModelReadyResponse(ready=self._core.model_ready(request.name, request.version))
+
+    @translate_unary
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
+        self._engine.admit()
+        metadata = self._core.server_metadata()
+        return pb.ServerMetadataResponse(
+            name=metadata.name, version=metadata.version, extensions=list(metadata.extensions)
+        )
+
+    @translate_unary
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
+        self._engine.admit()
+        metadata = self._core.model_metadata(request.name, request.version)
+
+        def tensors(items: Any) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+            return [
+                pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=list(t.shape))
+                for t in items
+            ]
+
+        return pb.ModelMetadataResponse(
+            name=metadata.name,
+            versions=list(metadata.versions),
+            platform=metadata.platform,
+            inputs=tensors(metadata.inputs),
+            outputs=tensors(metadata.outputs),
+        )
+
+    @translate_unary
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext) -> Any:
+        self._engine.admit()
+        config = json_format.ParseDict(
+            self._core.model_config(request.name, request.version), model_config_pb2.ModelConfig()
+        )
+        return pb.ModelConfigResponse(config=config)
+
+    @translate_unary
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext) -> Any:
+        self._engine.admit()
+        return json_format.ParseDict(
+            self._core.model_statistics(request.name, request.version), pb.ModelStatisticsResponse()
+        )
+
+    # -- inference ---------------------------------------------------------------------
+    @translate_unary
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
+        model = self._core.engine_model(request.model_name)
+        with self._engine.observe(PROTOCOL, "ModelInfer", model, request.id, len(request.inputs)) as call:
+            converted = request_from_pb(request)
+            response = await self._core.infer(converted, deadline=deadline_of(context), call=call)
+        return response_to_pb(response)
+
+    @translate_stream
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """One response per request, in request order, carrying its id; a failed request is answered with
+        its error_message (and its id) and the stream goes on. At most stream_max_in_flight requests are
+        read and not yet answered: a sender that outpaces the server is held back by flow control.
+        """
+        async with self._engine.open_stream(PROTOCOL, "ModelStreamInfer"):  # admission, streams in flight
+            await context.send_initial_metadata(())
+            slots = asyncio.Semaphore(self._max_in_flight)
+            answers: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | BaseException | None]
+            answers = asyncio.Queue()
+            reader = asyncio.create_task(self._read_stream(request_iterator, slots, answers))
+            pending: list[asyncio.Task[pb.ModelStreamInferResponse]] = []
+            try:
+                while (entry := await answers.get()) is not None:
+                    if isinstance(entry, BaseException):
+                        raise entry
+                    pending.append(entry)
+                    try:
+                        yield await entry
+                    finally:
+                        pending.remove(entry)
+                        slots.release()
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+                while not answers.empty():
+                    leftover = answers.get_nowait()
+                    if isinstance(leftover, asyncio.Task):
+                        leftover.cancel()
+                for task in pending:
+                    task.cancel()
+
+    async def _read_stream(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        slots: asyncio.Semaphore,
+        answers: asyncio.Queue[Any],
+    ) -> None:
+        try:
+            async for request in request_iterator:
+                await slots.acquire()
+                await answers.put(asyncio.create_task(self._stream_one(request)))
+            await answers.put(None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the stream itself failed (the client went away): end it
+            await answers.put(exc)
+
+    async def _stream_one(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+        model = self._core.engine_model(request.model_name)
+        try:
+            with self._engine.observe(PROTOCOL, "ModelStreamInfer", model, request.id, len(request.inputs)) as call:
+                response = await self._core.infer(request_from_pb(request), call=call)
+            return pb.ModelStreamInferResponse(infer_response=response_to_pb(response))
+        except Exception as exc:
+            _code, message = status_of(exc)  # a bug is logged here and answered with its type only
+            return pb.ModelStreamInferResponse(
+                error_message=message,
+                infer_response=pb.ModelInferResponse(
+                    model_name=request.model_name, model_version=request.model_version, id=request.id
+                ),
+            )
+
+
+_IMPLEMENTED = {
+    "ServerLive",
+    "ServerReady",
+    "ModelReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelInfer",
+    "ModelStreamInfer",
+    "ModelConfig",
+    "ModelStatistics",
+}
+
+
+def _unimplemented(method: str) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        raise UnimplementedError(f"{SERVICE_NAME}/{method} is not implemented by imgcls")
+
+    handler.__name__ = handler.__qualname__ = method
+    return translate_unary(handler)
+
+
+# Every other RPC of the service (repository control, shared memory, trace and log settings): UNIMPLEMENTED
+# naming itself. All of them are unary.
+for _method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+    if _method.name not in _IMPLEMENTED:
+        setattr(OpenInferenceServicer, _method.name, _unimplemented(_method.name))
