@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from imgcls.server.engine.model import ModelLimits, ServedModel
 from imgcls.server.images.decoding import open_image
-from imgcls.server.images.preprocessing import Preprocessor, compile_preprocessor
+from imgcls.server.images.preprocessing import JPEG_DRAFT_MODES, JpegDraft, Preprocessor, compile_preprocessor
 from imgcls.server.settings import BatchingSettings, RuntimeSettings, ServerSettings
 from imgcls.server.sources.local import resolve_local
 
@@ -69,7 +69,7 @@ class LocalModel:
         self.runtime_options = RuntimeSettings().options()
         self.instances = RuntimeSettings().resolved_instances()
 
-    def preprocessor(self, *, jpeg_draft: bool) -> Preprocessor:
+    def preprocessor(self, *, jpeg_draft: bool | JpegDraft) -> Preprocessor:
         """The model's own preprocessing (preprocessor_config.json as the server completes it)."""
         return compile_preprocessor(
             self.served.preprocessing, dtype=self.backend.graph.input_dtype, jpeg_draft=jpeg_draft
@@ -177,16 +177,26 @@ def measure_batches(
     return result
 
 
+def _scores(model: LocalModel, sample: np.ndarray) -> np.ndarray:
+    logits = np.asarray(model.backend.run_alone(sample[None]), dtype=np.float64)[0]
+    exp = np.exp(logits - logits.max())
+    return np.asarray(exp / exp.sum())
+
+
 def measure_preprocess(model: LocalModel, images: dict[str, Path], budget: Budget) -> list[dict[str, Any]]:
-    """Decode + preprocess per image, draft on and off; and the full decode alone (no draft)."""
+    """Decode + preprocess per image in every jpeg_draft mode, with its fidelity (the largest change of any
+    softmax score against the full decode); and the full decode alone."""
     rows = []
     for name, path in images.items():
         data = path.read_bytes()
         with open_image(data, max_pixels=_DEFAULTS.max_image_pixels) as probe:
             size = probe.size
         decode_only = _timed_runs(functools.partial(_full_decode, data), budget)
-        for draft in (True, False):
-            pre = model.preprocessor(jpeg_draft=draft)
+        exact = _scores(
+            model, model.preprocessor(jpeg_draft="off")(open_image(data, max_pixels=_DEFAULTS.max_image_pixels))
+        )
+        for mode in JPEG_DRAFT_MODES:
+            pre = model.preprocessor(jpeg_draft=mode)
 
             def one(data: bytes = data, pre: Preprocessor = pre) -> np.ndarray:
                 return pre(open_image(data, max_pixels=_DEFAULTS.max_image_pixels))
@@ -197,7 +207,9 @@ def measure_preprocess(model: LocalModel, images: dict[str, Path], budget: Budge
                     "image": name,
                     "size": f"{size[0]}x{size[1]}",
                     "bytes": len(data),
-                    "jpeg_draft": draft,
+                    "jpeg_draft": mode != "off",
+                    "jpeg_draft_mode": mode,
+                    "largest_score_change": float(np.abs(_scores(model, one()) - exact).max()),
                     "ms_per_image": percentiles_ms(times)["p50"],
                     "full_decode_ms": percentiles_ms(decode_only)["p50"],
                     "runs": len(times),

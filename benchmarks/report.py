@@ -189,7 +189,7 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         add("limit", f"raw ORT batch {row['batch_size']} {mode}".strip(), row["images_per_s"], "img/s", raw)
     add("limit", "raw ORT batch-1 p50", results["limit"]["raw_ort"]["batch1_latency_ms"]["p50"], "ms", b1)
     for row in results["limit"]["preprocess"]:
-        draft = "on" if row["jpeg_draft"] else "off"
+        draft = row.get("jpeg_draft_mode") or ("on" if row["jpeg_draft"] else "off")
         add("preprocess", f"decode+preprocess {row['image']} draft {draft}", row["ms_per_image"], "ms", b1)
     for row in results["limit"]["pipeline"]:
         add("pipeline", f"{row['path']} {row['image']}", row["images_per_s"], "img/s", raw)
@@ -279,16 +279,27 @@ def markdown(results: dict[str, Any]) -> str:
         ]
 
     out += ["## Decode + preprocess per image (the server's open_image + Preprocessor, one thread)", ""]
+
+    def draft_mode(row: dict[str, Any]) -> str:
+        mode = row.get("jpeg_draft_mode") or ("on" if row["jpeg_draft"] else "off")
+        return f"{mode} (straightforward)" if mode == "off" else mode
+
+    def fidelity(row: dict[str, Any]) -> str:
+        change = row.get("largest_score_change")
+        return "" if change is None else f"{change:.4f}"
+
     rows = [
         [
             f"{r['image']} ({r['size']}, {r['bytes'] // 1024} KiB)",
-            "on" if r["jpeg_draft"] else "off (straightforward)",
+            draft_mode(r),
             ms(r["ms_per_image"], b1),
+            fidelity(r),
             ms(r["full_decode_ms"], b1),
         ]
         for r in limit["preprocess"]
     ]
-    out += _table(["image", "jpeg_draft", "decode + preprocess", "full-size decode alone"], rows)
+    headers = ["image", "jpeg_draft", "decode + preprocess", "largest score change", "full-size decode alone"]
+    out += _table(headers, rows)
 
     out += ["## In-process pipeline (decode + preprocess + batch-1 run, one image after another)", ""]
     rows = [[r["image"], r["path"], rate(r["images_per_s"], raw), ms(r["ms_per_image"], b1)] for r in limit["pipeline"]]

@@ -377,7 +377,7 @@ def measure_limit(model: LocalModel, sample: np.ndarray, images: dict[str, Path]
     limit = measure_batches(model, sample, profile.batch_sizes, profile.raw, profile.latency)
     for row in limit["batches"]:
         log(f"  batch {row['batch_size']:>2}: {row['images_per_s']:.1f} img/s")
-    log("decode + preprocess costs (jpeg_draft on and off) and the straightforward path")
+    log("decode + preprocess costs and fidelity (every jpeg_draft mode) and the straightforward path")
     return {
         "raw_ort": limit,
         "preprocess": measure_preprocess(model, images, profile.preprocess),
