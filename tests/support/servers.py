@@ -16,8 +16,9 @@ CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_sen
 
 
 def make_settings(**overrides: Any) -> ServerSettings:
-    """Settings for a test server: port 0 on loopback, no environment, overrides on top."""
-    return load_settings({"host": "127.0.0.1", "port": 0, **overrides}, environ={})
+    """Settings for a test server: port 0 on loopback, HTTP off (http_port="auto" turns it on), no environment,
+    overrides on top."""
+    return load_settings({"host": "127.0.0.1", "port": 0, "http_port": 0, **overrides}, environ={})
 
 
 @asynccontextmanager

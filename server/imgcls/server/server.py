@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from imgcls.server.engine.engine import Engine
 from imgcls.server.grpc.door import GrpcFrontDoor
+from imgcls.server.http.door import HttpFrontDoor
 from imgcls.server.metrics import Metrics
 from imgcls.server.settings import ServerSettings
 
@@ -56,6 +57,16 @@ class RunningServer:
     def port(self) -> int:
         """The gRPC port."""
         return self.grpc.port
+
+    @property
+    def http(self) -> HttpFrontDoor | None:
+        return next((d for d in self.doors if isinstance(d, HttpFrontDoor)), None)
+
+    @property
+    def http_port(self) -> int | None:
+        """The HTTP port, None when HTTP is off (http_port 0)."""
+        http = self.http
+        return http.port if http is not None else None
 
     @property
     def health(self) -> Any:
@@ -101,6 +112,8 @@ async def start_server(settings: ServerSettings, engine: Engine | None = None) -
     engine.start(asyncio.get_running_loop())
     try:
         doors.append(GrpcFrontDoor(engine, settings))
+        if settings.http_port != 0:
+            doors.append(HttpFrontDoor(engine, settings))
         for door in doors:
             await door.start()
         metrics_port = (

@@ -1,0 +1,76 @@
+"""What the HTTP routes share: error answering, deadlines, JSON bodies in and out."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec
+
+from imgcls.server.domain.errors import InvalidInputError
+from imgcls.server.http.errors import error_response
+from imgcls.server.http.guard import HttpLimits, body_state
+from starlette.requests import Request
+from starlette.responses import Response
+
+P = ParamSpec("P")
+
+# The caller's deadline, in seconds from now (a decimal number), like gRPC's grpc-timeout header.
+TIMEOUT_HEADER = "timeout"
+# The largest a deadline may be: a year, so the arithmetic below stays finite.
+MAX_TIMEOUT_S = 365 * 24 * 3600.0
+
+
+def answer_errors(
+    limits: HttpLimits,
+) -> Callable[[Callable[P, Awaitable[Response]]], Callable[P, Awaitable[Response]]]:
+    """A route's exceptions become its error response (errors.py), closing the connection when its body
+    was left unread and is too long to drain."""
+
+    def decorate(handler: Callable[P, Awaitable[Response]]) -> Callable[P, Awaitable[Response]]:
+        @functools.wraps(handler)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> Response:
+            request = kwargs.get("request")
+            try:
+                return await handler(*args, **kwargs)
+            except Exception as exc:
+                close = isinstance(request, Request) and body_state(request).must_close(limits)
+                return error_response(exc, close=close)
+
+        return wrapper
+
+    return decorate
+
+
+def deadline_of(request: Request) -> float | None:
+    """The `timeout` header (seconds) as a deadline on the monotonic clock the engine uses; None without one."""
+    value = request.headers.get(TIMEOUT_HEADER)
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidInputError(f"header {TIMEOUT_HEADER}: expected seconds as a non-negative number")
+    return time.monotonic() + min(seconds, MAX_TIMEOUT_S)
+
+
+def parse_json(body: bytes, what: str = "request body") -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"{what}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidInputError(f"{what}: JSON nested too deeply") from None
+
+
+class JSONResponse(Response):
+    """JSON as compact as it goes; a model's NaN or Inf score is written as Python's json writes it."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()

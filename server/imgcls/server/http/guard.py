@@ -1,0 +1,205 @@
+"""What every HTTP request passes before a route sees it, and how a route reads its body.
+
+The guard is plain ASGI, outside the framework: it refuses a request from its headers alone (a missing
+or wrong token: 401; a Content-Length over the limit: 413; a Content-Encoding it cannot undo: 415), so
+a refused caller costs no more than its headers and its body is never read. A route then reads its
+body with ``read_body``, which counts while it streams (chunked bodies have no Content-Length), undoes
+gzip/deflate within the same limit, and gives up on a body that stalls or trickles (408).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from imgcls.server.domain.errors import ErrorKind, InvalidInputError, TooLargeError
+from imgcls.server.http.errors import HttpError, send_error
+from starlette.requests import Request
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Any]
+
+# Where the guard leaves what it learnt from the headers, for read_body and the error responses.
+SCOPE_KEY = "imgcls.body"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """Bounds on what one connection or request may cost; max_body_bytes comes from max_message_bytes."""
+
+    max_body_bytes: int
+    # Request line and headers together; httptools itself has no limit.
+    max_header_bytes: int = 64 * 1024
+    # From a connection's first byte (or a request's) until its headers are complete.
+    header_timeout_s: float = 10.0
+    # A body must keep arriving: at most this long between two chunks, and all of it within body_timeout_s.
+    body_idle_timeout_s: float = 15.0
+    body_timeout_s: float = 120.0
+    # An idle keep-alive connection is closed after this long (longer than clients' own pool expiry, so a
+    # client never sends on a connection the server is closing: aiohttp 15 s, httpx 5 s).
+    keep_alive_s: float = 30.0
+    max_connections: int = 1024
+    # A request refused before its body was read keeps its connection when the rest of the body is at most
+    # this long (the server reads and drops it); a longer or chunked body closes the connection instead.
+    drain_bytes: int = 1 << 20
+
+
+@dataclass(slots=True)
+class BodyState:
+    length: int | None  # Content-Length; None for a chunked body
+    encoding: str  # "", "gzip" or "deflate"
+    read: bool = False
+
+    @property
+    def pending(self) -> bool:
+        return not self.read and (self.length is None or self.length > 0)
+
+    def must_close(self, limits: HttpLimits) -> bool:
+        """Answering now would leave body bytes unread that are too many to drain."""
+        return self.pending and (self.length is None or self.length > limits.drain_bytes)
+
+
+def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+class TokenCheck:
+    """``authorization: Bearer <token>`` against the accepted tokens, in constant time; never logged."""
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        self._tokens = [t.encode() for t in tokens]
+
+    def __bool__(self) -> bool:
+        return bool(self._tokens)
+
+    def authorized(self, value: bytes | None) -> bool:
+        if value is None:
+            return False
+        scheme, _, token = value.partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        given = token.strip()
+        return any(hmac.compare_digest(given, t) for t in self._tokens)
+
+
+class Guard:
+    """Tokens and body limits from the headers, before any route runs or any body byte is read."""
+
+    def __init__(
+        self, app: ASGIApp, *, tokens: Sequence[str], is_open: Callable[[str], bool], limits: HttpLimits
+    ) -> None:
+        self.app = app
+        self._tokens = TokenCheck(tokens)
+        self._is_open = is_open
+        self.limits = limits
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        try:
+            body = _body_state(headers)
+        except HttpError as exc:
+            await send_error(send, exc.status, exc.message, close=True)
+            return
+        close = body.must_close(self.limits)
+        if (
+            self._tokens
+            and not self._is_open(scope["path"])
+            and not self._tokens.authorized(_header(headers, b"authorization"))
+        ):
+            message = "missing or invalid bearer token (send 'Authorization: Bearer <token>')"
+            await send_error(send, 401, message, close=close)
+            return
+        if body.length is not None and body.length > self.limits.max_body_bytes:
+            message = f"request body of {body.length} bytes is over the limit of {self.limits.max_body_bytes} bytes"
+            await send_error(send, 413, message, close=close)
+            return
+        scope[SCOPE_KEY] = body
+        await self.app(scope, receive, send)
+
+
+def _body_state(headers: Sequence[tuple[bytes, bytes]]) -> BodyState:
+    length: int | None = 0
+    encoding = ""
+    for key, value in headers:
+        if key == b"content-length":
+            text = value.strip()
+            if not text.isdigit():
+                raise HttpError(400, "Content-Length is not a number")
+            length = int(text)
+        elif key == b"transfer-encoding" and b"chunked" in value.lower():
+            length = None
+        elif key == b"content-encoding":
+            name = value.strip().lower().decode("latin-1")
+            if name in ("gzip", "x-gzip"):
+                encoding = "gzip"
+            elif name == "deflate":
+                encoding = "deflate"
+            elif name not in ("", "identity"):
+                raise HttpError(415, f"Content-Encoding {name[:40]!r} is not supported (gzip, deflate or identity)")
+    return BodyState(length, encoding)
+
+
+def body_state(request: Request) -> BodyState:
+    state = request.scope.get(SCOPE_KEY)
+    return state if isinstance(state, BodyState) else BodyState(0, "", read=True)
+
+
+async def read_body(request: Request, limits: HttpLimits) -> bytes:
+    """The whole (decoded) body, at most limits.max_body_bytes of it, or an error naming why not.
+
+    TooLargeError (413) as soon as the count passes the limit, before the rest arrives; HttpError 408
+    when the body stalls for body_idle_timeout_s or is not all there after body_timeout_s.
+    """
+    state = body_state(request)
+    if state.read:
+        return b""
+    limit = limits.max_body_bytes
+    decoder = _DECODERS[state.encoding]() if state.encoding else None
+    chunks: list[bytes] = []
+    size = 0
+    ends = time.monotonic() + limits.body_timeout_s
+    try:
+        while True:
+            wait = min(limits.body_idle_timeout_s, ends - time.monotonic())
+            try:
+                async with asyncio.timeout(max(wait, 0.0)):
+                    message = await request.receive()
+            except TimeoutError:
+                raise HttpError(408, "the request body did not arrive in time") from None
+            if message["type"] == "http.disconnect":
+                raise HttpError(499, "the client went away before sending its body", kind=ErrorKind.CANCELLED)
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            if decoder is not None:
+                # Never more out than the limit allows: a small compressed body cannot expand into a huge one.
+                chunk = decoder.decompress(chunk, limit - size + 1)
+                if decoder.unconsumed_tail:
+                    size = limit + 1
+                elif not more:
+                    chunk += decoder.flush()
+            size += len(chunk)
+            if size > limit:
+                raise TooLargeError(f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not more:
+                break
+    except zlib.error as exc:
+        raise InvalidInputError(f"request body: cannot {state.encoding}-decode it ({exc})") from None
+    state.read = True
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+_DECODERS: dict[str, Callable[[], Any]] = {
+    "gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS),
+    "deflate": lambda: zlib.decompressobj(zlib.MAX_WBITS),
+}
