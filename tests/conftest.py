@@ -6,6 +6,7 @@ shared by a module's tests (which then run on the module's event loop: `pytest.m
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -13,9 +14,11 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from imgcls.server.engine.engine import Engine
 from imgcls.server.server import RunningServer
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from support.environment import remove_server_variables
+from support.fake_backend import fake_engine
 from support.inputs import write_open_nsfw_spec
 from support.paths import IMAGES, SHARED
 from support.servers import connect, running_server
@@ -72,3 +75,15 @@ async def module_server() -> AsyncIterator[RunningServer]:
 async def module_stub(module_server: RunningServer) -> AsyncIterator[pb_grpc.ImageClassifierServiceStub]:
     async with connect(module_server) as s:
         yield s
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[Engine]:
+    """An engine over one fake model ("fake": labels a, b, c; see support/fake_backend.py), started on
+    the test's loop, with no front door: engine tests run without any transport."""
+    running, _ = fake_engine()
+    running.start(asyncio.get_running_loop())
+    try:
+        yield running
+    finally:
+        await running.stop(drain=False)
