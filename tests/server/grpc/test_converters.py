@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from imgcls.server.domain.errors import ErrorKind, InvalidInputError, OverloadedError, RequestError
 from imgcls.server.domain.graph import RuntimeDescription
 from imgcls.server.domain.types import (
@@ -114,4 +115,4 @@ def test_model_info_maps_the_description_field_by_field() -> None:
     assert (info.is_default, info.ready, info.max_batch_size) == (True, True, 4)
     assert (info.stats.requests, info.stats.failed_requests, info.stats.inputs, info.stats.batches) == (3, 1, 5, 2)
     assert dict(info.stats.batch_size_counts) == {2: 1, 3: 1}
-    assert info.preprocessing["size"]["height"] == 224
+    assert json_format.MessageToDict(info.preprocessing) == {"size": {"height": 224, "width": 224}}
