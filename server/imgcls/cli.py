@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 DEFAULT_SERVER = "127.0.0.1:50051"
 JPEG_DRAFT_HELP = (
-    "decode large JPEGs at reduced size: faithful (scores within 0.01 of a full decode; about 1.6x-5x "
-    "faster on camera-sized photos), fast (the most speed; scores move by up to 0.03), off (full decode, "
-    "exact parity with transformers)"
+    "decode large JPEGs at reduced size: faithful (scores within 0.01 of a full decode; 2x-3.4x faster on "
+    "camera-sized photos), fast (3x-5x faster; scores move by up to 0.03), off (full decode, exact parity "
+    "with transformers)"
 )
 # Codes that concern one input, not the call: the other files go on.
 _PER_INPUT_CODES = ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED")
