@@ -111,7 +111,7 @@ async def test_large_calls_refused_by_a_draining_server_are_retried_on_the_other
     # A 600 KB tensor (a 224x224 float32 input): over gRPC's default 256 KiB retry buffer.
     tensor = np.zeros((1, 3, 224, 224), dtype=np.float32)
     async with two_servers() as servers:
-        servers[1].servicer.refuse_new_calls()  # as during its shutdown: every call answered UNAVAILABLE
+        servers[1].engine.begin_shutdown()  # as during its shutdown: every call answered UNAVAILABLE
         async with AsyncClient(targets(servers), timeout=30) as client:
             for _ in range(6):  # round robin sends every other first attempt to the refusing server
                 assert len(await client.classify(tensor, top_k=1)) == 1
