@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
@@ -42,6 +42,10 @@ _PER_INPUT_CODES = ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED
 
 class UsageError(Exception):
     """A mistake on the command line or in its files: one line on stderr, exit 2 (or 1 for classify/stream)."""
+
+
+class SourceError(Exception):
+    """A stream source that fails part-way (a video that stops decoding): one line on stderr, exit 1."""
 
 
 # --- serve: flags generated from the settings ----------------------------------------------------------
@@ -451,7 +455,11 @@ class _FileResult:
 def cmd_classify(args: argparse.Namespace) -> int:
     from imgcls.client import ClientError
 
-    def classify_one(client: Client, path: str, data: bytes) -> _FileResult:
+    def classify_one(client: Client, path: str) -> _FileResult:
+        try:
+            data = _read_image(path)
+        except UsageError as exc:
+            return _FileResult(path, error=str(exc))
         try:
             predictions = client.classify(
                 data, model=args.model, top_k=args.top_k, threshold=args.threshold, function_to_apply=args.function
@@ -462,44 +470,34 @@ def cmd_classify(args: argparse.Namespace) -> int:
             return _FileResult(path, error=f"{exc.code.name}: {_brief(exc.message)}")
         return _FileResult(path, predictions)
 
-    results: dict[str, _FileResult] = {}
-    jobs: dict[str, Future[_FileResult]] = {}
-    failed = 0
+    results: list[_FileResult] = []
     with _client(args) as client, ThreadPoolExecutor(max_workers=min(8, len(args.images))) as pool:
-        # One request per file, so one bad file fails alone; read in order, sent concurrently.
-        for path in args.images:
+        # One request per file, so one bad file fails alone; read and sent 8 at a time, printed in order.
+        jobs = [pool.submit(classify_one, client, path) for path in args.images]
+        for job in jobs:
             try:
-                jobs[path] = pool.submit(classify_one, client, path, _read_image(path))
-            except UsageError as exc:
-                results[path] = _FileResult(path, error=str(exc))
-        for path in args.images:
-            if path in results:
-                result = results[path]
-            else:
-                try:
-                    result = jobs[path].result()
-                except ClientError as exc:
-                    pool.shutdown(cancel_futures=True)
-                    print(f"imgcls classify: {exc}", file=sys.stderr)
-                    return 1
-                results[path] = result
+                result = job.result()
+            except ClientError as exc:
+                pool.shutdown(cancel_futures=True)
+                print(f"imgcls classify: {exc}", file=sys.stderr)
+                return 1
+            results.append(result)
             if result.error is not None:
-                failed += 1
                 sys.stdout.flush()  # in order with the results before it on a terminal
-                print(f"imgcls classify: {path}: {result.error}", file=sys.stderr)
+                print(f"imgcls classify: {result.path}: {result.error}", file=sys.stderr)
             elif not args.json:
-                print(path)
+                print(result.path)
                 for prediction in result.predictions:
                     print(f"  {prediction.score:8.4f}  {prediction.label}")
     if args.json:
         out: dict[str, Any] = {}
-        for path, result in results.items():
+        for result in results:
             if result.error is None:
-                out[path] = _prediction_dicts(result.predictions)
+                out[result.path] = _prediction_dicts(result.predictions)
             else:
-                out[path] = {"error": result.error}
+                out[result.path] = {"error": result.error}
         print(json.dumps(out, indent=2))
-    return 1 if failed else 0
+    return 1 if any(result.error is not None for result in results) else 0
 
 
 # --- stream --------------------------------------------------------------------------------------------
@@ -553,10 +551,15 @@ def _video_source(video: Path) -> _Source:
         from imgcls.client.inputs import to_input
         from imgcls.v1 import classifier_pb2 as pb
 
-        with av.open(str(video)) as container:
-            for index, frame in enumerate(container.decode(video=0)):
-                pixels = frame.to_ndarray(format="rgb24")
-                yield pb.ClassifyStreamRequest(inputs=[to_input(pixels)], request_id=f"{video}#{index}")
+        index = 0
+        try:
+            with av.open(str(video)) as container:
+                for index, frame in enumerate(container.decode(video=0)):
+                    pixels = frame.to_ndarray(format="rgb24")
+                    yield pb.ClassifyStreamRequest(inputs=[to_input(pixels)], request_id=f"{video}#{index}")
+        except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
+            # Raised in gRPC's request thread; the client raises it again here, in cmd_stream.
+            raise SourceError(f"{video}: cannot decode frame {index}: {exc}") from None
 
     return _Source(str(video), total, frames)
 
@@ -662,7 +665,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
             )
             for result in results:
                 output.result(result)
-        except ClientError as exc:
+        except (ClientError, SourceError) as exc:
             print(f"imgcls stream: {exc}", file=sys.stderr)
             return 1
     elapsed = time.perf_counter() - started

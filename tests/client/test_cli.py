@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from imgcls import cli
 from imgcls.server.server import RunningServer
+from imgcls.v1 import classifier_pb2 as pb
 from support.environment import without_server_variables
 from support.paths import IMAGES, ROOT
 from support.serve_process import ServeProcess
@@ -582,3 +583,22 @@ def test_serve_a_missing_model_path_says_where_it_looked(tmp_path: Path) -> None
     assert f"no such file or folder {tmp_path / 'models' / 'efficientnet-lite0'}" in line
     assert f"relative to the working directory {tmp_path}" in line
     assert "not in the local Hugging Face cache" in line
+
+
+async def test_a_source_failing_mid_stream_is_one_line_after_the_frames_before_it(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A video that stops decoding part-way: the error is raised in gRPC's request thread, and must reach
+    # the command as its own message (not UNKNOWN "Exception iterating requests!", not a hang).
+    def frames(report: Callable[[str, str], None]) -> Iterator[pb.ClassifyStreamRequest]:
+        yield pb.ClassifyStreamRequest(inputs=[pb.Input(image=COFFEE.read_bytes())], request_id="clip.mp4#0")
+        raise cli.SourceError("clip.mp4: cannot decode frame 1: Invalid data found when processing input")
+
+    monkeypatch.setattr(cli, "stream_source", lambda source: cli._Source(source, None, frames))
+    code = await asyncio.wait_for(run_cli("stream", "clip.mp4", "--server", address(server)), timeout=60)
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.out.splitlines() == [captured.out.splitlines()[0]]
+    assert captured.out.startswith("clip.mp4#0  ") and captured.out.rstrip().endswith("espresso")
+    assert "imgcls stream: clip.mp4: cannot decode frame 1: Invalid data" in captured.err
+    assert "UNKNOWN" not in captured.err and "Traceback" not in captured.err
