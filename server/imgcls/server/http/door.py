@@ -15,6 +15,7 @@ import logging
 import math
 import socket
 import ssl
+from typing import Any
 
 import uvicorn
 from imgcls.server.domain.errors import ConfigError
@@ -60,6 +61,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._awaiting_headers = True
         self._header_timer: asyncio.TimerHandle | None = None
+        self._lingering = False
+        self._lingered = 0
+        self._linger_timer: asyncio.TimerHandle | None = None
         if len(self.connections) >= self.limits.max_connections:
             # Answered, not just dropped, so a client knows to back off and retry.
             self.transport = transport
@@ -70,11 +74,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         if self.flow is None:  # refused in connection_made: uvicorn never saw it
             return
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:  # the rest of a refused body: dropped unread
+            self._lingered += len(data)
+            if self._lingered > self.limits.linger_bytes:
+                self.transport.close()
+            return
         super().data_received(data)
         if self._awaiting_headers and self.parser is not None and not self.transport.is_closing():
             self._header_bytes += len(data)
@@ -92,6 +103,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._awaiting_headers = False
         self._cancel_header_timer()
         super().on_headers_complete()
+        if self.cycle is not None and not isinstance(self.cycle.transport, _LingeringClose):
+            self.cycle.transport = _LingeringClose(self, self.transport)  # type: ignore[assignment]
+
+    def linger(self) -> None:
+        """Close after a response; if the request's body is still arriving, half-close and drop it for a while
+        first, so a client still sending reads the answer (401, 413) instead of a connection reset."""
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body:
+            self.transport.close()
+        else:
+            self._drop_the_rest_then_close()
+
+    def _drop_the_rest_then_close(self) -> None:
+        transport = self.transport
+        if transport.is_closing() or not transport.can_write_eof():  # TLS cannot half-close
+            transport.close()
+            return
+        self._lingering = True
+        transport.write_eof()
+        if self.flow is not None:
+            self.flow.resume_reading()
+        self._linger_timer = self.loop.call_later(self.limits.linger_s, transport.close)
 
     def _arm_header_timer(self) -> None:
         self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._headers_timed_out)
@@ -124,7 +157,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if retry:
                 head.append("retry-after: 1")
             self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-        self.transport.close()
+        self._drop_the_rest_then_close()
+
+
+class _LingeringClose:
+    """The transport as a request's cycle sees it: its close() lingers (BoundedHttpToolsProtocol.linger)."""
+
+    def __init__(self, protocol: BoundedHttpToolsProtocol, transport: asyncio.Transport) -> None:
+        self._protocol = protocol
+        self._transport = transport
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        self._protocol.linger()
 
 
 _REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}

@@ -46,6 +46,10 @@ class HttpLimits:
     # A request refused before its body was read keeps its connection when the rest of the body is at most
     # this long (the server reads and drops it); a longer or chunked body closes the connection instead.
     drain_bytes: int = 1 << 20
+    # Closing such a connection at once would reset it under a client still sending, which then never reads
+    # the answer: the server half-closes and drops what arrives for at most this long, or this many bytes.
+    linger_s: float = 5.0
+    linger_bytes: int = 64 << 20
 
 
 @dataclass(slots=True)
@@ -53,14 +57,15 @@ class BodyState:
     length: int | None  # Content-Length; None for a chunked body
     encoding: str  # "", "gzip" or "deflate"
     read: bool = False
+    broken: bool = False  # reading stopped half-way (timed out, over the limit): the rest cannot be drained
 
     @property
     def pending(self) -> bool:
         return not self.read and (self.length is None or self.length > 0)
 
     def must_close(self, limits: HttpLimits) -> bool:
-        """Answering now would leave body bytes unread that are too many to drain."""
-        return self.pending and (self.length is None or self.length > limits.drain_bytes)
+        """Answering now would leave body bytes unread that are too many (or too slow) to drain."""
+        return self.broken or (self.pending and (self.length is None or self.length > limits.drain_bytes))
 
 
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -175,6 +180,7 @@ async def read_body(request: Request, limits: HttpLimits) -> bytes:
                 async with asyncio.timeout(max(wait, 0.0)):
                     message = await request.receive()
             except TimeoutError:
+                state.broken = True
                 raise HttpError(408, "the request body did not arrive in time") from None
             if message["type"] == "http.disconnect":
                 raise HttpError(499, "the client went away before sending its body", kind=ErrorKind.CANCELLED)
@@ -189,6 +195,7 @@ async def read_body(request: Request, limits: HttpLimits) -> bytes:
                     chunk += decoder.flush()
             size += len(chunk)
             if size > limit:
+                state.broken = True
                 raise TooLargeError(f"request body is over the limit of {limit} bytes")
             chunks.append(chunk)
             if not more:

@@ -1,0 +1,231 @@
+"""What one HTTP connection or request may cost: tokens and body limits refused from the headers before the body is
+read, bodies counted while they stream, slow bodies and headers timed out, huge headers and too many connections
+refused. Raw sockets, so the test controls exactly what is sent and when."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from imgcls.server.http import door
+from imgcls.server.http.guard import HttpLimits
+from imgcls.server.server import RunningServer
+from imgcls.server.settings import ServerSettings
+from server.http.helpers import MODEL
+from support.inputs import COFFEE
+from support.servers import running_server
+
+TOKEN = "limits-token-5e2f"
+HF = f"/models/{MODEL}"
+LIMIT = 1 << 20  # max_message_bytes of these servers
+
+
+def limits(**overrides: Any) -> Callable[[ServerSettings], HttpLimits]:
+    return lambda settings: HttpLimits(max_body_bytes=settings.max_message_bytes, **overrides)
+
+
+@asynccontextmanager
+async def server_with(
+    monkeypatch: pytest.MonkeyPatch, *, http_limits: dict[str, Any] | None = None, **settings: Any
+) -> AsyncIterator[RunningServer]:
+    monkeypatch.setattr(door, "default_limits", limits(**(http_limits or {})))
+    async with running_server(http_port="auto", max_message_bytes=LIMIT, **settings) as server:
+        yield server
+
+
+class Connection:
+    """One raw TCP connection to the HTTP port."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.sent = 0
+
+    @classmethod
+    async def open(cls, server: RunningServer) -> Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+        self.sent += len(data)
+
+    async def response(self, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+        """The next response: status, headers (lower-case names), body (by Content-Length)."""
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), timeout)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        body = await asyncio.wait_for(self.reader.readexactly(int(headers.get("content-length", "0"))), timeout)
+        return int(lines[0].split()[1]), headers, body
+
+    async def closed_by_server(self, timeout: float = 10.0) -> bool:
+        try:
+            return await asyncio.wait_for(self.reader.read(1), timeout) == b""
+        except ConnectionError:
+            return True
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def head(path: str, *lines: str) -> bytes:
+    return ("\r\n".join([f"POST {path} HTTP/1.1", "Host: test", *lines]) + "\r\n\r\n").encode()
+
+
+async def send_until_answered(connection: Connection, chunk: bytes, *, most: int) -> tuple[int, dict[str, str], bytes]:
+    """Keep sending chunk until the server answers (or `most` bytes went out); the response."""
+    answer = asyncio.create_task(connection.response(timeout=30))
+    try:
+        while not answer.done() and connection.sent < most:
+            await connection.send(chunk)
+            await asyncio.sleep(0)
+    except ConnectionError:
+        pass  # the server answered and closed while we were still sending
+    return await answer
+
+
+# -- refused from the headers, before the body is read --------------------------------------------------
+async def test_bad_token_refuses_a_huge_body_before_reading_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with server_with(monkeypatch, auth_tokens=[TOKEN]) as server:
+        connection = await Connection.open(server)
+        await connection.send(head(HF, "Authorization: Bearer wrong", f"Content-Length: {1 << 30}"))
+        status, headers, body = await send_until_answered(connection, b"\0" * 65536, most=1 << 30)
+        assert status == 401
+        assert headers["www-authenticate"].startswith("Bearer") and headers["connection"] == "close"
+        assert b"bearer token" in body
+        # Answered while the client still had almost all of its gigabyte to send, and the connection is closed:
+        # the server read no more than what was in flight.
+        assert connection.sent < 16 << 20, connection.sent
+        assert await connection.closed_by_server()
+        connection.close()
+
+
+async def test_bad_token_on_a_chunked_body_and_no_token_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with server_with(monkeypatch, auth_tokens=[TOKEN]) as server:
+        chunked = await Connection.open(server)
+        await chunked.send(head(HF, "Transfer-Encoding: chunked"))
+        status, headers, _ = await send_until_answered(chunked, b"10000\r\n" + b"\0" * 65536 + b"\r\n", most=1 << 30)
+        assert status == 401 and headers["connection"] == "close"
+        assert chunked.sent < 16 << 20
+        chunked.close()
+
+
+async def test_refused_small_body_keeps_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short unread body is drained, so the connection carries the caller's next (right) request."""
+    async with server_with(monkeypatch, auth_tokens=[TOKEN]) as server:
+        connection = await Connection.open(server)
+        await connection.send(head(HF, "Authorization: Bearer wrong", f"Content-Length: {len(COFFEE)}") + COFFEE)
+        status, headers, _ = await connection.response()
+        assert status == 401 and "connection" not in headers
+        right = head(HF, f"Authorization: Bearer {TOKEN}", f"Content-Length: {len(COFFEE)}") + COFFEE
+        await connection.send(right)
+        status, _, body = await connection.response()
+        assert status == 200 and b"espresso" in body
+        connection.close()
+
+
+async def test_413_from_content_length_before_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with server_with(monkeypatch) as server:
+        connection = await Connection.open(server)
+        await connection.send(head(HF, f"Content-Length: {1 << 30}"))
+        status, headers, body = await send_until_answered(connection, b"\0" * 65536, most=1 << 30)
+        assert status == 413 and headers["connection"] == "close"
+        assert f"over the limit of {LIMIT} bytes".encode() in body
+        assert connection.sent < 16 << 20
+        assert await connection.closed_by_server()
+        connection.close()
+
+
+async def test_413_while_a_chunked_body_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with server_with(monkeypatch) as server:
+        connection = await Connection.open(server)
+        await connection.send(head(HF, "Transfer-Encoding: chunked"))
+        status, headers, body = await send_until_answered(
+            connection, b"4000\r\n" + b"\0" * 16384 + b"\r\n", most=1 << 30
+        )
+        assert status == 413 and headers["connection"] == "close" and b"over the limit" in body
+        assert connection.sent < 16 << 20
+        assert await connection.closed_by_server()
+        connection.close()
+
+
+async def test_413_for_a_compressed_body_that_expands_past_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    bomb = gzip.compress(b"\0" * (LIMIT * 64))  # 4 MiB of zeros in a few KiB
+    async with server_with(monkeypatch) as server:
+        connection = await Connection.open(server)
+        await connection.send(head(HF, "Content-Encoding: gzip", f"Content-Length: {len(bomb)}") + bomb)
+        status, _, body = await connection.response()
+        assert status == 413 and b"over the limit" in body
+        connection.close()
+
+
+# -- slow bodies, slow and huge headers, too many connections -----------------------------------------
+async def test_408_for_a_body_that_stalls(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with server_with(monkeypatch, http_limits={"body_idle_timeout_s": 0.3}) as server:
+        connection = await Connection.open(server)
+        await connection.send(head(HF, f"Content-Length: {len(COFFEE)}") + COFFEE[:1000])
+        started = time.monotonic()
+        status, headers, body = await connection.response()
+        assert status == 408 and headers["connection"] == "close" and b"did not arrive in time" in body
+        assert time.monotonic() - started < 5
+        assert await connection.closed_by_server()
+        connection.close()
+
+
+async def test_408_for_a_body_that_trickles(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with server_with(monkeypatch, http_limits={"body_idle_timeout_s": 0.5, "body_timeout_s": 1.0}) as server:
+        connection = await Connection.open(server)
+        await connection.send(head(HF, f"Content-Length: {len(COFFEE)}"))
+        answer = asyncio.create_task(connection.response())
+        for byte in COFFEE[:200]:  # one byte every 50 ms: never idle for long, never finished
+            if answer.done():
+                break
+            await connection.send(bytes([byte]))
+            await asyncio.sleep(0.05)
+        status, _, _ = await answer
+        assert status == 408
+        connection.close()
+
+
+async def test_408_for_headers_that_never_finish_and_idle_connections_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with server_with(monkeypatch, http_limits={"header_timeout_s": 0.3}) as server:
+        slow = await Connection.open(server)
+        await slow.send(b"POST /models/x HTTP/1.1\r\nHost: test\r\nX-Slow: ")
+        status, headers, _ = await slow.response()
+        assert status == 408 and headers["connection"] == "close"
+        silent = await Connection.open(server)  # connects and never sends a byte
+        assert await silent.closed_by_server(timeout=5)
+        slow.close()
+        silent.close()
+
+
+async def test_431_for_huge_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with server_with(monkeypatch) as server:
+        connection = await Connection.open(server)
+        await connection.send(b"GET /v2 HTTP/1.1\r\nHost: test\r\nX-Big: ")
+        status, headers, body = await send_until_answered(connection, b"a" * 16384, most=64 << 20)
+        assert status == 431 and headers["connection"] == "close" and b"headers are over" in body
+        assert connection.sent < 1 << 20
+        connection.close()
+
+
+async def test_503_past_the_connection_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with server_with(monkeypatch, http_limits={"max_connections": 3}) as server:
+        held = [await Connection.open(server) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        extra = await Connection.open(server)
+        status, headers, body = await extra.response()
+        assert status == 503 and headers["retry-after"] == "1" and b"too many connections" in body
+        held[0].close()
+        await asyncio.sleep(0.2)
+        again = await Connection.open(server)
+        await again.send(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+        status, _, _ = await again.response()
+        assert status == 200
+        for connection in [*held[1:], extra, again]:
+            connection.close()
