@@ -13,6 +13,10 @@ frames on one ClassifyStream as fast as flow control allows while reading answer
   its own CPU time, wall-clock start/end (so the harness can match its RSS samples of the server)
   and the server's batch statistics over the level (GetModel before and after).
 
+A level with ``"protocol": "v2-grpc"`` sends the same payload over the Open Inference Protocol's gRPC
+service instead (tritonclient's generated stubs, as Triton clients do): images to ``NAME_image``, tensors
+to ``NAME``, asking for the top-5 classification strings (the answer imgcls.v1 gives by default).
+
 The process is kept apart from the harness so the client's CPU use is visible and the harness's
 in-process ONNX Runtime session cannot disturb it.
 """
@@ -33,6 +37,7 @@ import numpy as np
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 
+V2_TOP_K = 5  # classification strings per answer: the top-5 labels imgcls.v1 answers by default
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 CALL_TIMEOUT_S = 120.0
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
@@ -226,6 +231,65 @@ async def run_stream(
     }
 
 
+# -- the Open Inference Protocol over gRPC (v2) -----------------------------------------------------
+async def build_v2_request(channel: grpc.aio.Channel, model: str, payload: dict[str, Any]) -> Any:
+    """A ModelInferRequest for a payload: an image to MODEL_image, a tensor to MODEL (names from its metadata)."""
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    kind = payload["type"]
+    name = f"{model}_image" if kind == "image" else model
+    metadata = await stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=name), timeout=30)
+    request = service_pb2.ModelInferRequest(model_name=name)
+    tensor = request.inputs.add(name=metadata.inputs[0].name)
+    if kind == "tensor":
+        array = np.load(payload["path"]).astype("<f4", copy=False)
+        tensor.datatype, tensor.shape[:] = "FP32", list(array.shape)
+        request.raw_input_contents.append(array.tobytes())
+    elif kind == "image":
+        data = Path(payload["path"]).read_bytes()
+        tensor.datatype, tensor.shape[:] = "BYTES", [1, 1]
+        request.raw_input_contents.append(len(data).to_bytes(4, "little") + data)
+    else:
+        raise ValueError(f"payload type {kind!r} has no v2 form (raw pixels are an imgcls.v1 feature)")
+    output = request.outputs.add(name=metadata.outputs[0].name)
+    output.parameters["classification"].int64_param = V2_TOP_K
+    return request
+
+
+async def run_v2_unary(channel: grpc.aio.Channel, request: Any, level: dict[str, Any]) -> dict[str, Any]:
+    """As run_unary, with ModelInfer: ``concurrency`` calls in flight, each answer checked for its top-5."""
+    from tritonclient.grpc import service_pb2_grpc
+
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    window = Window(level["warmup_s"], level["duration_s"], level["max_requests"])
+    errors: Counter[str] = Counter()
+
+    async def worker() -> None:
+        while not window.stopping:
+            sent = time.perf_counter()
+            try:
+                response = await stub.ModelInfer(request, timeout=CALL_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                errors[exc.code().name] += 1
+                continue
+            if len(response.raw_output_contents) != 1 or list(response.outputs[0].shape) != [1, V2_TOP_K]:
+                errors["BAD_RESPONSE"] += 1
+                continue
+            window.record(sent, time.perf_counter())
+
+    await asyncio.gather(*(worker() for _ in range(level["concurrency"])))
+    seconds = window.seconds()
+    return {
+        "requests": window.count,
+        "images": window.count,
+        "seconds": seconds,
+        "images_per_s": window.count / seconds,
+        "latency_ms": summarize(window.latencies),
+        "errors": dict(errors),
+    }
+
+
 async def run_plan(plan: dict[str, Any]) -> list[dict[str, Any]]:
     channels = {
         name: grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) for name, target in plan["targets"].items()
@@ -233,6 +297,7 @@ async def run_plan(plan: dict[str, Any]) -> list[dict[str, Any]]:
     stubs = {name: pb_grpc.ImageClassifierServiceStub(channel) for name, channel in channels.items()}
     inputs = {name: build_input(payload) for name, payload in plan["payloads"].items()}
     model = plan.get("model", "")
+    v2_requests: dict[tuple[str, str], Any] = {}  # (target, payload) -> ModelInferRequest, built on first use
     results = []
     try:
         for level in plan["levels"]:
@@ -240,7 +305,13 @@ async def run_plan(plan: dict[str, Any]) -> list[dict[str, Any]]:
             before = await model_stats(stub)
             wall_start = time.time()
             cpu_start = time.process_time()
-            if level["mode"] == "unary":
+            if level.get("protocol") == "v2-grpc":
+                key = (level["target"], level["payload"])
+                if key not in v2_requests:
+                    channel = channels[level["target"]]
+                    v2_requests[key] = await build_v2_request(channel, plan["v2_model"], plan["payloads"][key[1]])
+                measured = await run_v2_unary(channels[level["target"]], v2_requests[key], level)
+            elif level["mode"] == "unary":
                 request = pb.ClassifyRequest(model=model, inputs=[inputs[level["payload"]]])
                 measured = await run_unary(stub, request, level)
             else:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from imgcls.server.engine.engine import onnx_backend
 from imgcls.server.engine.model import ModelLimits, ServedModel
 from imgcls.server.images.decoding import open_image
 from imgcls.server.images.preprocessing import JPEG_DRAFT_MODES, JpegDraft, Preprocessor, compile_preprocessor
@@ -50,12 +51,14 @@ class LocalModel:
         if files is None:
             raise FileNotFoundError(f"no model at {model_dir}")
         self._pool = ThreadPoolExecutor(max_workers=1)  # ServedModel wants one; never used here
-        # ServedModel builds OnnxBackend with RuntimeSettings().options(): the server's session settings.
+        # The ONNX backend with RuntimeSettings().options(), as Engine.load builds it: the server's session settings.
+        runtime = RuntimeSettings()
         self.served = ServedModel(
             "bench",
             files,
+            onnx_backend(files, runtime.options()),
             batching=BatchingSettings(),
-            runtime=RuntimeSettings(),
+            instances=runtime.resolved_instances(),
             limits=ModelLimits(
                 max_inputs_per_request=_DEFAULTS.max_inputs_per_request,
                 max_image_pixels=_DEFAULTS.max_image_pixels,

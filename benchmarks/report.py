@@ -19,6 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from benchmarks import protocols
+
 KIND_COLORS = {"tensor": "tab:blue", "jpeg_small": "tab:orange", "jpeg_large": "tab:green"}
 
 
@@ -204,6 +206,7 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     for peer, data in results["peers"].items():
         for row in data.get("results", []):
             add("peer", f"{peer} {row['image']} c{row['concurrency']}", row["images_per_s"], "img/s", raw)
+    rows += protocols.rows(results)  # ratios to imgcls.v1, not to raw
     return rows
 
 
@@ -401,6 +404,8 @@ def markdown(results: dict[str, Any]) -> str:
         ),
         "",
     ]
+
+    out += protocols.markdown(results)
 
     out += ["## Peers", ""]
     rows = []

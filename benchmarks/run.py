@@ -37,7 +37,7 @@ from imgcls.server.runtime.cpus import available_cpus
 from imgcls.server.settings import DEFAULT_MODEL_NAME, EMBEDDED_MODEL_DIR, ServerSettings
 from PIL import Image
 
-from benchmarks import peers, report
+from benchmarks import peers, protocols, report
 from benchmarks.raw_ort import Budget, LocalModel, measure_batches, measure_pipeline, measure_preprocess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,7 +155,8 @@ class ServerProcess:
         command = [sys.executable, "-m", "imgcls.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         if self.model_arg:
             command += ["--model", self.model_arg]
-        return [*command, "--grace-period", "2", *self.extra_args]
+        # Two servers run at once: each takes a free HTTP port, not the default 8000.
+        return [*command, "--grace-period", "2", "--http-port", "auto", *self.extra_args]
 
     def start(self, timeout_s: float = 90.0) -> None:
         for attempt in range(3):  # the free port may be taken between probing and binding
@@ -429,10 +430,12 @@ def run(profile: Profile, out: Path, *, with_peers: bool, model_dir: Path, image
                 sampler = Sampler({name: s.pid for name, s in servers.items()})
                 sampler.start()
                 plan_levels = build_levels(profile, settings.stream_max_in_flight)
+                plan_levels += protocols.build_levels(profile)  # every door, the same work (protocols.py)
                 plan = {
                     "targets": {name: s.target for name, s in servers.items()},
                     "payloads": payloads,
                     "model": "",
+                    "v2_model": DEFAULT_MODEL_NAME,  # the Open Inference Protocol names the model
                     "levels": plan_levels,
                 }
                 log(f"load generator: {len(plan_levels)} levels")
@@ -445,6 +448,7 @@ def run(profile: Profile, out: Path, *, with_peers: bool, model_dir: Path, image
                     server.stop()
         for level in levels:
             level.update(sampler.window(level["target"], level["wall_start"], level["wall_end"]))
+        levels, protocol_levels = protocols.split(levels)
         memory = {name: sampler.overall(name) for name in servers}
 
         log("re-checking the limit")
@@ -481,6 +485,7 @@ def run(profile: Profile, out: Path, *, with_peers: bool, model_dir: Path, image
         },
         "limit": limit,
         "server": {"levels": levels, "memory": memory},
+        "protocols": protocols.summarize(protocol_levels),
         "peers": peer_results,
     }
     report.write_all(results, out)
