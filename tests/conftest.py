@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from support.environment import remove_server_variables
 from support.fake_backend import fake_engine
 from support.inputs import write_open_nsfw_spec
+from support.memory import give_back_freed_memory
 from support.paths import IMAGES, SHARED
 from support.servers import connect, running_server
 
@@ -27,6 +28,13 @@ from support.servers import connect, running_server
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not SHARED.is_dir():
         raise pytest.UsageError(f"shared data not found at {SHARED}; set SHARED_DIR")
+
+
+@pytest.fixture(autouse=True)
+def _give_back_memory() -> Iterator[None]:
+    """After every test (and its servers' teardown): glibc keeps freed memory unless asked (support.memory)."""
+    yield
+    give_back_freed_memory()
 
 
 @pytest.fixture(scope="session")
