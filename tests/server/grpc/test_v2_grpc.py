@@ -8,8 +8,13 @@ The shared server serves EfficientNet-Lite0 fp32 ("lite") and fp16 ("half") on t
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import io
 import json
+import os
 import queue
+import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -20,6 +25,7 @@ import pytest
 import pytest_asyncio
 import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
+from google.protobuf import json_format
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -29,7 +35,7 @@ from imgcls.server.server import RunningServer
 from imgcls.server.sources.local import ModelFiles
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
-from support.paths import EFFICIENTNET, IMAGES
+from support.paths import EFFICIENTNET, IMAGES, ROOT
 from support.servers import CHANNEL_OPTIONS, connect, make_settings, running_server
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
@@ -266,7 +272,9 @@ async def test_network_view_tensors_equal_imgcls_v1_tensor_path(
     tensor.contents.fp32_contents.extend(array.reshape(-1).tolist())
     response = await raw_stub.ModelInfer(request)
     assert response.id == "typed" and [o.name for o in response.outputs] == ["logits"]
-    typed = np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(2, 1000)
+    # Asked in typed contents, answered in typed contents (what grpcurl users can read).
+    assert not response.raw_output_contents
+    typed = np.array(response.outputs[0].contents.fp32_contents, dtype=np.float32).reshape(2, 1000)
     np.testing.assert_allclose(typed, expected, rtol=0, atol=1e-6)
 
 
@@ -472,6 +480,32 @@ async def test_metrics_are_labelled_by_protocol(
     assert count("imgcls.v1", "Classify") == before[1] + 1
 
 
+async def test_a_stream_cancelled_mid_way_leaves_nothing_running(
+    server: RunningServer, raw_stub: service_pb2_grpc.GRPCInferenceServiceStub
+) -> None:
+    def ours() -> list[asyncio.Task[Any]]:
+        names = ("_stream_one", "_read_stream", "ModelStreamInfer")
+        return [t for t in asyncio.all_tasks() if any(n in repr(t.get_coro()) for n in names)]
+
+    call: Any = raw_stub.ModelStreamInfer()
+    for index in range(6):
+        request = service_pb2.ModelInferRequest(model_name="lite_image", id=str(index))
+        request.inputs.add(name="image", datatype="BYTES", shape=[1, 1])
+        data = (IMAGES / "coffee_1920x1280.jpg").read_bytes()
+        request.raw_input_contents.append(len(data).to_bytes(4, "little") + data)
+        await call.write(request)
+    first = await call.read()
+    assert first.infer_response.id == "0" and not first.error_message
+    assert server.engine.active_streams == 1 and ours()  # the reader, the requests in flight
+    call.cancel()
+    for _ in range(500):
+        if server.engine.active_streams == 0 and not ours():
+            break
+        await asyncio.sleep(0.01)
+    assert server.engine.active_streams == 0
+    assert ours() == []
+
+
 # --- servers of their own -------------------------------------------------------------------------
 
 
@@ -498,6 +532,23 @@ async def test_a_model_named_like_another_model_image_view_is_refused_at_start()
     with pytest.raises(ConfigError, match="cam_image would be both a served model and"):
         async with running_server(models=models, http_port=0):
             pass
+
+
+async def test_while_shutting_down_ready_turns_false_and_calls_are_unavailable() -> None:
+    async with running_server(http_port=0) as server:
+        client = triton_aio.InferenceServerClient(f"127.0.0.1:{server.port}")
+        try:
+            assert await client.is_server_ready() and await client.is_model_ready("efficientnet-lite0_image")
+            server.engine.begin_shutdown()
+            assert await client.is_server_live()
+            assert not await client.is_server_ready()
+            assert not await client.is_model_ready("efficientnet-lite0_image")
+            with pytest.raises(InferenceServerException) as caught:
+                await client.infer("efficientnet-lite0_image", [image_input("cat.jpg")])
+            assert status_of(caught.value) == "StatusCode.UNAVAILABLE"
+            assert "shutting down" in caught.value.message()
+        finally:
+            await client.close()
 
 
 class GatedBackend:
@@ -576,3 +627,46 @@ async def test_mixed_protocol_load_shares_batches() -> None:
     assert {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["batch_stats"]} == {1: 1, 4: 1}
     assert answers[1].results[0].labels[0].label == REFERENCE["cat.jpg"][0]["label"]
     assert int(np.argmax(answers[3].as_numpy("scores"))) == REFERENCE["coffee.jpg"][0]["index"]
+
+
+# --- the README's examples paste and run ----------------------------------------------------------
+
+
+def readme_section() -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("### Open Inference Protocol over gRPC")
+    ends = [i for i in (readme.find("\n### ", start + 1), readme.find("\n## ", start + 1)) if i > 0]
+    return readme[start : min(ends)]
+
+
+async def test_readme_examples_give_the_answers_shown() -> None:
+    section = readme_section()
+    (python,) = re.findall(r"```python\n(.+?)\n```", section, re.S)
+    (shown_text,) = re.findall(r"```text\n(.+?)\n```", section, re.S)
+    grpcurl = re.search(r"-d '(\{\"model_name\".+?)' \\\n", section, re.S)
+    assert grpcurl is not None and "| jq -r '.outputs[0].contents.bytesContents[] | @base64d'" in section
+    cat = base64.b64encode((ROOT / "examples" / "images" / "cat.jpg").read_bytes()).decode()
+    body = grpcurl.group(1).replace("'\"$(base64 -w0 examples/images/cat.jpg)\"'", cat)
+    async with running_server(http_port=0) as server:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            response = await stub.ModelInfer(json_format.Parse(body, service_pb2.ModelInferRequest()))
+        # grpcurl prints bytes as base64; jq's @base64d turns each element back into its text.
+        assert [e.decode() for e in response.outputs[0].contents.bytes_contents] == shown_text.splitlines()
+
+        code = python.replace("127.0.0.1:50051", f"127.0.0.1:{server.port}")
+        output = io.StringIO()
+
+        def run() -> None:
+            cwd = os.getcwd()
+            os.chdir(ROOT)
+            try:
+                with contextlib.redirect_stdout(output):
+                    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+            finally:
+                os.chdir(cwd)
+
+        await asyncio.to_thread(run)
+    printed = re.sub(r"\n\s+", " ", output.getvalue()).splitlines()  # numpy wraps long rows
+    comments = [line[2:] for line in python.splitlines() if line.startswith("# ")]
+    assert printed == comments

@@ -107,18 +107,23 @@ def request_from_pb(request: pb.ModelInferRequest) -> InferRequest:
     )
 
 
-def response_to_pb(response: InferResponse) -> pb.ModelInferResponse:
-    """Outputs in raw_output_contents, as Triton answers (tritonclient reads either form)."""
-    return pb.ModelInferResponse(
-        model_name=response.model_name,
-        model_version=response.model_version,
-        id=response.id,
-        outputs=[
-            pb.ModelInferResponse.InferOutputTensor(name=o.name, datatype=o.datatype, shape=list(o.shape))
-            for o in response.outputs
-        ],
-        raw_output_contents=[o.raw_bytes() for o in response.outputs],
+def response_to_pb(response: InferResponse, *, typed: bool = False) -> pb.ModelInferResponse:
+    """Outputs in raw_output_contents, as Triton answers; in typed contents when asked (``typed``: the request
+    came in typed contents, e.g. from grpcurl) and every output has a typed field (FP32, BYTES; not FP16).
+    """
+    message = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
     )
+    typed = typed and all(o.datatype in ("FP32", "BYTES") for o in response.outputs)
+    for output in response.outputs:
+        tensor = message.outputs.add(name=output.name, datatype=output.datatype, shape=list(output.shape))
+        if not typed:
+            message.raw_output_contents.append(output.raw_bytes())
+        elif isinstance(output.data, list):
+            tensor.contents.bytes_contents.extend(output.data)
+        else:
+            tensor.contents.fp32_contents.extend(output.data.reshape(-1).tolist())
+    return message
 
 
 class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -193,7 +198,7 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         with self._engine.observe(PROTOCOL, "ModelInfer", model, request.id, len(request.inputs)) as call:
             converted = request_from_pb(request)
             response = await self._core.infer(converted, deadline=deadline_of(context), call=call)
-        return response_to_pb(response)
+        return response_to_pb(response, typed=not request.raw_input_contents)
 
     @translate_stream
     async def ModelStreamInfer(
@@ -252,7 +257,8 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             with self._engine.observe(PROTOCOL, "ModelStreamInfer", model, request.id, len(request.inputs)) as call:
                 response = await self._core.infer(request_from_pb(request), call=call)
-            return pb.ModelStreamInferResponse(infer_response=response_to_pb(response))
+            typed = not request.raw_input_contents
+            return pb.ModelStreamInferResponse(infer_response=response_to_pb(response, typed=typed))
         except Exception as exc:
             _code, message = status_of(exc)  # a bug is logged here and answered with its type only
             return pb.ModelStreamInferResponse(
