@@ -123,9 +123,11 @@ SERVE_FLAGS: tuple[SettingFlag, ...] = (
     SettingFlag(
         ("--memory-budget",),
         "memory_budget_bytes",
-        "bytes the queued and in-flight inputs may hold before new calls get RESOURCE_EXHAUSTED",
+        "bytes of work in flight (payloads, decoded pixels, model inputs); past it, new work gets "
+        "RESOURCE_EXHAUSTED at once",
         metavar="BYTES",
         parse=str,
+        default_text="40%% of the container memory limit, else 768 MiB",
     ),
     SettingFlag(("--preprocess-threads",), "preprocess_threads", "decode/preprocess threads (0 = one per CPU)"),
     SettingFlag(("--jpeg-draft",), "jpeg_draft", JPEG_DRAFT_HELP),
@@ -138,6 +140,18 @@ SERVE_FLAGS: tuple[SettingFlag, ...] = (
         dest="jpeg_draft",
     ),
     SettingFlag(("--stream-max-in-flight",), "stream_max_in_flight", "frames in flight per ClassifyStream"),
+    SettingFlag(
+        ("--message-timeout",),
+        "message_timeout_s",
+        "seconds a request message may take to arrive once the server starts receiving it",
+        metavar="SECONDS",
+    ),
+    SettingFlag(("--max-streams",), "max_streams", "streams open at once, all connections together"),
+    SettingFlag(
+        ("--max-calls-per-connection",),
+        "max_calls_per_connection",
+        "calls at once on one HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS)",
+    ),
     SettingFlag(("--grace-period",), "grace_period_s", "seconds to finish work on shutdown", metavar="SECONDS"),
     SettingFlag(
         ("--max-connection-age-s",),

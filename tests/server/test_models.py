@@ -24,7 +24,7 @@ import onnxruntime as ort
 import pytest
 import yaml
 from google.protobuf import json_format
-from imgcls.server.domain.errors import ConfigError, ModelLoadError
+from imgcls.server.domain.errors import ConfigError, ModelLoadError, StartupError
 from imgcls.server.images.preprocessing import compile_preprocessor
 from imgcls.server.server import start_server
 from imgcls.server.settings import load_settings
@@ -98,7 +98,7 @@ async def test_open_nsfw_model_info(open_nsfw_spec: Path) -> None:
     assert info.input_name == "input:0"
     assert info.input_dtype == pb.DATA_TYPE_FLOAT32
     assert info.variant == ""
-    assert info.source == str(open_nsfw_spec)
+    assert info.source == open_nsfw_spec.name  # the spec file's name, never its path
     preprocessing = json_format.MessageToDict(info.preprocessing)
     assert preprocessing["channel_order"] == "BGR"
     assert preprocessing["size"] == {"height": 256, "width": 256}
@@ -169,7 +169,7 @@ async def test_missing_variant_fails_at_start(dtype: str) -> None:
     with pytest.raises(ModelLoadError) as exc:
         async with running_server(models=[{"name": "effnet", "source": str(EFFICIENTNET), "dtype": dtype}]):
             pass
-    assert exc.value.status_code == grpc.StatusCode.FAILED_PRECONDITION
+    assert isinstance(exc.value, StartupError)  # never answered to a caller: no status
     assert f"no {dtype} variant" in exc.value.message
     assert "fp32, fp16, q8, int8" in exc.value.message
 
@@ -178,7 +178,7 @@ async def test_unknown_dtype_fails_in_settings() -> None:
     with pytest.raises(ConfigError) as exc:
         async with running_server(models=[{"name": "effnet", "source": str(EFFICIENTNET), "dtype": "fp64"}]):
             pass
-    assert exc.value.status_code == grpc.StatusCode.INVALID_ARGUMENT
+    assert isinstance(exc.value, StartupError)  # never answered to a caller: no status
     assert "dtype" in exc.value.message and "fp64" in exc.value.message
 
 
@@ -268,14 +268,16 @@ async def test_concurrent_requests_to_both_models(open_nsfw_spec: Path) -> None:
 
 
 async def test_example_config_serves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # examples/imgcls.toml, started from a folder laid out as its comments describe.
+    # examples/imgcls.toml in a folder laid out as its comments describe, started from elsewhere:
+    # relative sources resolve against the config file's folder, not the working directory.
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "efficientnet-lite0").symlink_to(EFFICIENTNET)
     (tmp_path / "models" / "open-nsfw").mkdir()
     shutil.copy(EXAMPLE_SPEC, tmp_path / "models" / "open-nsfw" / "open-nsfw.yaml")
     (tmp_path / "models" / "open-nsfw" / "model.onnx").symlink_to(OPEN_NSFW / "model.onnx")
-    monkeypatch.chdir(tmp_path)
-    settings = load_settings({"host": "127.0.0.1", "port": 0}, config_file=EXAMPLE_CONFIG, environ={})
+    shutil.copy(EXAMPLE_CONFIG, tmp_path / "imgcls.toml")
+    monkeypatch.chdir(tmp_path / "models")
+    settings = load_settings({"host": "127.0.0.1", "port": 0}, config_file=tmp_path / "imgcls.toml", environ={})
     server = await start_server(settings)
     try:
         async with connect(server) as stub:
@@ -487,7 +489,7 @@ async def start_error(models: list[dict[str, Any]]) -> ModelLoadError:
     with pytest.raises(ModelLoadError) as exc:
         async with running_server(models=models):
             pass
-    assert exc.value.status_code == grpc.StatusCode.FAILED_PRECONDITION
+    assert isinstance(exc.value, StartupError)  # never answered to a caller: no status
     return exc.value
 
 

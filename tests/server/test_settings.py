@@ -11,12 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-import grpc
 import pytest
 from imgcls import cli
-from imgcls.server.domain.errors import ConfigError
+from imgcls.server.domain.errors import ConfigError, StartupError
+from imgcls.server.grpc.door import server_options
 from imgcls.server.runtime.onnx import RuntimeOptions
-from imgcls.server.server import server_options
 from imgcls.server.settings import (
     DEFAULT_MODEL_NAME,
     BatchingSettings,
@@ -39,7 +38,7 @@ def write_toml(tmp_path: Path, text: str) -> Path:
 
 
 def assert_config_error(exc: pytest.ExceptionInfo[ConfigError], *fragments: str) -> None:
-    assert exc.value.status_code == grpc.StatusCode.INVALID_ARGUMENT
+    assert isinstance(exc.value, StartupError)  # never answered to a caller: no status
     for fragment in fragments:
         assert fragment in exc.value.message
 
@@ -381,8 +380,16 @@ SETTABLE: dict[str, tuple[list[str], dict[str, str] | None, Any]] = {
     "max_image_pixels": (["--max-image-pixels", "100"], {"IMGCLS_MAX_IMAGE_PIXELS": "100"}, 100),
     "max_tensor_elements": (["--max-tensor-elements", "1000"], {"IMGCLS_MAX_TENSOR_ELEMENTS": "1000"}, 1000),
     "preprocess_threads": (["--preprocess-threads", "2"], {"IMGCLS_PREPROCESS_THREADS": "2"}, 2),
-    "jpeg_draft": (["--no-jpeg-draft"], {"IMGCLS_JPEG_DRAFT": "false"}, False),
+    "jpeg_draft": (["--jpeg-draft", "fast"], {"IMGCLS_JPEG_DRAFT": "fast"}, "fast"),
     "stream_max_in_flight": (["--stream-max-in-flight", "4"], {"IMGCLS_STREAM_MAX_IN_FLIGHT": "4"}, 4),
+    "memory_budget_bytes": (["--memory-budget", "123456789"], {"IMGCLS_MEMORY_BUDGET_BYTES": "123456789"}, 123456789),
+    "message_timeout_s": (["--message-timeout", "2.5"], {"IMGCLS_MESSAGE_TIMEOUT_S": "2.5"}, 2.5),
+    "max_streams": (["--max-streams", "9"], {"IMGCLS_MAX_STREAMS": "9"}, 9),
+    "max_calls_per_connection": (
+        ["--max-calls-per-connection", "7"],
+        {"IMGCLS_MAX_CALLS_PER_CONNECTION": "7"},
+        7,
+    ),
     "grace_period_s": (["--grace-period", "2.5"], {"IMGCLS_GRACE_PERIOD_S": "2.5"}, 2.5),
     "max_connection_age_s": (["--max-connection-age-s", "30"], {"IMGCLS_MAX_CONNECTION_AGE_S": "30"}, 30.0),
     "max_connection_age_grace_s": (
@@ -391,6 +398,7 @@ SETTABLE: dict[str, tuple[list[str], dict[str, str] | None, Any]] = {
         5.0,
     ),
     "metrics_port": (["--metrics-port", "9091"], {"IMGCLS_METRICS_PORT": "9091"}, 9091),
+    "http_port": (["--http-port", "8081"], {"IMGCLS_HTTP_PORT": "8081"}, 8081),
     "tls.cert_file": (
         ["--tls-cert", "c.pem", "--tls-key", "k.pem"],
         {"IMGCLS_TLS__CERT_FILE": "c.pem", "IMGCLS_TLS__KEY_FILE": "k.pem"},

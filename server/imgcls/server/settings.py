@@ -131,6 +131,15 @@ class ServerSettings(_Frozen):
     # faster and moves them more, "off" is exact (README, "JPEG draft decoding").
     jpeg_draft: JpegDraft = DEFAULT_JPEG_DRAFT
     stream_max_in_flight: int = Field(default=8, ge=1, le=1024)
+    # Bytes of work in flight (payloads, decoded pixels, model inputs) from admission to answer; past
+    # it new work is refused RESOURCE_EXHAUSTED at once. None: 40% of the container's memory limit,
+    # or 768 MiB without one (with every other default, RSS stays under 2 GiB whatever callers do).
+    memory_budget_bytes: int | None = Field(default=None, ge=16 * 1024 * 1024)
+    # How long one request message may take to arrive once the server starts receiving it.
+    message_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    # Streams open at once (all connections) and calls at once on one HTTP/2 connection.
+    max_streams: int = Field(default=256, ge=1, le=100_000)
+    max_calls_per_connection: int = Field(default=64, ge=1, le=100_000)
     grace_period_s: float = Field(default=10.0, ge=0)
     # A connection older than this is sent a GOAWAY (gRPC adds +-10 % jitter), so its client reconnects and
     # re-resolves its dns:/// target: behind a headless Service that is how long-lived clients find the
@@ -181,6 +190,14 @@ class ServerSettings(_Frozen):
         if self.models:
             return self.models
         return (ModelSettings(name=DEFAULT_MODEL_NAME, source=str(EMBEDDED_MODEL_DIR), dtype="fp32"),)
+
+    @property
+    def resolved_memory_budget(self) -> int:
+        """memory_budget_bytes, or its default from the container's memory limit (see the field)."""
+        if self.memory_budget_bytes is not None:
+            return self.memory_budget_bytes
+        limit = cpus.memory_limit_bytes()
+        return int(limit * 0.4) if limit is not None else 768 * 1024 * 1024
 
     @property
     def default_model_name(self) -> str:

@@ -13,16 +13,26 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
-from imgcls.server.domain.errors import ModelLoadError, ModelNotFoundError, UnavailableError, kind_of
+from imgcls.server.domain.errors import (
+    InvalidInputError,
+    ModelLoadError,
+    ModelNotFoundError,
+    OverloadedError,
+    UnavailableError,
+    kind_of,
+)
 from imgcls.server.domain.types import ClassifyRequest, Ranking
+from imgcls.server.engine.admission import ReadGate
 from imgcls.server.engine.backend import Backend
+from imgcls.server.engine.budget import MemoryBudget
 from imgcls.server.engine.description import ModelDescription, ModelStats
 from imgcls.server.engine.model import ModelLimits, ServedModel
 from imgcls.server.engine.observation import ReadinessListener, RequestListener, RequestRecord, log_request
+from imgcls.server.engine.pool import PriorityPool
 from imgcls.server.engine.streams import FrameResult, FrameStream
 from imgcls.server.images.decoding import brief
 from imgcls.server.runtime.cpus import available_cpus
@@ -36,6 +46,13 @@ log = logging.getLogger(__name__)
 BackendFactory = Callable[[ModelFiles, RuntimeOptions], Backend]
 
 UNKNOWN_MODEL = "_unknown"
+
+# Caller-chosen strings are capped: they are echoed in answers and logged (never echoed when refused).
+MAX_REQUEST_ID_CHARS = 256
+
+# Bytes a message being received may hold, per slot of the read gate, as a share of the memory budget:
+# the number of messages received at once is the budget over this many maximum-size messages.
+_READ_SLOT_SHARE = 4
 
 
 def onnx_backend(files: ModelFiles, options: RuntimeOptions) -> Backend:
@@ -52,6 +69,7 @@ class Call:
     request_id: str = ""
     inputs: int = 0
     results: int = 0
+    owner: str = ""  # who the work is charged to (a connection), for fair shares of the budget
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -70,11 +88,16 @@ class Scored:
 class Engine:
     """Owns the models, the preprocessing pool, admission, readiness and observation."""
 
-    def __init__(self, settings: ServerSettings, models: Iterable[ServedModel], pool: ThreadPoolExecutor) -> None:
+    def __init__(self, settings: ServerSettings, models: Iterable[ServedModel], pool: Executor) -> None:
         self.settings = settings
         self.models: dict[str, ServedModel] = {m.name: m for m in models}
         self.default_model = settings.default_model_name
         self._pool = pool
+        self.budget = MemoryBudget(settings.resolved_memory_budget)
+        slots = max(2, self.budget.limit // (_READ_SLOT_SHARE * settings.max_message_bytes))
+        self.read_gate = ReadGate(
+            slots, per_owner=max(1, slots // 2), max_waiting=4 * settings.max_streams, max_waiting_per_owner=128
+        )
         self._accepting = True
         self._loop: asyncio.AbstractEventLoop | None = None
         # When the last request arrived: shutdown waits for arrivals to go quiet (see server.py).
@@ -89,8 +112,7 @@ class Engine:
     def load(cls, settings: ServerSettings, backend_factory: BackendFactory | None = None) -> Engine:
         """Load every configured model (downloading hub models first); ModelLoadError names the one that failed."""
         make_backend = backend_factory or onnx_backend
-        workers = settings.preprocess_threads or available_cpus()
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
+        pool = preprocess_pool(settings)
         limits = ModelLimits(
             max_inputs_per_request=settings.max_inputs_per_request,
             max_image_pixels=settings.max_image_pixels,
@@ -106,6 +128,7 @@ class Engine:
                     files = resolve_model_files(
                         model.source,
                         model.dtype,
+                        config_file=model.config_file,
                         hf_token=settings.hf_token,
                         cache_dir=settings.cache_dir,
                         prefer_gpu=any(is_gpu_provider(p) for p in runtime.providers),
@@ -230,12 +253,15 @@ class Engine:
 
     # -- the request lifecycle -------------------------------------------------------
     @contextlib.contextmanager
-    def observe(self, protocol: str, method: str, model: str, request_id: str = "", inputs: int = 0) -> Iterator[Call]:
+    def observe(
+        self, protocol: str, method: str, model: str, request_id: str = "", inputs: int = 0, *, owner: str = ""
+    ) -> Iterator[Call]:
         """Admit one request and record how it was answered (listeners), whatever the outcome."""
-        call = Call(protocol, method, self.model_label(model), request_id, inputs)
+        call = Call(protocol, method, self.model_label(model), request_id[:MAX_REQUEST_ID_CHARS], inputs, owner=owner)
         outcome = None
         try:
             self.admit()
+            check_request_id(request_id)
             yield call
         except BaseException as exc:
             outcome = kind_of(exc)
@@ -276,7 +302,10 @@ class Engine:
 
     async def _classify(self, request: ClassifyRequest, deadline: float | None, call: Call) -> Classified:
         model = self.get(request.model)
-        rankings = await model.classify(request.inputs, request.options, request.preprocessor_overrides, deadline)
+        with self.budget.lease(model.request_bytes(request.inputs), call.owner) as lease:
+            rankings = await model.classify(
+                request.inputs, request.options, request.preprocessor_overrides, deadline, lease=lease
+            )
         call.results = len(rankings)
         return Classified(model.name, rankings)
 
@@ -291,20 +320,28 @@ class Engine:
 
     async def _score(self, request: ClassifyRequest, deadline: float | None, call: Call) -> Scored:
         model = self.get(request.model)
-        outputs = await model.run(request.inputs, request.preprocessor_overrides, deadline, options=request.options)
+        with self.budget.lease(model.request_bytes(request.inputs), call.owner) as lease:
+            outputs = await model.run(
+                request.inputs, request.preprocessor_overrides, deadline, options=request.options, lease=lease
+            )
         call.results = len(outputs)
         return Scored(model.name, outputs)
 
     @contextlib.asynccontextmanager
-    async def open_stream(self, protocol: str = "engine", method: str = "ClassifyStream") -> AsyncIterator[FrameStream]:
-        """Admit a stream; its frames are observed one by one as they are answered."""
+    async def open_stream(
+        self, protocol: str = "engine", method: str = "ClassifyStream", *, owner: str = ""
+    ) -> AsyncIterator[FrameStream]:
+        """Admit a stream; its frames are observed one by one as they are answered, each with its own lease."""
         self.admit()
+        if self.active_streams >= self.settings.max_streams:
+            raise OverloadedError(f"server busy: {self.active_streams} streams open (limit); retry later")
         self.active_streams += 1
         try:
             yield FrameStream(
                 self,
                 self.settings.stream_max_in_flight,
                 on_result=lambda result, inputs: self._observe_frame(protocol, method, result, inputs),
+                owner=owner,
             )
         finally:
             self.active_streams -= 1
@@ -324,3 +361,15 @@ class Engine:
                 skipped=result.skipped,
             )
         )
+
+
+def check_request_id(request_id: str) -> None:
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        # Never echoed: a huge id must not come back in the answer or the log.
+        raise InvalidInputError(f"request_id: {len(request_id)} characters, over the limit of {MAX_REQUEST_ID_CHARS}")
+
+
+def preprocess_pool(settings: ServerSettings) -> PriorityPool:
+    """The decode/preprocess threads, one per usable CPU unless set; its queue as long as a model's."""
+    workers = settings.preprocess_threads or available_cpus()
+    return PriorityPool(workers, queue_limit=settings.batching.queue_limit)

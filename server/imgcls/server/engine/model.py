@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -15,15 +16,20 @@ from typing import Any
 import numpy as np
 from imgcls.server.domain.errors import InvalidInputError, ModelLoadError
 from imgcls.server.domain.types import (
+    Base64Image,
     ClassifyOptions,
+    EncodedImage,
     FunctionToApply,
     ImageInput,
     Ranking,
+    RawImage,
     TensorInput,
 )
 from imgcls.server.engine.backend import Backend
 from imgcls.server.engine.batcher import BatchListener, CrashListener, DynamicBatcher
+from imgcls.server.engine.budget import Lease
 from imgcls.server.engine.description import BatchingDescription, ModelDescription, ModelStats, public_source
+from imgcls.server.engine.pool import PriorityPool
 from imgcls.server.images import decoding
 from imgcls.server.images.postprocessing import default_function, rank, validate_options
 from imgcls.server.images.preprocessing import (
@@ -150,6 +156,25 @@ class ServedModel:
         )
 
     @property
+    def sample_bytes(self) -> int:
+        """Bytes of one model input sample (a dynamic size counted at the largest input allowed)."""
+        shape = self.backend.graph.sample_shape
+        known = math.prod(d for d in shape if d)
+        unknown = [d for d in shape if not d]
+        if len(unknown) >= 2:  # height and width: up to MAX_MODEL_INPUT_PIXELS
+            known *= MAX_MODEL_INPUT_PIXELS
+        elif unknown:
+            known *= MAX_OVERRIDE_SIDE
+        return known * self.backend.graph.input_dtype.itemsize
+
+    def request_bytes(self, inputs: Sequence[ImageInput]) -> int:
+        """What a request holds from admission to answer, before decoding: its payload as received and as
+        converted (two copies), and a model input per result."""
+        payload = sum(input_bytes(item) for item in inputs)
+        results = sum(_rows(item, len(self.backend.graph.sample_shape)) for item in inputs)
+        return 2 * payload + results * self.sample_bytes
+
+    @property
     def queue_depth(self) -> int:
         return self.batcher.queue_depth
 
@@ -226,9 +251,10 @@ class ServedModel:
         options: ClassifyOptions,
         overrides: dict[str, Any] | None = None,
         deadline: float | None = None,
+        lease: Lease | None = None,
     ) -> list[Ranking]:
         """One ranking per result (a tensor input with batch N gives N), in input order."""
-        outputs = await self.run(inputs, overrides, deadline, options=options)
+        outputs = await self.run(inputs, overrides, deadline, options=options, lease=lease)
         return rank(outputs, self.labels, options, self.default_function)
 
     async def run(
@@ -238,27 +264,41 @@ class ServedModel:
         deadline: float | None = None,
         *,
         options: ClassifyOptions | None = None,
+        lease: Lease | None = None,
     ) -> np.ndarray:
-        """The model's raw outputs, one row per result (N, classes), in input order."""
+        """The model's raw outputs, one row per result (N, classes), in input order.
+
+        lease: the request's share of the memory budget; decoding grows it while pixels are held.
+        """
         self.request_stats.requests += 1
         try:
             self.check_request(inputs, options or ClassifyOptions())
-            samples = await self.prepare(inputs, overrides or {})
+            samples = await self.prepare(inputs, overrides or {}, lease)
             return await self.infer(samples, deadline)
         except BaseException:
             self.request_stats.failed_requests += 1
             raise
 
-    async def prepare(self, inputs: Sequence[ImageInput], overrides: dict[str, Any]) -> list[np.ndarray]:
-        """Decode and preprocess: images on the thread pool, tensors inline (zero-copy views)."""
+    async def prepare(
+        self, inputs: Sequence[ImageInput], overrides: dict[str, Any], lease: Lease | None = None
+    ) -> list[np.ndarray]:
+        """Decode and preprocess: images on the thread pool (cheapest first), tensors inline (zero-copy views)."""
         preprocessor = self.preprocessor_for(overrides)
-        loop = asyncio.get_running_loop()
+        images = sum(1 for item in inputs if not isinstance(item, TensorInput))
+        if images and isinstance(self._pool, PriorityPool):
+            self._pool.reserve(images)  # the pool's queue is bounded: refused before anything is decoded
         tasks: list[Any] = []
         for index, item in enumerate(inputs):
             if isinstance(item, TensorInput):
                 tasks.append(self._tensor_samples(index, item))
+            elif isinstance(self._pool, PriorityPool):
+                job = self._pool.submit_with_cost(
+                    input_bytes(item), self._image_sample, index, item, preprocessor, lease
+                )
+                tasks.append(asyncio.wrap_future(job))
             else:
-                tasks.append(loop.run_in_executor(self._pool, self._image_sample, index, item, preprocessor))
+                job = self._pool.submit(self._image_sample, index, item, preprocessor, lease)
+                tasks.append(asyncio.wrap_future(job))
         results = tasks if all(isinstance(t, list) for t in tasks) else await _gather_all(tasks)
         total = sum(len(r) for r in results)
         if total > self.limits.max_inputs_per_request:
@@ -280,9 +320,17 @@ class ServedModel:
             raise InvalidInputError(f"inputs[{index}]: {exc.message}") from None
         return list(array)
 
-    def _image_sample(self, index: int, item: ImageInput, preprocessor: Preprocessor) -> list[np.ndarray]:
+    def _image_sample(
+        self, index: int, item: ImageInput, preprocessor: Preprocessor, lease: Lease | None = None
+    ) -> list[np.ndarray]:
+        decoded = 0
         try:
             image = decoding.to_pil(item, max_pixels=self.limits.max_image_pixels)  # type: ignore[arg-type]
+            if lease is not None:
+                # The header is read, nothing decoded yet: what decoding (and one converted copy) may hold,
+                # as RGB at full size (a JPEG drafted smaller holds less).
+                decoded = image.width * image.height * 3 * 2
+                lease.grow(decoded)
             image = preprocessor.prepare_image(image)
             self._check_image_size(image)
             return [preprocessor.to_array(image)]
@@ -292,6 +340,9 @@ class ServedModel:
             raise InvalidInputError(
                 f"inputs[{index}]: image data is truncated or corrupt ({decoding.short_cause(exc)})"
             ) from None
+        finally:
+            if lease is not None:
+                lease.shrink(decoded)
 
     def _check_image_size(self, image: Image.Image) -> None:
         """Refuse an image the graph cannot take, before it is converted or queued.
@@ -323,6 +374,21 @@ class ServedModel:
             for future in futures:
                 future.cancel()  # no-op when done; frees queued work when the caller gives up
         return np.stack(rows)
+
+
+def input_bytes(item: ImageInput) -> int:
+    """The bytes an input carries as received."""
+    if isinstance(item, EncodedImage | RawImage):
+        return len(item.data)
+    if isinstance(item, Base64Image):
+        return len(item.text)
+    return len(item.raw_data) + 8 * len(item.float_data)  # a float list: 8-byte Python floats at least
+
+
+def _rows(item: ImageInput, rank: int) -> int:
+    if isinstance(item, TensorInput):
+        return item.dims[0] if len(item.dims) == rank + 1 and item.dims[0] > 0 else 1
+    return 1
 
 
 async def _gather_all(aws: Sequence[Any]) -> list[Any]:

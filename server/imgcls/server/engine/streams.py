@@ -19,10 +19,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from imgcls.server.domain.errors import InferenceError, InvalidInputError, RequestError
+from imgcls.server.domain.errors import InferenceError, InvalidInputError, OverloadedError, RequestError
 from imgcls.server.domain.types import ClassifyOptions, ImageInput, Ranking
 
 if TYPE_CHECKING:
+    from imgcls.server.engine.budget import Lease
     from imgcls.server.engine.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,18 @@ class _Defaults:
     drop_stale: bool
 
 
+@dataclass(slots=True)
+class _Job:
+    """A frame read and charged to the budget, running or waiting to run."""
+
+    frame: StreamFrame
+    future: asyncio.Future[FrameResult]
+    model: str
+    options: ClassifyOptions
+    overrides: dict[str, Any]
+    lease: Lease
+
+
 class _EndOfStream:
     pass
 
@@ -75,9 +88,11 @@ class FrameStream:
         engine: Engine,
         max_in_flight: int,
         on_result: Callable[[FrameResult, int], None] | None = None,
+        owner: str = "",
     ) -> None:
         self._engine = engine
         self._on_result = on_result
+        self._owner = owner  # whose share of the memory budget the frames are charged to
         self._max_in_flight = max_in_flight
         self._defaults: _Defaults | None = None
         self._fifo: asyncio.Queue[asyncio.Future[FrameResult] | BaseException | _EndOfStream] = asyncio.Queue()
@@ -85,8 +100,7 @@ class FrameStream:
         self._unanswered = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = 0
-        self._waiting: tuple[StreamFrame, asyncio.Future[FrameResult], str, ClassifyOptions, dict[str, Any]] | None
-        self._waiting = None
+        self._waiting: _Job | None = None
         self._closed = False
 
     async def run(self, frames: AsyncIterator[StreamFrame]) -> AsyncIterator[FrameResult]:
@@ -105,6 +119,9 @@ class FrameStream:
                 self._unanswered.release()
         finally:
             self._closed = True  # a frame task finishing from here on must not start a waiting frame
+            if self._waiting is not None:
+                self._waiting.lease.release()
+                self._waiting = None
             reader.cancel()
             for task in list(self._tasks):
                 task.cancel()
@@ -136,16 +153,26 @@ class FrameStream:
                 await self._unanswered.acquire()
                 future: asyncio.Future[FrameResult] = asyncio.get_running_loop().create_future()
                 await self._fifo.put(future)
+                try:
+                    # Held from here until the frame is answered: read frames count, not only running ones.
+                    lease = self._engine.budget.lease(self._engine.get(model).request_bytes(frame.inputs), self._owner)
+                except OverloadedError as exc:
+                    future.set_result(FrameResult(frame.request_id, model, error=exc, inputs=len(frame.inputs)))
+                    continue
+                job = _Job(frame, future, model, options, overrides, lease)
                 assert self._defaults is not None
                 if not self._defaults.drop_stale or self._running < self._max_in_flight:
-                    self._start(frame, future, model, options, overrides)
+                    self._start(job)
                 else:
                     if self._waiting is not None:
                         stale = self._waiting
-                        inputs = len(stale[0].inputs)
-                        stale[1].set_result(FrameResult(stale[0].request_id, stale[2], skipped=True, inputs=inputs))
-                        self._engine.get(stale[2]).count_dropped(inputs)
-                    self._waiting = (frame, future, model, options, overrides)
+                        inputs = len(stale.frame.inputs)
+                        stale.lease.release()
+                        stale.future.set_result(
+                            FrameResult(stale.frame.request_id, stale.model, skipped=True, inputs=inputs)
+                        )
+                        self._engine.get(stale.model).count_dropped(inputs)
+                    self._waiting = job
             while self._tasks:
                 await asyncio.wait(set(self._tasks))
             await self._fifo.put(_END)
@@ -154,16 +181,9 @@ class FrameStream:
         except BaseException as exc:  # stream-level failure: answered after the frames before it
             await self._fifo.put(exc)
 
-    def _start(
-        self,
-        frame: StreamFrame,
-        future: asyncio.Future[FrameResult],
-        model: str,
-        options: ClassifyOptions,
-        overrides: dict[str, Any],
-    ) -> None:
+    def _start(self, job: _Job) -> None:
         self._running += 1
-        task = asyncio.create_task(self._classify(frame, future, model, options, overrides))
+        task = asyncio.create_task(self._classify(job))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
 
@@ -172,23 +192,17 @@ class FrameStream:
         self._running -= 1
         if self._waiting is not None and not task.cancelled() and not self._closed:
             waiting, self._waiting = self._waiting, None
-            self._start(*waiting)
+            self._start(waiting)
 
-    async def _classify(
-        self,
-        frame: StreamFrame,
-        future: asyncio.Future[FrameResult],
-        model_name: str,
-        options: ClassifyOptions,
-        overrides: dict[str, Any],
-    ) -> None:
-        result = FrameResult(frame.request_id, model_name, inputs=len(frame.inputs))
+    async def _classify(self, job: _Job) -> None:
+        frame, future = job.frame, job.future
+        result = FrameResult(frame.request_id, job.model, inputs=len(frame.inputs))
         started = time.perf_counter()
         try:
             if frame.error is not None:
                 raise frame.error
-            model = self._engine.get(model_name)
-            result.rankings = await model.classify(frame.inputs, options, overrides)
+            model = self._engine.get(job.model)
+            result.rankings = await model.classify(frame.inputs, job.options, job.overrides, lease=job.lease)
         except RequestError as exc:
             result.error = exc
         except asyncio.CancelledError:
@@ -197,6 +211,8 @@ class FrameStream:
             log.exception("stream frame %r failed unexpectedly", frame.request_id)
             # As the unary path answers: the type only; the details are in the log, not sent to callers.
             result.error = InferenceError(f"internal error: {type(exc).__name__}")
+        finally:
+            job.lease.release()
         result.seconds = time.perf_counter() - started
         if not future.done():
             future.set_result(result)

@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from imgcls.server.engine.engine import Engine
 from imgcls.server.grpc.auth import BearerTokenInterceptor, server_credentials
+from imgcls.server.grpc.reads import BoundedReadInterceptor
 from imgcls.server.grpc.servicer import ImageClassifierServicer
 from imgcls.server.grpc.v2_servicer import SERVICE_NAME as V2_SERVICE_NAME
 from imgcls.server.grpc.v2_servicer import OpenInferenceServicer
@@ -29,6 +30,11 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
+        # Calls at once on one HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+        ("grpc.max_concurrent_streams", settings.max_calls_per_connection),
+        # No window growth by bandwidth probing: a call's message is pulled in only when the server
+        # asks for it (after admission, see reads.py), so calls waiting for admission hold ~nothing.
+        ("grpc.http2.bdp_probe", 0),
     ]
     if settings.max_connection_age_s is not None:
         # At least 1 ms: gRPC reads 0 as "close at once".
@@ -48,9 +54,15 @@ class GrpcFrontDoor:
         self._settings = settings
         # Read the TLS files first: a bad path fails before the server binds.
         self._credentials = server_credentials(settings.tls) if settings.tls is not None else None
-        interceptors = []
+        interceptors: list[grpc.aio.ServerInterceptor] = []
         if settings.auth_tokens:
+            # First: a call without a valid token is refused before its message is read at all.
             interceptors.append(BearerTokenInterceptor(settings.auth_tokens, open_health=settings.auth_open_health))
+        interceptors.append(
+            BoundedReadInterceptor(
+                engine, max_message_bytes=settings.max_message_bytes, message_timeout_s=settings.message_timeout_s
+            )
+        )
         self.server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
         self.servicer = ImageClassifierServicer(engine)
         pb_grpc.add_ImageClassifierServiceServicer_to_server(self.servicer, self.server)

@@ -28,7 +28,9 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
 
     @translate_unary
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
-        with self._engine.observe(PROTOCOL, "Classify", request.model, request.request_id, len(request.inputs)) as call:
+        with self._engine.observe(
+            PROTOCOL, "Classify", request.model, request.request_id, len(request.inputs), owner=context.peer() or ""
+        ) as call:
             domain = converters.request_from_pb(request)
             answer = await self._engine.classify(domain, deadline=deadline_of(context), call=call)
         return converters.response_to_pb(request.request_id, answer.model, answer.rankings)
@@ -39,7 +41,7 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
         request_iterator: AsyncIterator[pb.ClassifyStreamRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ClassifyStreamResponse]:
-        async with self._engine.open_stream(PROTOCOL) as stream:
+        async with self._engine.open_stream(PROTOCOL, owner=context.peer() or "") as stream:
             # Headers at once: the client waits for them before sending frames (see AsyncClient).
             await context.send_initial_metadata(())
             async for result in stream.run(_frames(request_iterator)):

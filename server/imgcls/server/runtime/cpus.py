@@ -38,3 +38,26 @@ def available_cpus() -> int:
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     limit = cgroup_cpu_limit()
     return max(1, min(count, limit) if limit else count)
+
+
+CGROUP_V2_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
+CGROUP_V1_MEMORY_LIMIT = Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+# cgroup v1 reports "no limit" as a huge number (the page-rounded max of a signed 64-bit integer).
+_NO_LIMIT = 1 << 60
+
+
+def memory_limit_bytes(v2: Path = CGROUP_V2_MEMORY_MAX, v1: Path = CGROUP_V1_MEMORY_LIMIT) -> int | None:
+    """The container's memory limit, or None where there is none (or it cannot be read)."""
+    for path in (v2, v1):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text == "max":
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            continue
+        return value if 0 < value < _NO_LIMIT else None
+    return None

@@ -1,0 +1,177 @@
+"""Bounded reads: every gRPC request message is received through the engine's admission, then parsed here.
+
+grpc.aio would receive and parse a unary call's message before any handler or check runs, so a flood
+of large (or slowly sent) messages would sit in memory uncounted. This interceptor gives every method a
+handler that reads its messages as raw bytes itself:
+
+- a unary message is received only once the engine's read gate gives the call a slot (fair across
+  connections); until then its bytes stay with the sender (HTTP/2 flow control; the server's
+  BDP probing is off so nothing is pulled in ahead of time);
+- it must arrive within message_timeout_s, and be no larger than the method allows (image methods:
+  the message limit; everything else, e.g. health, reflection, model metadata: SMALL_MESSAGE_BYTES);
+- it is parsed only if the memory budget has room, and a message that is not valid protobuf (invalid
+  UTF-8 in a string field included) is INVALID_ARGUMENT, not UNKNOWN.
+
+The original handler then runs as it would have, with the parsed message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from imgcls.server.domain.errors import DeadlineExceededError, InvalidInputError, RequestError, TooLargeError
+from imgcls.server.engine.engine import Engine
+from imgcls.server.grpc.status import status_of
+
+log = logging.getLogger(__name__)
+
+# Methods that carry images or tensors may use the whole message limit; anything else is small.
+SMALL_MESSAGE_BYTES = 64 * 1024
+LARGE_METHODS = (
+    "/imgcls.v1.ImageClassifierService/Classify",
+    "/imgcls.v1.ImageClassifierService/ClassifyStream",
+    "/inference.GRPCInferenceService/ModelInfer",
+    "/inference.GRPCInferenceService/ModelStreamInfer",
+)
+
+Deserialize = Callable[[bytes], Any]
+
+
+class BoundedReadInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, engine: Engine, *, max_message_bytes: int, message_timeout_s: float) -> None:
+        self._engine = engine
+        self._max_message_bytes = max_message_bytes
+        self._timeout = message_timeout_s
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method or ""
+        limit = self._max_message_bytes if method in LARGE_METHODS else SMALL_MESSAGE_BYTES
+        reader = _Reader(self._engine, method, limit, self._timeout, handler.request_deserializer)
+        return _bounded(handler, reader)
+
+
+class _Reader:
+    def __init__(
+        self, engine: Engine, method: str, limit: int, timeout: float, deserialize: Deserialize | None
+    ) -> None:
+        self._engine = engine
+        self._method = method
+        self._limit = limit
+        self._timeout = timeout
+        self._deserialize = deserialize or (lambda raw: raw)
+
+    async def one(self, raw_messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+        """The unary request: received in a read-gate slot, within the message timeout."""
+        owner = context.peer() or ""
+        async with self._engine.read_gate.slot(owner):
+            try:
+                async with asyncio.timeout(self._timeout):
+                    raw = await anext(raw_messages)
+            except StopAsyncIteration:
+                raise InvalidInputError("the call carried no request message") from None
+            except TimeoutError:
+                raise DeadlineExceededError(
+                    f"the request message did not arrive within {self._timeout:g}s; send it faster or in parts"
+                ) from None
+        return self.parse(raw, owner)
+
+    async def each(self, raw_messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        """A stream's messages, each checked and parsed as it comes (a stream may idle between messages)."""
+        owner = context.peer() or ""
+        async for raw in raw_messages:
+            yield self.parse(raw, owner)
+
+    def parse(self, raw: bytes, owner: str) -> Any:
+        if len(raw) > self._limit:
+            raise TooLargeError(
+                f"request message of {len(raw)} bytes is over the limit of {self._limit} bytes for {self._method}"
+            )
+        # The bytes and the parsed message are both in memory until the parse is done.
+        with self._engine.budget.lease(2 * len(raw), owner):
+            try:
+                return self._deserialize(raw)
+            except DecodeError:
+                raise InvalidInputError(
+                    "request is not a valid protobuf message for "
+                    f"{self._method} (for example, a string field that is not valid UTF-8)"
+                ) from None
+
+
+def _bounded(original: grpc.RpcMethodHandler, reader: _Reader) -> grpc.RpcMethodHandler:
+    handler: Any = original  # grpc-stubs types the behaviours as synchronous; these are grpc.aio's
+    serializer = handler.response_serializer
+    if not handler.request_streaming and not handler.response_streaming:
+        unary = handler.unary_unary
+
+        async def unary_unary(raw_messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+            request = await _or_abort(reader.one(raw_messages, context), context)
+            return await unary(request, context)
+
+        return grpc.stream_unary_rpc_method_handler(unary_unary, None, serializer)
+    if not handler.request_streaming:
+        streaming = handler.unary_stream
+        if inspect.isasyncgenfunction(streaming):
+
+            async def unary_stream_gen(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+                request = await _or_abort(reader.one(raw, context), context)
+                async for response in streaming(request, context):
+                    yield response
+
+            return grpc.stream_stream_rpc_method_handler(unary_stream_gen, None, serializer)
+
+        async def unary_stream(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+            request = await _or_abort(reader.one(raw, context), context)
+            return await streaming(request, context)  # writes its responses through the context
+
+        return grpc.stream_stream_rpc_method_handler(unary_stream, None, serializer)
+    if not handler.response_streaming:
+        client_streaming = handler.stream_unary
+
+        async def stream_unary(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+            return await client_streaming(_aborting(reader.each(raw, context), context), context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, None, serializer)
+    both = handler.stream_stream
+    if inspect.isasyncgenfunction(both):
+
+        async def stream_stream_gen(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+            async for response in both(_aborting(reader.each(raw, context), context), context):
+                yield response
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream_gen, None, serializer)
+
+    async def stream_stream(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+        return await both(_aborting(reader.each(raw, context), context), context)
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, None, serializer)
+
+
+async def _or_abort(read: Awaitable[Any], context: grpc.aio.ServicerContext) -> Any:
+    try:
+        return await read
+    except RequestError as exc:
+        code, message = status_of(exc)
+        await context.abort(code, message)
+
+
+async def _aborting(messages: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    """A stream's messages; a message that cannot be taken ends the call with its status."""
+    try:
+        async for message in messages:
+            yield message
+    except RequestError as exc:
+        code, message = status_of(exc)
+        await context.abort(code, message)
