@@ -16,6 +16,9 @@ frames on one ClassifyStream as fast as flow control allows while reading answer
 A level with ``"protocol": "v2-grpc"`` sends the same payload over the Open Inference Protocol's gRPC
 service instead (tritonclient's generated stubs, as Triton clients do): images to ``NAME_image``, tensors
 to ``NAME``, asking for the top-5 classification strings (the answer imgcls.v1 gives by default).
+``"hf-http"`` and ``"v2-http"`` levels send it over HTTP to the server's HTTP port (aiohttp, keep-alive
+connections): the image as the body of ``POST /models/NAME`` (the Hugging Face Inference API), or to
+``NAME_image`` with Triton's binary tensor data extension, again asking for the top-5.
 
 The process is kept apart from the harness so the client's CPU use is visible and the harness's
 in-process ONNX Runtime session cannot disturb it.
@@ -290,6 +293,82 @@ async def run_v2_unary(channel: grpc.aio.Channel, request: Any, level: dict[str,
     }
 
 
+# -- HTTP: the Hugging Face Inference API and the Open Inference Protocol's REST API ------------------
+HTTP_PROTOCOLS = ("hf-http", "v2-http")
+
+
+def build_http_request(protocol: str, model: str, payload: dict[str, Any]) -> tuple[str, bytes, dict[str, str]]:
+    """(path, body, headers) of one request: ``hf-http`` sends the image file itself as the body; ``v2-http``
+    sends it to MODEL_image as tritonclient.http does (binary tensor data extension), asking for the top-5
+    classification strings, binary."""
+    if payload["type"] != "image":
+        raise ValueError(f"payload type {payload['type']!r} has no {protocol} form here (images only)")
+    data = Path(payload["path"]).read_bytes()
+    if protocol == "hf-http":
+        return f"/models/{model}", data, {"content-type": "image/jpeg"}
+    tensor = {"name": "image", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": len(data) + 4}}
+    output = {"name": "scores", "parameters": {"classification": V2_TOP_K, "binary_data": True}}
+    header = json.dumps({"inputs": [tensor], "outputs": [output]}).encode()
+    headers = {"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))}
+    return f"/v2/models/{model}_image/infer", header + len(data).to_bytes(4, "little") + data, headers
+
+
+def http_answer_ok(protocol: str, body: bytes, headers: Any) -> bool:
+    """The answer carries the top-5: a JSON array of five labels, or a binary [1, 5] classification output."""
+    if protocol == "hf-http":
+        return len(json.loads(body)) == V2_TOP_K
+    length = int(headers.get("inference-header-content-length", "-1"))
+    return length > 0 and json.loads(body[:length])["outputs"][0]["shape"] == [1, V2_TOP_K]
+
+
+async def run_http_unary(
+    session: Any, url: str, body: bytes, headers: dict[str, str], protocol: str, level: dict[str, Any]
+) -> dict[str, Any]:
+    """As run_unary, over HTTP/1.1 (aiohttp, keep-alive): ``concurrency`` requests in flight, each answer checked."""
+    import aiohttp
+
+    window = Window(level["warmup_s"], level["duration_s"], level["max_requests"])
+    errors: Counter[str] = Counter()
+
+    async def worker() -> None:
+        while not window.stopping:
+            sent = time.perf_counter()
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    answer = await response.read()
+                    status = response.status
+                    answer_headers = response.headers
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                errors[type(exc).__name__] += 1
+                continue
+            if status != 200:
+                errors[f"HTTP_{status}"] += 1
+                continue
+            if not http_answer_ok(protocol, answer, answer_headers):
+                errors["BAD_RESPONSE"] += 1
+                continue
+            window.record(sent, time.perf_counter())
+
+    await asyncio.gather(*(worker() for _ in range(level["concurrency"])))
+    seconds = window.seconds()
+    return {
+        "requests": window.count,
+        "images": window.count,
+        "seconds": seconds,
+        "images_per_s": window.count / seconds,
+        "latency_ms": summarize(window.latencies),
+        "errors": dict(errors),
+    }
+
+
+def http_session() -> Any:
+    """One keep-alive connection pool per server, as large as any level's concurrency."""
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout)
+
+
 async def run_plan(plan: dict[str, Any]) -> list[dict[str, Any]]:
     channels = {
         name: grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) for name, target in plan["targets"].items()
@@ -298,6 +377,7 @@ async def run_plan(plan: dict[str, Any]) -> list[dict[str, Any]]:
     inputs = {name: build_input(payload) for name, payload in plan["payloads"].items()}
     model = plan.get("model", "")
     v2_requests: dict[tuple[str, str], Any] = {}  # (target, payload) -> ModelInferRequest, built on first use
+    http_sessions: dict[str, Any] = {}  # target -> aiohttp session, opened on first use
     results = []
     try:
         for level in plan["levels"]:
@@ -311,6 +391,14 @@ async def run_plan(plan: dict[str, Any]) -> list[dict[str, Any]]:
                     channel = channels[level["target"]]
                     v2_requests[key] = await build_v2_request(channel, plan["v2_model"], plan["payloads"][key[1]])
                 measured = await run_v2_unary(channels[level["target"]], v2_requests[key], level)
+            elif level.get("protocol") in HTTP_PROTOCOLS:
+                target = level["target"]
+                session = http_sessions.get(target) or http_sessions.setdefault(target, http_session())
+                path, body, headers = build_http_request(
+                    level["protocol"], plan["v2_model"], plan["payloads"][level["payload"]]
+                )
+                url = f"http://{plan['http_targets'][target]}{path}"
+                measured = await run_http_unary(session, url, body, headers, level["protocol"], level)
             elif level["mode"] == "unary":
                 request = pb.ClassifyRequest(model=model, inputs=[inputs[level["payload"]]])
                 measured = await run_unary(stub, request, level)
@@ -342,6 +430,8 @@ async def run_plan(plan: dict[str, Any]) -> list[dict[str, Any]]:
     finally:
         for channel in channels.values():
             await channel.close(None)
+        for session in http_sessions.values():
+            await session.close()
     return results
 
 

@@ -1,4 +1,5 @@
-"""Every front door with the same work, side by side: imgcls.v1 against the Open Inference Protocol over gRPC.
+"""Every front door with the same work, side by side: imgcls.v1 against the Open Inference Protocol (gRPC, HTTP)
+and the Hugging Face Inference API (HTTP).
 
 The levels run against the batching-on server, in short rounds; within a round each protocol runs once on
 the same payload at the same concurrency, back to back (the order alternates between rounds, against
@@ -7,7 +8,10 @@ drift). The ratio of a door is its mean images/s over the rounds divided by imgc
 - ``jpeg_large`` (1920x1280 JPEG): imgcls.v1 Classify ``image`` vs v2 ModelInfer on ``NAME_image``
   (one BYTES element), goal 0.95x;
 - ``tensor`` (pre-processed float32 tensor): imgcls.v1 ``tensor.raw_data`` vs v2 ModelInfer on ``NAME``
-  (raw_input_contents), goal 0.95x.
+  (raw_input_contents), goal 0.95x;
+- ``jpeg_large`` over HTTP, goal 0.9x: ``hf-http``, the Hugging Face Inference API (``POST /models/NAME`` with
+  the JPEG as the body, answered with the top-5 as JSON), and ``v2-http``, the Open Inference Protocol's REST
+  API on ``NAME_image`` with Triton's binary tensor data extension (as tritonclient.http sends it).
 
 Both answer the top-5 labels (v2: the classification extension, 5 strings). Results land in
 ``results["protocols"]``: the levels, one comparison per kind, and the targets (judged at concurrency 16
@@ -25,8 +29,12 @@ BASELINE = "imgcls.v1"
 # Door -> (what it is, the goal as a fraction of imgcls.v1's throughput).
 DOORS: dict[str, tuple[str, float]] = {
     "v2-grpc": ("Open Inference Protocol over gRPC (inference.GRPCInferenceService, same port)", 0.95),
+    "hf-http": ("Hugging Face Inference API over HTTP (POST /models/NAME, the image as the body)", 0.9),
+    "v2-http": ("Open Inference Protocol over HTTP (POST /v2/models/NAME_image/infer, binary tensor data)", 0.9),
 }
 KINDS = ("jpeg_large", "tensor")
+# The inputs each door is measured on (the baseline runs every kind); HTTP: the issue's 1920x1280 JPEG.
+DOOR_KINDS: dict[str, tuple[str, ...]] = {"hf-http": ("jpeg_large",), "v2-http": ("jpeg_large",)}
 JUDGED_CONCURRENCY = 16
 
 
@@ -42,6 +50,8 @@ def build_levels(profile: Any) -> list[dict[str, Any]]:
         for kind in KINDS:
             order = doors if round_index % 2 == 0 else list(reversed(doors))
             for protocol in order:
+                if kind not in DOOR_KINDS.get(protocol, KINDS):
+                    continue
                 levels.append(
                     {
                         "id": f"{SECTION}-{kind}-c{concurrency}-{protocol}-r{round_index + 1}",

@@ -140,6 +140,7 @@ class ServerProcess:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.http_port = 0
         self._log: TextIO | None = None
 
     @property
@@ -156,11 +157,11 @@ class ServerProcess:
         if self.model_arg:
             command += ["--model", self.model_arg]
         # Two servers run at once: each takes a free HTTP port, not the default 8000.
-        return [*command, "--grace-period", "2", "--http-port", "auto", *self.extra_args]
+        return [*command, "--grace-period", "2", "--http-port", str(self.http_port), *self.extra_args]
 
     def start(self, timeout_s: float = 90.0) -> None:
         for attempt in range(3):  # the free port may be taken between probing and binding
-            self.port = free_port()
+            self.port, self.http_port = free_port(), free_port()
             self._log = self.log_path.open("a")
             self._log.write(f"$ {' '.join(self.command())}\n")
             self._log.flush()
@@ -436,6 +437,7 @@ def run(profile: Profile, out: Path, *, with_peers: bool, model_dir: Path, image
                     "payloads": payloads,
                     "model": "",
                     "v2_model": DEFAULT_MODEL_NAME,  # the Open Inference Protocol names the model
+                    "http_targets": {name: f"127.0.0.1:{s.http_port}" for name, s in servers.items()},
                     "levels": plan_levels,
                 }
                 log(f"load generator: {len(plan_levels)} levels")
