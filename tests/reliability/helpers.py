@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,15 +127,6 @@ async def settle(
         await asyncio.sleep(step)
         current = Resources.now()
     return current
-
-
-async def poll_until(predicate: Callable[[], bool], *, attempts: int = 400, step: float = 0.025) -> bool:
-    """Bounded polling for a condition another party makes true (no fixed sleeps as synchronisation)."""
-    for _ in range(attempts):
-        if predicate():
-            return True
-        await asyncio.sleep(step)
-    return predicate()
 
 
 def leftover_tasks() -> Sequence[str]:

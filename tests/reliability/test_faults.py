@@ -27,12 +27,12 @@ from reliability.helpers import (
     beside_good_callers,
     good_call,
     leftover_tasks,
-    poll_until,
     settle,
 )
 from support.inputs import COFFEE, ESPRESSO, good_request
 from support.paths import IMAGES
 from support.servers import connect, running_server
+from support.waiting import poll_until
 
 MODEL = "efficientnet-lite0"
 
@@ -57,7 +57,7 @@ async def warmed_baseline(stub: pb_grpc.ImageClassifierServiceStub) -> Resources
 
 
 async def assert_no_leaks(server: RunningServer, baseline: Resources) -> None:
-    assert await poll_until(lambda: server.servicer.active_streams == 0), "a stream handler never finished"
+    assert await poll_until(lambda: server.engine.active_streams == 0), "a stream handler never finished"
     after = await settle(baseline)
     assert after.tasks <= baseline.tasks, f"leaked tasks: {leftover_tasks()}"
     assert after.threads <= baseline.threads + 2, (baseline, after)
@@ -90,7 +90,7 @@ async def test_cancelled_stream_leaves_server_serving_without_leaks(server: Runn
         first = await call.read()
         assert first.results[0].labels[0].index == ESPRESSO
         call.cancel()  # mid-stream: frames still in flight on the server
-        assert await poll_until(lambda: server.servicer.active_streams == 0)
+        assert await poll_until(lambda: server.engine.active_streams == 0)
         await good_call(stub)
         await assert_no_leaks(server, baseline)
 
@@ -145,11 +145,11 @@ async def test_client_process_killed_mid_calls_leaves_server_serving(server: Run
             assert client.stdout is not None
             line = await asyncio.wait_for(client.stdout.readline(), timeout=60)
             assert line.strip() == b"streaming"
-            assert server.servicer.active_streams == 1
+            assert server.engine.active_streams == 1
         finally:
             client.send_signal(signal.SIGKILL)  # no goodbye: the connection just drops
             await client.wait()
-        assert await poll_until(lambda: server.servicer.active_streams == 0, attempts=800)
+        assert await poll_until(lambda: server.engine.active_streams == 0, attempts=800)
         await beside_good_callers(stub, good_request())
         await assert_no_leaks(server, baseline)
 
@@ -173,7 +173,7 @@ async def test_stream_whose_responses_are_never_read_is_held_back(server: Runnin
         call.cancel()
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
-        assert await poll_until(lambda: server.servicer.active_streams == 0)
+        assert await poll_until(lambda: server.engine.active_streams == 0)
         await good_call(stub)
         await assert_no_leaks(server, baseline)
 

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
+from support.gated_backend import Gate, gated_server
 from support.servers import connect, running_server
+from support.waiting import poll_until
 
 Reference = dict[str, list[dict[str, Any]]]
+MODEL = "efficientnet-lite0"
 SIX_IMAGES = ["cat.jpg", "coffee.jpg", "rocket.jpg", "astronaut.jpg", "camera.png", "coffee_1920x1280.jpg"]
 
 
@@ -36,19 +39,29 @@ async def test_concurrent_callers_are_batched_and_each_gets_its_own_answer(
     image_bytes: Callable[[str], bytes], reference: Reference
 ) -> None:
     names = [SIX_IMAGES[i % len(SIX_IMAGES)] for i in range(16)]
-    # A 200 ms window: callers whose preprocessing finishes close together share a run.
-    batching = {"max_batch_size": 8, "max_queue_delay_us": 200_000}
-    async with running_server(batching=batching) as server, connect(server) as stub:
-        responses = await classify_concurrently(stub, names, image_bytes)
+    gate = Gate()
+    one_instance = {"batching": {"max_batch_size": 8}, "runtime": {"instances": 1}}
+    async with gated_server(gate, **one_instance) as server, connect(server) as stub:
+        # The first caller's run holds the only instance at the gate; the other 15 queue behind it.
+        first = asyncio.ensure_future(stub.Classify(image_request(image_bytes(names[0]), request_id="0")))
+        await gate.wait_for_runs(1)
+        rest = [
+            asyncio.ensure_future(stub.Classify(image_request(image_bytes(name), request_id=str(i))))
+            for i, name in enumerate(names[1:], start=1)
+        ]
+        batcher = server.engine.get(MODEL).batcher
+        assert await poll_until(lambda: batcher.queue_depth == 15), f"{batcher.queue_depth} queued, 15 expected"
+        gate.open()
+        responses = [await first, *[await call for call in rest]]
         for i, (name, response) in enumerate(zip(names, responses, strict=True)):
             assert response.request_id == str(i)
             assert response.results[0].labels[0].label == reference[name][0]["label"], name
         model_stats = await stats(stub)
+    # The one held, then the 15 queued as full batches of max_batch_size and the remainder.
+    assert gate.batch_sizes == [1, 8, 7]
     assert model_stats.inputs == 16
-    assert model_stats.batches < model_stats.inputs  # average batch above one
-    assert max(model_stats.batch_size_counts) > 1
-    assert max(model_stats.batch_size_counts) <= 8
-    assert sum(size * count for size, count in model_stats.batch_size_counts.items()) == 16
+    assert model_stats.batches == 3
+    assert dict(model_stats.batch_size_counts) == {1: 1, 8: 1, 7: 1}
 
 
 async def test_batching_off_runs_every_input_alone(image_bytes: Callable[[str], bytes], reference: Reference) -> None:
@@ -97,16 +110,24 @@ def tensor_input(value: float) -> pb.Input:
 
 
 async def test_inputs_of_a_caller_that_gave_up_are_not_run(image_bytes: Callable[[str], bytes]) -> None:
-    # A 2 s window that no batch of 64 fills: the impatient caller's input is still queued
-    # when its 0.3 s deadline passes.
-    batching = {"max_batch_size": 64, "max_queue_delay_us": 2_000_000}
-    async with running_server(batching=batching) as server, connect(server) as stub:
+    gate = Gate()
+    async with gated_server(gate, runtime={"instances": 1}) as server, connect(server) as stub:
+        # A first caller's run holds the only instance; the impatient caller's input queues behind it
+        # and its deadline passes there, however long decoding or conversion took before.
+        holder = asyncio.ensure_future(stub.Classify(pb.ClassifyRequest(inputs=[tensor_input(0.1)])))
+        await gate.wait_for_runs(1)
+        impatient = asyncio.ensure_future(stub.Classify(pb.ClassifyRequest(inputs=[tensor_input(0.5)]), timeout=2))
+        batcher = server.engine.get(MODEL).batcher
+        assert await poll_until(lambda: batcher.queue_depth == 1), "the impatient input never queued"
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.Classify(pb.ClassifyRequest(inputs=[tensor_input(0.5)]), timeout=0.3)
+            await impatient
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "deadline" in (caught.value.details() or "").lower()
+        gate.open()
+        assert len((await holder).results) == 1
         response = await stub.Classify(pb.ClassifyRequest(inputs=[pb.Input(image=image_bytes("cat.jpg"))]))
         assert len(response.results) == 1
         model_stats = await stats(stub)
-    assert model_stats.dropped_inputs >= 1
-    assert model_stats.inputs == 1  # only the patient caller's input ran
+    assert gate.batch_sizes == [1, 1]  # the holder's and the patient caller's: never the impatient one
+    assert model_stats.dropped_inputs == 1
+    assert model_stats.inputs == 2
