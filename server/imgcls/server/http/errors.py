@@ -66,7 +66,7 @@ def error_headers(status: int, *, close: bool = False) -> dict[str, str]:
 
 
 def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}, ensure_ascii=False).encode()
+    return json.dumps({"error": message}, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def error_response(exc: BaseException, *, close: bool = False) -> Response:

@@ -97,9 +97,27 @@ def parse(body: bytes, message: Message) -> Any:
 
 
 def to_json(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    """Every field, with the .proto's names, in the .proto's order (json_format puts unset fields last)."""
+    return _in_proto_order(
+        message.DESCRIPTOR,
+        json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True),
     )
+
+
+def _in_proto_order(descriptor: Any, value: dict[str, Any]) -> dict[str, Any]:
+    ordered: dict[str, Any] = {}
+    for field in descriptor.fields:
+        if field.name not in value:
+            continue
+        item = value[field.name]
+        inner = field.message_type
+        if inner is not None and not inner.GetOptions().map_entry and inner.full_name.startswith("imgcls."):
+            if isinstance(item, list):
+                item = [_in_proto_order(inner, element) for element in item]
+            else:
+                item = _in_proto_order(inner, item)
+        ordered[field.name] = item
+    return ordered
 
 
 def _info(engine: Engine, name: str) -> pb.ModelInfo:
