@@ -17,6 +17,7 @@ from imgcls.server.engine.engine import Engine
 from imgcls.server.grpc.door import GrpcFrontDoor
 from imgcls.server.http.door import HttpFrontDoor
 from imgcls.server.metrics import Metrics
+from imgcls.server.runtime import memory
 from imgcls.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -192,8 +193,14 @@ def log_startup_summary(running: RunningServer) -> None:
         )
 
 
+# malloc arenas for the whole process: decode, inference and gRPC threads each take one by default
+# (up to 8 per core), and memory freed in one cannot serve another.
+MALLOC_ARENAS = 4
+
+
 async def serve(settings: ServerSettings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    memory.limit_arenas(MALLOC_ARENAS)
     running = await start_server(settings)
     log_startup_summary(running)
     stop = asyncio.Event()

@@ -3,8 +3,8 @@
 A message being received is held in memory whole (up to the message size limit) before anything can
 look at it, so the number received at once is bounded: `slots` in all, at most `per_owner` for one
 owner (a connection). Callers waiting for a slot cost nothing (their bytes stay with the sender: flow
-control), and slots are handed out round-robin across owners, so a caller on its own connection is
-not stuck behind a flood on another. Past `max_waiting` waiting calls (or `max_waiting_per_owner`
+control), and a free slot goes to the waiting owner holding the fewest, so a caller on its own
+connection is not stuck behind a flood on another. Past `max_waiting` waiting calls (or `max_waiting_per_owner`
 for one owner) a call is refused at once (OverloadedError), never queued without bound.
 """
 
@@ -91,12 +91,13 @@ class ReadGate:
                 del self._waiting[owner]
 
     def _grant(self) -> None:
-        """Free slots go to waiting owners in turn, each owner to the back of the line once served."""
-        for owner in list(self._waiting):
-            if self._busy >= self.slots:
+        """Free slots go to the waiting owner holding the fewest (ties: the one waiting longest), which
+        then goes to the back of the line: a connection with nothing being received comes first."""
+        while self._busy < self.slots and self._waiting:
+            eligible = [o for o in self._waiting if self._active.get(o, 0) < self.per_owner]
+            if not eligible:
                 return
-            if self._active.get(owner, 0) >= self.per_owner:
-                continue
+            owner = min(eligible, key=lambda o: self._active.get(o, 0))  # min() keeps the first of equals
             queue = self._waiting[owner]
             future = queue.popleft()
             self._waiting_count -= 1

@@ -17,7 +17,7 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass
 
-from imgcls.server.domain.errors import OverloadedError
+from imgcls.server.domain.errors import OverloadedError, TooLargeError
 
 MIB = 1 << 20
 
@@ -48,6 +48,7 @@ class MemoryBudget:
         self._used = 0
         self._peak = 0
         self._refused = 0
+        self.released = 0  # bytes given back, ever: the engine trims the heap after large releases
         self._by_owner: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
 
@@ -63,6 +64,13 @@ class MemoryBudget:
             # Small requests may use the reserve; large ones stop short of it.
             ceiling = self.limit if total <= self.small_request_bytes else self.large_limit
             owner_total = self._by_owner[lease.owner] + nbytes if lease.owner else 0
+            if total > (self.owner_limit if lease.owner else ceiling):
+                # Never fits, however idle the server: not worth retrying.
+                self._refused += 1
+                raise TooLargeError(
+                    f"request needs {total // MIB} MiB of memory in flight, more than one caller may hold "
+                    f"({(self.owner_limit if lease.owner else ceiling) // MIB} MiB); send fewer or smaller inputs"
+                )
             if self._used + nbytes > ceiling or owner_total > self.owner_limit:
                 self._refused += 1
                 if owner_total > self.owner_limit:
@@ -80,6 +88,7 @@ class MemoryBudget:
         with self._lock:
             nbytes = min(nbytes, lease.held)
             self._used -= nbytes
+            self.released += nbytes
             lease.held -= nbytes
             if lease.owner:
                 left = self._by_owner[lease.owner] - nbytes

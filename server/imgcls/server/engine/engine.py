@@ -35,6 +35,7 @@ from imgcls.server.engine.observation import ReadinessListener, RequestListener,
 from imgcls.server.engine.pool import PriorityPool
 from imgcls.server.engine.streams import FrameResult, FrameStream
 from imgcls.server.images.decoding import brief
+from imgcls.server.runtime import memory
 from imgcls.server.runtime.cpus import available_cpus
 from imgcls.server.runtime.onnx import OnnxBackend, RuntimeOptions, is_gpu_provider
 from imgcls.server.settings import ServerSettings
@@ -46,6 +47,12 @@ log = logging.getLogger(__name__)
 BackendFactory = Callable[[ModelFiles, RuntimeOptions], Backend]
 
 UNKNOWN_MODEL = "_unknown"
+
+# Freed heap is returned to the OS (malloc_trim) when this much work has been released since the last
+# trim and less than TRIM_WHEN_BELOW_BYTES is in flight, checked every TRIM_CHECK_S.
+TRIM_AFTER_BYTES = 64 << 20
+TRIM_WHEN_BELOW_BYTES = 16 << 20
+TRIM_CHECK_S = 1.0
 
 # Caller-chosen strings are capped: they are echoed in answers and logged (never echoed when refused).
 MAX_REQUEST_ID_CHARS = 256
@@ -100,6 +107,7 @@ class Engine:
         )
         self._accepting = True
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._trimmer: asyncio.Task[None] | None = None
         # When the last request arrived: shutdown waits for arrivals to go quiet (see server.py).
         self.last_call_at = time.monotonic()
         self.active_streams = 0
@@ -173,6 +181,16 @@ class Engine:
         self._loop = loop
         for model in self.models.values():
             model.start(loop)
+        self._trimmer = loop.create_task(self._trim_after_load(), name="imgcls-trim")
+
+    async def _trim_after_load(self) -> None:
+        """Once large work has been released and little is in flight, give the freed heap back to the OS."""
+        trimmed_at = self.budget.released
+        while True:
+            await asyncio.sleep(TRIM_CHECK_S)
+            if self.budget.released - trimmed_at >= TRIM_AFTER_BYTES and self.budget.used <= TRIM_WHEN_BELOW_BYTES:
+                trimmed_at = self.budget.released
+                await asyncio.to_thread(memory.trim)
 
     def begin_shutdown(self) -> None:
         """From now on every request is refused UNAVAILABLE; readiness listeners hear not-ready."""
@@ -182,6 +200,8 @@ class Engine:
 
     async def stop(self, drain: bool = True) -> None:
         self.begin_shutdown()
+        if self._trimmer is not None:
+            self._trimmer.cancel()
         await asyncio.gather(*(m.stop(drain) for m in self.models.values()))
         self._pool.shutdown(wait=False, cancel_futures=True)
 

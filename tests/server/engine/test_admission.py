@@ -1,0 +1,89 @@
+"""The read gate: bounded messages received at once, fair across connections, refusal past the waiting cap."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from imgcls.server.domain.errors import OverloadedError
+from imgcls.server.engine.admission import ReadGate
+
+
+async def hold(gate: ReadGate, owner: str, release: asyncio.Event, order: list[str]) -> None:
+    async with gate.slot(owner):
+        order.append(owner)
+        await release.wait()
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_freed_slot_goes_to_the_connection_holding_the_fewest() -> None:
+    gate = ReadGate(2, per_owner=2, max_waiting=100, max_waiting_per_owner=100)
+    order: list[str] = []
+    # A flood from one connection takes both slots and queues five more; then one call from another.
+    releases = [asyncio.Event() for _ in range(7)]
+    flood = [asyncio.create_task(hold(gate, "flood", release, order)) for release in releases]
+    await settle()
+    normal_release = asyncio.Event()
+    normal = asyncio.create_task(hold(gate, "normal", normal_release, order))
+    await settle()
+    assert gate.busy == 2 and gate.waiting == 6 and order == ["flood", "flood"]
+    # One flood call finishes: its slot goes to the other connection, not to the flood's next call.
+    releases[0].set()
+    await asyncio.wait_for(flood[0], 5)
+    await settle()
+    assert order == ["flood", "flood", "normal"]
+    normal_release.set()
+    for release in releases:
+        release.set()
+    await asyncio.gather(normal, *flood)
+    assert gate.busy == 0 and gate.waiting == 0 and len(order) == 8
+
+
+async def test_one_connection_is_capped_even_with_free_slots() -> None:
+    gate = ReadGate(4, per_owner=1, max_waiting=100, max_waiting_per_owner=100)
+    release = asyncio.Event()
+    order: list[str] = []
+    tasks = [asyncio.create_task(hold(gate, "a", release, order)) for _ in range(3)]
+    await settle()
+    assert gate.busy == 1 and gate.waiting == 2
+    release.set()
+    await asyncio.gather(*tasks)
+    assert order == ["a", "a", "a"] and gate.busy == 0
+
+
+async def test_too_many_waiting_is_refused_at_once() -> None:
+    gate = ReadGate(1, per_owner=1, max_waiting=2, max_waiting_per_owner=2)
+    release = asyncio.Event()
+    order: list[str] = []
+    tasks = [asyncio.create_task(hold(gate, "a", release, order)) for _ in range(3)]
+    await settle()
+    with pytest.raises(OverloadedError, match="too many requests waiting"):
+        async with gate.slot("a"):
+            pass
+    with pytest.raises(OverloadedError):
+        async with gate.slot("b"):  # the total waiting cap holds for every connection
+            pass
+    release.set()
+    await asyncio.gather(*tasks)
+
+
+async def test_a_waiter_that_gives_up_leaves_no_trace() -> None:
+    gate = ReadGate(1, per_owner=1, max_waiting=10, max_waiting_per_owner=10)
+    release = asyncio.Event()
+    order: list[str] = []
+    holder = asyncio.create_task(hold(gate, "a", release, order))
+    await settle()
+    waiter = asyncio.create_task(hold(gate, "b", asyncio.Event(), order))
+    await settle()
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert gate.waiting == 0
+    release.set()
+    await holder
+    assert gate.busy == 0
+    async with gate.slot("c"):
+        assert gate.busy == 1

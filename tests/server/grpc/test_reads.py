@@ -1,0 +1,77 @@
+"""Bounded reads on a real gRPC server: size caps per method, undecodable messages, request_id cap, budget."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from imgcls.server.engine import engine as engine_module
+from imgcls.server.runtime import memory
+from imgcls.v1 import classifier_pb2 as pb
+from support.fake_backend import fake_engine
+from support.servers import CHANNEL_OPTIONS, running_server
+
+CLASSIFY = "/imgcls.v1.ImageClassifierService/Classify"
+GET_MODEL = "/imgcls.v1.ImageClassifierService/GetModel"
+
+
+async def call_raw(port: int, method: str, payload: bytes) -> grpc.aio.AioRpcError:
+    """Sends payload as the request message, bytes as they are; returns the error it ends with."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
+        call = channel.unary_unary(method)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(payload, timeout=30)
+    return caught.value
+
+
+async def test_a_small_method_refuses_a_large_message() -> None:
+    async with running_server() as server:
+        error = await call_raw(server.port, GET_MODEL, pb.GetModelRequest(name="x" * 100_000).SerializeToString())
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "is over the limit of 65536 bytes for /imgcls.v1.ImageClassifierService/GetModel" in error.details()
+
+
+async def test_invalid_utf8_in_a_string_field_is_invalid_argument() -> None:
+    # Field 4 (request_id), length 2, bytes that are not UTF-8.
+    payload = b"\x22\x02\xff\xfe"
+    async with running_server() as server:
+        error = await call_raw(server.port, CLASSIFY, payload)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid protobuf message for /imgcls.v1.ImageClassifierService/Classify" in error.details()
+    assert "UTF-8" in error.details()
+
+
+async def test_a_huge_request_id_is_refused_and_never_echoed() -> None:
+    request_id = "r" * 100_000
+    request = pb.ClassifyRequest(request_id=request_id, inputs=[pb.Input(image=b"x")])
+    async with running_server() as server:
+        error = await call_raw(server.port, CLASSIFY, request.SerializeToString())
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "request_id: 100000 characters, over the limit of 256"
+
+
+async def test_a_request_larger_than_any_share_of_the_budget_is_refused_at_once() -> None:
+    frame = pb.RawImage(width=3840, height=2160, format=pb.PIXEL_FORMAT_RGB8, data=bytes(3840 * 2160 * 3))
+    request = pb.ClassifyRequest(inputs=[pb.Input(raw=frame)])
+    async with running_server(memory_budget_bytes=32 << 20) as server:
+        error = await call_raw(server.port, CLASSIFY, request.SerializeToString())
+        assert server.engine.budget.used == 0  # nothing held after the refusal
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "more than one caller may hold" in error.details()
+
+
+async def test_freed_heap_is_given_back_after_large_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    trimmed = asyncio.Event()
+    monkeypatch.setattr(engine_module, "TRIM_CHECK_S", 0.01)
+    monkeypatch.setattr(memory, "trim", trimmed.set)
+    engine, _ = fake_engine()
+    engine.start(asyncio.get_running_loop())
+    try:
+        engine.budget.lease(10 << 20).release()
+        await asyncio.sleep(0.05)
+        assert not trimmed.is_set()  # small releases are not worth a trim
+        engine.budget.lease(70 << 20).release()
+        await asyncio.wait_for(trimmed.wait(), 5)
+    finally:
+        await engine.stop(drain=False)
