@@ -29,6 +29,7 @@ from reliability.helpers import (
     leftover_tasks,
     settle,
 )
+from support.gated_backend import Gate, gated_server
 from support.inputs import COFFEE, ESPRESSO, good_request
 from support.paths import IMAGES
 from support.servers import connect, running_server
@@ -277,49 +278,66 @@ async def test_failing_inference_fails_only_its_caller_and_batcher_goes_on(tmp_p
 # --- overload -----------------------------------------------------------------------------
 
 
+def tensor_request() -> pb.ClassifyRequest:
+    """One pre-processed sample: no decoding, so it reaches the model at once."""
+    return pb.ClassifyRequest(inputs=[tensor_input(np.full((1, 3, 224, 224), 0.1, np.float32))])
+
+
 async def test_full_queue_refuses_some_callers_and_answers_the_rest() -> None:
-    # The batch cannot fill (8 > queue limit 4) and waits 1 s, so the queue is full while the
-    # other callers arrive: they must be refused at once, not queued without bound.
-    batching = {"max_batch_size": 8, "max_queue_delay_us": 1_000_000, "queue_limit": 4}
-    async with running_server(batching=batching) as server, connect(server) as stub:
-        outcomes = await asyncio.gather(*(stub.Classify(good_request()) for _ in range(24)), return_exceptions=True)
+    # One run held at the gate occupies the only instance; 4 inputs fit in the queue behind it, and
+    # every caller past them is refused at once, not queued without bound.
+    gate = Gate()
+    settings = {"batching": {"max_batch_size": 8, "queue_limit": 4}, "runtime": {"instances": 1}}
+    async with gated_server(gate, **settings) as server, connect(server) as stub:
+        holder = asyncio.ensure_future(stub.Classify(tensor_request()))
+        await gate.wait_for_runs(1)
+        calls = [asyncio.ensure_future(stub.Classify(good_request())) for _ in range(24)]
+        # Every call is answered or refused while the gate is still closed: the refusals come at once.
+        assert await poll_until(lambda: sum(c.done() for c in calls) == 20, attempts=2400), "refusals did not come"
+        assert server.engine.get(MODEL).batcher.queue_depth == 4
+        gate.open()
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        await holder
         ok = [o for o in outcomes if isinstance(o, pb.ClassifyResponse)]
         refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
-        assert len(ok) + len(refused) == len(outcomes), outcomes
-        assert ok and refused
+        assert (len(ok), len(refused)) == (4, 20), outcomes
         assert all(r.results[0].labels[0].index == ESPRESSO for r in ok)
         for error in refused:
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
             assert "queue full" in (error.details() or "") and "limit 4" in (error.details() or "")
         await good_call(stub)
+    assert gate.batch_sizes == [1, 4, 1]  # the holder, the four queued callers, the last good call
 
 
 async def test_expired_callers_get_deadline_exceeded_and_their_work_is_dropped_not_run() -> None:
-    batching = {"max_batch_size": 8, "max_queue_delay_us": 1_500_000}
-    async with running_server(batching=batching) as server, connect(server) as stub:
-        outcomes = await asyncio.gather(
-            *(stub.Classify(good_request(), timeout=0.3) for _ in range(4)), return_exceptions=True
-        )
+    gate = Gate()
+    async with gated_server(gate, runtime={"instances": 1}) as server, connect(server) as stub:
+        # A held run occupies the only instance: the four callers' inputs are decoded and queued
+        # behind it, and their deadlines pass there, whatever decoding took.
+        holder = asyncio.ensure_future(stub.Classify(tensor_request()))
+        await gate.wait_for_runs(1)
+        calls = [asyncio.ensure_future(stub.Classify(good_request(), timeout=3)) for _ in range(4)]
+        batcher = server.engine.get(MODEL).batcher
+        assert await poll_until(lambda: batcher.queue_depth == 4), "the callers' inputs never queued"
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
         for outcome in outcomes:
             assert isinstance(outcome, grpc.aio.AioRpcError), outcome
             assert outcome.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert "Deadline" in (outcome.details() or "")
+        gate.open()
+        await holder
 
         async def stats() -> pb.ModelStats:
             return (await stub.GetModel(pb.GetModelRequest())).model.stats
 
-        dropped = 0
-        for _ in range(200):  # bounded: the batcher drains expired work when the batch window closes
-            current = await stats()
-            dropped = current.dropped_inputs
-            if dropped >= 4:
-                break
-            await asyncio.sleep(0.05)
-        assert dropped == 4
-        assert current.inputs == 0 and current.batches == 0  # drained, never run
+        # Freed, the instance drops the expired inputs from the head of the queue.
+        assert await poll_until(lambda: server.engine.stats(MODEL).dropped_inputs == 4)
+        current = await stats()
+        assert current.dropped_inputs == 4
+        assert current.inputs == 1 and current.batches == 1  # only the holder's input ran
         await good_call(stub)
-        assert (await stats()).inputs == 1
-        del server
+        assert (await stats()).inputs == 2
+    assert gate.batch_sizes == [1, 1]
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts file descriptors through /proc")
