@@ -4,6 +4,7 @@ the OpenAPI document, and how it is turned on and off."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import signal
 import socket
@@ -15,10 +16,11 @@ import httpx2 as httpx
 import pytest
 import trustme
 from imgcls.server.server import RunningServer
+from imgcls.v1 import classifier_pb2 as pb
 from server.http.helpers import MODEL, url
 from support.fake_backend import fake_engine
 from support.inputs import COFFEE
-from support.servers import running_server
+from support.servers import connect, running_server
 
 HF = f"/models/{MODEL}"
 
@@ -177,3 +179,37 @@ async def test_mutual_tls_requires_a_client_certificate(ca: trustme.CA, tmp_path
         assert answer.status_code == 200
         with pytest.raises(httpx.TransportError):
             await https_get(server, client_context(ca, certificate=False))
+
+
+async def test_http_and_grpc_requests_share_one_run() -> None:
+    """Requests of every door queued together run as one ONNX Runtime batch (the engine's one batcher)."""
+    engine, backends = fake_engine()
+    gate = threading.Event()
+    backend = backends["fake"]
+    backend.gate = gate
+    async with (
+        running_server(engine=engine, http_port="auto") as server,
+        connect(server) as stub,
+        httpx.AsyncClient(base_url=url(server), timeout=60) as session,
+    ):
+        first = asyncio.create_task(session.post("/models/fake", content=COFFEE))  # holds the one instance
+        while backend.runs_started == 0:
+            await asyncio.sleep(0.01)
+        image = [base64.b64encode(COFFEE).decode()]
+        queued = [
+            asyncio.create_task(session.post("/models/fake", content=COFFEE)),
+            asyncio.create_task(
+                session.post(
+                    "/v2/models/fake_image/infer",
+                    json={"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES", "data": [image]}]},
+                )
+            ),
+            asyncio.ensure_future(stub.Classify(pb.ClassifyRequest(model="fake", inputs=[pb.Input(image=COFFEE)]))),
+        ]
+        while server.engine.get("fake").queue_depth < 3:
+            await asyncio.sleep(0.01)
+        gate.set()
+        answers = await asyncio.gather(first, *queued)
+    assert [a.status_code for a in answers[:3]] == [200, 200, 200]
+    assert answers[3].results[0].labels[0].label == "c"
+    assert backend.batches == [1, 3]  # the HF, v2 REST and imgcls.v1 inputs in one run
