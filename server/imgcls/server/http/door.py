@@ -256,6 +256,12 @@ class HttpFrontDoor:
             self._close_sockets()
             raise
         self._server = server
+        log.info(
+            "HTTP on %s: Open Inference Protocol REST (/v2), Hugging Face Inference API (/models/NAME), "
+            "imgcls.v1 as JSON (/v1); OpenAPI at /openapi.json, docs at /docs",
+            self.url(),
+            extra={"http_port": self.port},
+        )
         # uvicorn's tick: the Date header once a second, and noticing should_exit.
         self._ticks = asyncio.create_task(server.main_loop(), name="http-door-ticks")
 
