@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -14,9 +15,11 @@ from imgcls.server.server import RunningServer
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image
+from support.gated_backend import Gate, gated_server
 from support.inputs import image_input
 from support.paths import IMAGES
-from support.servers import connect, running_server
+from support.servers import CHANNEL_OPTIONS, connect, running_server
+from support.waiting import poll_until
 
 Reference = dict[str, list[dict[str, Any]]]
 SIX_IMAGES = ["cat.jpg", "coffee.jpg", "rocket.jpg", "astronaut.jpg", "camera.png", "coffee_1920x1280.jpg"]
@@ -150,14 +153,30 @@ def tiny_frame(request_id: str, **fields: Any) -> pb.ClassifyStreamRequest:
     return frame(pb.Input(raw=raw), request_id, **fields)
 
 
+async def skipping_behind_a_held_frame(
+    server: RunningServer,
+    gate: Gate,
+    stub: pb_grpc.ImageClassifierServiceStub,
+    messages: list[pb.ClassifyStreamRequest],
+) -> list[pb.ClassifyStreamResponse]:
+    """Send a drop_stale stream whose first frame is held at the gate until two frames behind it were
+    skipped (each newer frame replaces the one waiting), then let the model run; every response, in order."""
+    responses = asyncio.ensure_future(collect(stub, messages))
+    assert await poll_until(lambda: server.engine.stats(MODEL).dropped_inputs >= 2), "no frame was skipped"
+    gate.open()
+    return await responses
+
+
 async def test_drop_stale_skips_old_frames_but_answers_every_frame_in_order(reference: Reference) -> None:
     messages = [tiny_frame("0", drop_stale=True), *(tiny_frame(str(i)) for i in range(1, 60))]
     messages.append(frame(image_input("cat.jpg"), "last"))
-    async with running_server(stream_max_in_flight=1) as server, connect(server) as stub:
-        responses = await collect(stub, messages)
+    gate = Gate()
+    async with gated_server(gate, stream_max_in_flight=1) as server, connect(server) as stub:
+        responses = await skipping_behind_a_held_frame(server, gate, stub, messages)
     assert [r.request_id for r in responses] == [m.request_id for m in messages]
     skipped = [r for r in responses if r.skipped]
-    assert skipped, "frames arriving faster than one at a time is classified must be skipped"
+    assert len(skipped) >= 2  # at least the two skipped while the first frame was held
+    assert not responses[0].skipped  # the frame that was running when newer ones came
     for response in skipped:
         assert len(response.results) == 0
     for response in responses:
@@ -167,47 +186,47 @@ async def test_drop_stale_skips_old_frames_but_answers_every_frame_in_order(refe
     # The newest frame is never stale: it is always classified.
     assert not responses[-1].skipped
     assert top1(responses[-1]) == reference["cat.jpg"][0]["label"]
+    # Every frame not skipped ran, each alone (stream_max_in_flight=1), and nothing else did.
+    assert len(gate.batch_sizes) == len(responses) - len(skipped)
 
 
 async def test_skipped_frames_count_as_dropped_inputs() -> None:
     messages = [tiny_frame("0", drop_stale=True), *(tiny_frame(str(i)) for i in range(1, 60))]
-    async with running_server(stream_max_in_flight=1) as server, connect(server) as stub:
-        responses = await collect(stub, messages)
+    gate = Gate()
+    async with gated_server(gate, stream_max_in_flight=1) as server, connect(server) as stub:
+        responses = await skipping_behind_a_held_frame(server, gate, stub, messages)
         stats = (await stub.GetModel(pb.GetModelRequest())).model.stats
     skipped = sum(r.skipped for r in responses)
-    assert skipped > 0
-    assert stats.dropped_inputs >= skipped
+    assert skipped >= 2
+    assert stats.dropped_inputs == skipped
+    assert stats.inputs == len(messages) - skipped
 
 
-async def _wait_until_still(
-    stub: pb_grpc.ImageClassifierServiceStub, pulled: Callable[[], int], *, polls: int = 300
-) -> tuple[int, int]:
-    """Poll until neither the pulled-message count nor the model's inputs change for 5 polls in a row.
-
-    Bounded: gives up after `polls` polls, returning what it saw then.
-    """
-    last: tuple[int, int] | None = None
-    still = 0
-    for _ in range(polls):
-        await asyncio.sleep(0.1)
-        inputs = (await stub.GetModel(pb.GetModelRequest())).model.stats.inputs
-        now = (pulled(), inputs)
-        still = still + 1 if now == last else 0
-        if still >= 5:
-            break
-        last = now
-    assert last is not None
-    return last
+async def quiet(gate: Gate, server: RunningServer, *, for_s: float = 1.0, within_s: float = 60.0) -> int:
+    """Runs reached the gate (open) once no new run has come for for_s seconds while the model had nothing
+    queued or held: the stream stopped taking frames. Bounded by within_s; returns the run count."""
+    batcher = server.engine.get(MODEL).batcher
+    ends = time.monotonic() + within_s
+    last, since = -1, time.monotonic()
+    while time.monotonic() < ends:
+        runs = gate.runs
+        if runs != last or batcher.queue_depth or gate.held:
+            last, since = runs, time.monotonic()
+        elif time.monotonic() - since >= for_s:
+            return runs
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the stream never stopped taking frames ({gate.runs} runs in {within_s:.0f} s)")
 
 
 async def test_client_that_never_reads_holds_the_server_back() -> None:
     # 1 MB raw frames: gRPC's flow-control windows hold only a few of them.
     big = pb.RawImage(width=600, height=600, format=pb.PIXEL_FORMAT_RGB8, data=bytes(600 * 600 * 3))
+    total = 60
     pulled = 0
 
     def requests() -> Iterator[pb.ClassifyStreamRequest]:
         nonlocal pulled
-        for i in range(300):
+        for i in range(total):
             pulled += 1
             message = frame(pb.Input(raw=big), str(i))
             if i == 0:
@@ -216,22 +235,27 @@ async def test_client_that_never_reads_holds_the_server_back() -> None:
                 message.parameters.top_k = 0
             yield message
 
-    async with running_server(stream_max_in_flight=2) as server, connect(server) as stub:
+    gate = Gate()
+    one_at_a_time = {"batching": {"max_batch_size": 1}, "runtime": {"instances": 1}}
+    async with gated_server(gate, stream_max_in_flight=2, **one_at_a_time) as server:
         # BDP probing off: the client's receive window stays at its small initial size instead of
         # growing to megabytes of unread answers.
-        options = [
-            ("grpc.max_receive_message_length", 64 << 20),
-            ("grpc.max_send_message_length", 64 << 20),
-            ("grpc.http2.bdp_probe", 0),
-        ]
+        options = [*CHANNEL_OPTIONS, ("grpc.http2.bdp_probe", 0)]
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", options=options) as channel:
             call = pb_grpc.ImageClassifierServiceStub(channel).ClassifyStream(requests())
-            try:
-                count, classified = await _wait_until_still(stub, lambda: pulled)
-            finally:
-                call.cancel()
-    assert classified >= 2  # the server did work: the bound is not because nothing ran
-    assert count < 100, f"the server kept reading frames nobody read answers for ({count} pulled)"
+            # The model held: the stream has taken its two in-flight frames (one running, one queued).
+            await gate.wait_for_runs(1)
+            assert await poll_until(lambda: server.engine.get(MODEL).batcher.queue_depth == 1)
+            # The model free, the client still not reading: answers fill its window, then nothing moves.
+            gate.open()
+            taken = await quiet(gate, server)
+            assert pulled < 20, f"the client could send {pulled} frames: nothing held the stream back"
+            assert 2 < taken < 10, f"{taken} frames classified for a client that read no answer"
+            # Reading resumes the stream: every frame is answered, in order; it was held back, not stuck.
+            responses = [response async for response in call]
+    assert [r.request_id for r in responses] == [str(i) for i in range(total)]
+    assert all(r.status.code == OK and len(r.results[0].labels) == 1000 for r in responses)
+    assert gate.runs == total
 
 
 def _stream_with_sync_client(server: RunningServer, names: list[str]) -> list[StreamResult]:
