@@ -67,7 +67,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if len(self.connections) >= self.limits.max_connections:
             # Answered, not just dropped, so a client knows to back off and retry.
             self.transport = transport
-            self._refuse(503, "too many connections; retry later", retry=True)
+            # Closed at once, no lingering: under a flood of connections each refused one must cost nothing.
+            self._refuse(503, "too many connections; retry later", retry=True, linger=False)
             return
         super().connection_made(transport)
         self._arm_header_timer()
@@ -143,7 +144,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self._refuse(408, "the request headers did not arrive in time")
 
-    def _refuse(self, status: int, message: str, *, retry: bool = False) -> None:
+    def _refuse(self, status: int, message: str, *, retry: bool = False, linger: bool = True) -> None:
         """Answer and close, unless a response is still being written on this connection (then just close)."""
         cycle = getattr(self, "cycle", None)
         if cycle is None or cycle.response_complete:
@@ -157,7 +158,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if retry:
                 head.append("retry-after: 1")
             self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-        self._drop_the_rest_then_close()
+        if linger:
+            self._drop_the_rest_then_close()
+        else:
+            self.transport.close()
 
 
 class _LingeringClose:
