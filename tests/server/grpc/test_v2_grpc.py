@@ -551,6 +551,24 @@ async def test_while_shutting_down_ready_turns_false_and_calls_are_unavailable()
             await client.close()
 
 
+async def test_v2_streams_count_against_the_open_streams_limit() -> None:
+    async with (
+        running_server(max_streams=1, http_port=0) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        first: Any = stub.ModelStreamInfer()
+        await first.initial_metadata()  # admitted: the server sends headers at once
+        assert server.engine.active_streams == 1
+        second: Any = stub.ModelStreamInfer()
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await second.read()
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "streams open" in (error.value.details() or "")
+        await first.done_writing()
+        assert await first.read() == grpc.aio.EOF
+
+
 class GatedBackend:
     """The real ONNX backend, with every run held until `gate` is set; records each run's batch."""
 

@@ -195,7 +195,8 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @translate_unary
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
         model = self._core.engine_model(request.model_name)
-        with self._engine.observe(PROTOCOL, "ModelInfer", model, request.id, len(request.inputs)) as call:
+        owner = context.peer() or ""  # the connection: its fair share of the memory budget
+        with self._engine.observe(PROTOCOL, "ModelInfer", model, request.id, len(request.inputs), owner=owner) as call:
             converted = request_from_pb(request)
             response = await self._core.infer(converted, deadline=deadline_of(context), call=call)
         return response_to_pb(response, typed=not request.raw_input_contents)
@@ -208,12 +209,14 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         its error_message (and its id) and the stream goes on. At most stream_max_in_flight requests are
         read and not yet answered: a sender that outpaces the server is held back by flow control.
         """
-        async with self._engine.open_stream(PROTOCOL, "ModelStreamInfer"):  # admission, streams in flight
+        owner = context.peer() or ""
+        # Admission and the open-streams limit; each request is charged to the budget while it runs (engine.score).
+        async with self._engine.open_stream(PROTOCOL, "ModelStreamInfer", owner=owner):
             await context.send_initial_metadata(())
             slots = asyncio.Semaphore(self._max_in_flight)
             answers: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | BaseException | None]
             answers = asyncio.Queue()
-            reader = asyncio.create_task(self._read_stream(request_iterator, slots, answers))
+            reader = asyncio.create_task(self._read_stream(request_iterator, slots, answers, owner))
             pending: list[asyncio.Task[pb.ModelStreamInferResponse]] = []
             try:
                 while (entry := await answers.get()) is not None:
@@ -241,21 +244,23 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         request_iterator: AsyncIterator[pb.ModelInferRequest],
         slots: asyncio.Semaphore,
         answers: asyncio.Queue[Any],
+        owner: str,
     ) -> None:
         try:
             async for request in request_iterator:
                 await slots.acquire()
-                await answers.put(asyncio.create_task(self._stream_one(request)))
+                await answers.put(asyncio.create_task(self._stream_one(request, owner)))
             await answers.put(None)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # the stream itself failed (the client went away): end it
             await answers.put(exc)
 
-    async def _stream_one(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+    async def _stream_one(self, request: pb.ModelInferRequest, owner: str) -> pb.ModelStreamInferResponse:
         model = self._core.engine_model(request.model_name)
+        method = "ModelStreamInfer"
         try:
-            with self._engine.observe(PROTOCOL, "ModelStreamInfer", model, request.id, len(request.inputs)) as call:
+            with self._engine.observe(PROTOCOL, method, model, request.id, len(request.inputs), owner=owner) as call:
                 response = await self._core.infer(request_from_pb(request), call=call)
             typed = not request.raw_input_contents
             return pb.ModelStreamInferResponse(infer_response=response_to_pb(response, typed=typed))
