@@ -93,7 +93,7 @@ USER 10001:10001
 WORKDIR /home/imgcls
 
 # 50051: gRPC (classifier, grpc.health.v1, reflection); 9090: Prometheus /metrics over HTTP.
-EXPOSE 50051 9090
+EXPOSE 50051 8000 9090
 
 # Exec form: the check runs on its own (not through the ENTRYPOINT). start-period covers model loading
 # and a first Hub download.

@@ -31,6 +31,7 @@ MANIFESTS = ("deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml")
 OLDEST_KUBERNETES = "1.27"  # native gRPC probes are GA from 1.27
 
 GRPC_PORT = 50051
+HTTP_PORT = 8000
 METRICS_PORT = 9090
 
 
@@ -324,7 +325,7 @@ def test_entrypoint_is_the_documented_imgcls_serve(dockerfile: Dockerfile) -> No
 
 def test_exposes_grpc_and_metrics(dockerfile: Dockerfile) -> None:
     exposed = {int(p.split("/")[0]) for e in dockerfile.final.all("EXPOSE") for p in e.value.split()}
-    assert exposed == {GRPC_PORT, METRICS_PORT}
+    assert exposed == {GRPC_PORT, HTTP_PORT, METRICS_PORT}
     # The server's own default is no metrics server; the image turns it on at the exposed port.
     assert dockerfile.final.env()["IMGCLS_METRICS_PORT"] == str(METRICS_PORT)
 
@@ -422,8 +423,9 @@ def test_deployment_runs_imgcls_serve_on_the_exposed_ports(
     assert args[0] == "serve"
     assert flag_value(args, "--host") == "0.0.0.0"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
+    assert ports == {"grpc": GRPC_PORT, "http": HTTP_PORT, "metrics": METRICS_PORT}
     assert int(flag_value(args, "--port")) == ports["grpc"]
+    assert int(flag_value(args, "--http-port")) == ports["http"]
     assert int(flag_value(args, "--metrics-port")) == ports["metrics"]
     exposed = {int(p) for e in dockerfile.final.all("EXPOSE") for p in e.value.split()}
     assert set(ports.values()) == exposed

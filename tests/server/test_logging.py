@@ -183,7 +183,20 @@ def test_serve_process_logs_json(tmp_path: Path) -> None:
     a debug line with its request_id; SIGTERM ends it with exit 0."""
     env = without_server_variables()
     process = subprocess.Popen(
-        [str(IMGCLS), "serve", "--port", "0", "--log-format", "json", "--log-level", "debug", "--grace-period", "2"],
+        [
+            str(IMGCLS),
+            "serve",
+            "--port",
+            "0",
+            "--http-port",
+            "0",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "--grace-period",
+            "2",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,

@@ -50,7 +50,8 @@ class ServeProcess:
         """Launch and wait for grpc.health.v1 SERVING; AssertionError with the log's tail if it never is."""
         for _ in range(3):  # the probed port may be taken before the server binds it
             self.port = free_port()
-            self.command = [sys.executable, "-m", "imgcls.cli", "serve", "--host", "127.0.0.1"]
+            # --http-port 0: no HTTP door unless a test asks for one (8000 may be taken on a test machine).
+            self.command = [sys.executable, "-m", "imgcls.cli", "serve", "--host", "127.0.0.1", "--http-port", "0"]
             self.command += ["--port", str(self.port), *self.args]
             with self.log_path.open("ab") as log:
                 self.process = subprocess.Popen(

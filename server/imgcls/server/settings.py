@@ -137,9 +137,11 @@ class ServerSettings(_Frozen):
     memory_budget_bytes: int | None = Field(default=None, ge=16 * 1024 * 1024)
     # How long one request message may take to arrive once the server starts receiving it.
     message_timeout_s: float = Field(default=10.0, gt=0, le=3600)
-    # Streams open at once (all connections) and calls at once on one HTTP/2 connection.
+    # Streams open at once (all connections) and calls at once on one HTTP/2 connection. The latter is
+    # generous: calls waiting for admission hold almost nothing, and a client that opens more calls than
+    # the limit before it has read the server's SETTINGS gets the extra ones refused (UNAVAILABLE).
     max_streams: int = Field(default=256, ge=1, le=100_000)
-    max_calls_per_connection: int = Field(default=64, ge=1, le=100_000)
+    max_calls_per_connection: int = Field(default=1024, ge=1, le=100_000)
     grace_period_s: float = Field(default=10.0, ge=0)
     # A connection older than this is sent a GOAWAY (gRPC adds +-10 % jitter), so its client reconnects and
     # re-resolves its dns:/// target: behind a headless Service that is how long-lived clients find the

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import numpy as np
 import pytest
 from imgcls.server.engine import engine as engine_module
 from imgcls.server.runtime import memory
 from imgcls.v1 import classifier_pb2 as pb
 from support.fake_backend import fake_engine
-from support.servers import CHANNEL_OPTIONS, running_server
+from support.servers import CHANNEL_OPTIONS, connect, running_server
 
 CLASSIFY = "/imgcls.v1.ImageClassifierService/Classify"
 GET_MODEL = "/imgcls.v1.ImageClassifierService/GetModel"
@@ -75,3 +76,16 @@ async def test_freed_heap_is_given_back_after_large_work(monkeypatch: pytest.Mon
         await asyncio.wait_for(trimmed.wait(), 5)
     finally:
         await engine.stop(drain=False)
+
+
+async def test_hundreds_of_calls_at_once_on_one_channel_are_all_answered() -> None:
+    """Calls over a connection's stream limit, opened before the client has read the server's SETTINGS,
+    are refused by HTTP/2 (UNAVAILABLE): the default limit leaves room for a busy client's burst."""
+    tensor = np.zeros((1, 3, 224, 224), np.float32)
+    request = pb.ClassifyRequest(
+        inputs=[pb.Input(tensor=pb.Tensor(dims=tensor.shape, dtype=pb.DATA_TYPE_FLOAT32, raw_data=tensor.tobytes()))]
+    )
+    async with running_server() as server, connect(server) as stub:
+        answers = await asyncio.gather(*(stub.Classify(request) for _ in range(200)), return_exceptions=True)
+    failures = [a for a in answers if isinstance(a, BaseException)]
+    assert failures == []
