@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -12,10 +14,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
-from huggingface_hub import constants
+from huggingface_hub import HfApi, constants, file_download, hf_hub_download
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 from huggingface_hub.utils import close_session
+from huggingface_hub.utils._runtime import is_xet_available
 from imgcls.server.domain.errors import ModelLoadError
 from imgcls.server.sources.hub import HubModel, fetch_hub_model, looks_like_repo_id, parse_repo_ref
 from imgcls.server.sources.variants import VARIANT_FILES
@@ -66,8 +71,13 @@ def snapshot_files(model: HubModel) -> set[str]:
 
 
 def repo_paths(hub: FakeHub, repo_id: str) -> list[tuple[str, str]]:
-    """(method, path) of every request about repo_id (the library's own side calls left out)."""
-    return [(r.method, r.path) for r in hub.requests if f"/{repo_id}/" in r.path or r.path.endswith(repo_id)]
+    """(method, path) of every request about repo_id, to the Hub or to the storage host its large files are
+    redirected to (the library's own side calls left out)."""
+    return [
+        (r.method, r.path)
+        for r in hub.requests
+        if f"/{repo_id}/" in r.path or r.path.endswith(repo_id) or (r.file is not None and r.file[0] == repo_id)
+    ]
 
 
 # --- fixtures ---------------------------------------------------------------------------
@@ -169,8 +179,7 @@ def test_external_data_files_are_fetched_with_their_graph(hub: FakeHub, tmp_path
     assert snapshot_files(model) == expected
     assert (model.folder / "onnx" / "model.onnx_data_1").read_bytes() == b"weights-1"
     # The graph is fetched last, so its presence in a snapshot implies its data files are there.
-    gets = [p for m, p in repo_paths(hub, "owner/big") if m == "GET" and "/resolve/" in p]
-    assert gets[-1].endswith("/onnx/model.onnx")
+    assert hub.downloads("owner/big")[-1] == "onnx/model.onnx"
 
 
 @pytest.mark.parametrize(
@@ -303,25 +312,40 @@ def test_repo_without_preprocessor_config(hub: FakeHub, tmp_path: Path):
         fetch_hub_model("owner/nopre")
 
 
-def test_gated_repo_needs_a_token(hub: FakeHub, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch):
-    hub.add_repo("owner/gated", tiny_repo(tmp_path / "repo"), gated_token=TOKEN)
+def test_gated_repo_needs_a_token_with_access(
+    hub: FakeHub, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # A repo id that does not say "gated": each message must come from the Hub's answer, not the name.
+    hub.add_repo("owner/terms", tiny_repo(tmp_path / "repo"), gated_token=TOKEN)
+    hint = "set HF_TOKEN or pass --hf-token with a token that has access"
 
+    # No token: the files answer 401 GatedRepo.
     with pytest.raises(ModelLoadError) as info:
-        fetch_hub_model("owner/gated")
-    assert info.value.message.startswith("repo owner/gated is gated")
-    assert "HF_TOKEN" in info.value.message and "--hf-token" in info.value.message
+        fetch_hub_model("owner/terms")
+    assert info.value.message == (
+        f"repo owner/terms is gated and this request is not authorized: accept its terms on the Hub, then {hint}"
+    )
 
-    with pytest.raises(ModelLoadError, match="gated"):
-        fetch_hub_model("owner/gated", token="hf_wrong")
-    assert not (cache / "models--owner--gated" / "snapshots").exists()
+    # A valid token whose user has not accepted the terms: 403 GatedRepo.
+    with pytest.raises(ModelLoadError) as info:
+        fetch_hub_model("owner/terms", token=hub.add_token("hf_valid_but_no_access"))
+    assert info.value.message.startswith("repo owner/terms is gated and this request is not authorized")
+
+    # A token the Hub does not know: 401 on the first call (the metadata), as the real Hub does.
+    with pytest.raises(ModelLoadError) as info:
+        fetch_hub_model("owner/terms", token="hf_wrong")
+    assert info.value.message == f"repo owner/terms: the Hub refused access (HTTP 401); {hint}"
+    assert not (cache / "models--owner--terms" / "snapshots").exists()
 
     hub.clear_log()
-    by_argument = fetch_hub_model("owner/gated", token=TOKEN)
+    by_argument = fetch_hub_model("owner/terms", token=TOKEN)
     assert snapshot_files(by_argument) == {"config.json", "preprocessor_config.json", "onnx/model.onnx"}
-    assert {r.authorization for r in hub.requests if "/resolve/" in r.path} == {f"Bearer {TOKEN}"}
+    assert {r.authorization for r in hub.requests if r.host == "hub"} == {f"Bearer {TOKEN}"}
+    # The graph's bytes come from the storage host it is redirected to, without the token.
+    assert [(r.method, r.authorization) for r in hub.requests if r.host == "cdn"] == [("GET", None)]
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    by_env = fetch_hub_model("owner/gated", cache_dir=tmp_path / "other-cache")
+    by_env = fetch_hub_model("owner/terms", cache_dir=tmp_path / "other-cache")
     assert by_env.folder.is_relative_to((tmp_path / "other-cache").resolve())
     assert snapshot_files(by_env) == snapshot_files(by_argument)
 
@@ -423,7 +447,7 @@ def test_dropped_connection_is_resumed_by_huggingface_hub(hub: FakeHub, tmp_path
     model = fetch_hub_model("owner/x", dtype="fp32")
 
     assert fault.reached.is_set()
-    ranges = [r.range for r in hub.requests if r.method == "GET" and r.path.endswith("/onnx/model.onnx")]
+    ranges = hub.byte_ranges("owner/x", "onnx/model.onnx")
     # huggingface_hub writes 10 MiB chunks; it resumes after the last whole chunk it wrote.
     assert ranges == [None, f"bytes={10 << 20}-"]
     original = (SHARED / "onnx" / "model.onnx").read_bytes()
@@ -452,7 +476,7 @@ def test_failed_download_keeps_nothing_and_a_retry_is_complete(hub: FakeHub, tmp
     model = fetch_hub_model("owner/x")
 
     assert (model.folder / "onnx" / "model.onnx").read_bytes() == graph
-    ranges = [r.range for r in hub.requests if r.method == "GET" and r.path.endswith("/onnx/model.onnx")]
+    ranges = hub.byte_ranges("owner/x", "onnx/model.onnx")
     assert ranges == [None]  # started afresh, nothing resumed from a leftover
 
 
@@ -479,7 +503,7 @@ def test_killed_mid_download_leaves_nothing_a_later_start_uses(hub: FakeHub, tmp
     model = fetch_hub_model("owner/x")
 
     assert (model.folder / "onnx" / "model.onnx").read_bytes() == graph
-    ranges = [r.range for r in hub.requests if r.method == "GET" and r.path.endswith("/onnx/model.onnx")]
+    ranges = hub.byte_ranges("owner/x", "onnx/model.onnx")
     assert ranges == [None, None]  # the later start downloaded from byte 0, ignoring the leftover
 
 
@@ -537,3 +561,101 @@ def test_revision_inside_the_repo_id_is_refused(hub: FakeHub):
     with pytest.raises(ModelLoadError, match="pass the revision of owner/x separately"):
         fetch_hub_model("owner/x@v2")
     assert hub.requests == []
+
+
+# --- the fake answers as the Hub does -----------------------------------------------------
+
+
+def ask(url: str, method: str = "HEAD", token: str | None = None) -> tuple[int, dict[str, str]]:
+    """One raw request to the fake (no redirect followed): status and headers."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.netloc, timeout=30)
+    try:
+        connection.request(method, parts.path, headers={"Authorization": f"Bearer {token}"} if token else {})
+        response = connection.getresponse()
+        response.read()
+        return response.status, dict(response.getheaders())
+    finally:
+        connection.close()
+
+
+def test_the_fake_answers_errors_with_the_hubs_status_codes(hub: FakeHub, tmp_path: Path):
+    hub.add_repo("owner/terms", tiny_repo(tmp_path / "repo"), gated_token=TOKEN)
+    valid = hub.add_token("hf_valid_but_no_access")
+    resolve = f"{hub.url}/owner/terms/resolve/main/config.json"
+    cases = {
+        # A missing repo: 401 to a stranger (private repos are not revealed), 404 to a known user.
+        "missing, anonymous": (ask(f"{hub.url}/api/models/owner/missing", "GET"), 401, "RepoNotFound"),
+        "missing, valid token": (ask(f"{hub.url}/api/models/owner/missing", "GET", valid), 404, "RepoNotFound"),
+        "missing file, anonymous": (ask(f"{hub.url}/owner/missing/resolve/main/config.json"), 401, "RepoNotFound"),
+        # A token the Hub does not know: 401 everywhere, metadata included, with no error code.
+        "unknown token, metadata": (ask(f"{hub.url}/api/models/owner/terms", "GET", "hf_wrong"), 401, None),
+        "unknown token, file": (ask(resolve, token="hf_wrong"), 401, None),
+        # A gated repo's files: 401 without a token, 403 for a user who has not accepted its terms.
+        "gated, anonymous": (ask(resolve), 401, "GatedRepo"),
+        "gated, no access": (ask(resolve, token=valid), 403, "GatedRepo"),
+        "gated metadata, anonymous": (ask(f"{hub.url}/api/models/owner/terms", "GET"), 200, None),
+        "gated, access": (ask(resolve, token=TOKEN), 200, None),
+    }
+    for case, ((status, headers), want_status, want_code) in cases.items():
+        assert (status, headers.get("X-Error-Code")) == (want_status, want_code), (case, headers)
+    assert cases["unknown token, file"][0][1]["X-Error-Message"] == "Invalid credentials in Authorization header"
+
+
+def test_the_fake_redirects_large_files_with_their_linked_size_and_etag(hub: FakeHub, tmp_path: Path):
+    graph = os.urandom(1 << 20)
+    sha = hub.add_repo("owner/x", tiny_repo(tmp_path / "repo", {"model.onnx": graph}))
+    config = (tmp_path / "repo" / "config.json").read_bytes()
+
+    status, headers = ask(f"{hub.url}/owner/x/resolve/main/onnx/model.onnx")
+    assert status == 302
+    assert headers["X-Linked-Etag"] == f'"{hashlib.sha256(graph).hexdigest()}"'
+    assert headers["X-Linked-Size"] == str(len(graph))
+    assert headers["X-Repo-Commit"] == sha
+    assert urlsplit(headers["Location"]).netloc != urlsplit(hub.url).netloc  # another origin, as a CDN is
+    assert not any(name.lower().startswith("x-xet") for name in headers)  # no Xet: see the test below
+    cdn_status, cdn_headers = ask(headers["Location"], "GET")
+    assert (cdn_status, cdn_headers["Content-Length"]) == (200, str(len(graph)))
+
+    # A small file is answered in place, its ETag the git blob id (what `git hash-object` prints).
+    status, headers = ask(f"{hub.url}/owner/x/resolve/main/config.json")
+    git_blob_id = hashlib.sha1(b"blob %d\0" % len(config) + config).hexdigest()
+    assert (status, headers["ETag"], headers["Content-Length"]) == (200, f'"{git_blob_id}"', str(len(config)))
+
+
+def test_huggingface_hub_reads_the_fakes_errors_as_the_hubs(hub: FakeHub, tmp_path: Path):
+    hub.add_repo("owner/terms", tiny_repo(tmp_path / "repo"), gated_token=TOKEN)
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi().model_info("owner/missing")
+    with pytest.raises(GatedRepoError):
+        hf_hub_download("owner/terms", "config.json")
+    with pytest.raises(HfHubHTTPError) as refused:
+        hf_hub_download("owner/terms", "config.json", token="hf_wrong")
+    # Not "repo not found": huggingface_hub tells a bad token apart by the Hub's message.
+    assert not isinstance(refused.value, RepositoryNotFoundError)
+    assert refused.value.response.status_code == 401
+
+
+def test_large_files_download_over_plain_http_even_with_hf_xet_installed(
+    hub: FakeHub, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # The path chosen for the fake: no Xet headers, so huggingface_hub downloads a large file from the
+    # redirect over HTTP even where hf_xet would be used for a real Hub repo stored on Xet.
+    pytest.importorskip("hf_xet")
+    assert is_xet_available()
+
+    def no_xet(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("huggingface_hub took the Xet path")
+
+    monkeypatch.setattr(file_download, "xet_get", no_xet)
+    graph = os.urandom(1 << 20)
+    hub.add_repo("owner/x", tiny_repo(tmp_path / "repo", {"model.onnx": graph}))
+
+    model = fetch_hub_model("owner/x")
+
+    assert (model.folder / "onnx" / "model.onnx").read_bytes() == graph
+    # The bytes came from the redirect's storage host, and the cache names the blob by its sha256 (the
+    # X-Linked-Etag), as for an LFS file from the real Hub.
+    assert [(r.method, r.file) for r in hub.requests if r.host == "cdn"] == [("GET", ("owner/x", "onnx/model.onnx"))]
+    blob = (model.folder / "onnx" / "model.onnx").resolve()
+    assert blob.parent.name == "blobs" and blob.name == hashlib.sha256(graph).hexdigest()

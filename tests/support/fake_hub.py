@@ -1,8 +1,24 @@
 """A loopback stand-in for the Hugging Face Hub, serving repo trees built on disk.
 
-It implements only what ``huggingface_hub`` (2.4.0) calls for ``HfApi.model_info`` and
-``hf_hub_download``, with the headers and error codes the real Hub sends, so the library's own
-error mapping, caching and resume logic run unchanged against it.
+It implements what ``huggingface_hub`` (2.4.0) calls for ``HfApi.model_info`` and ``hf_hub_download``,
+answering as huggingface.co does where the client's behaviour depends on it (checked against the
+client's own parsing in huggingface_hub/file_download.py and utils/_http.py):
+
+- Small files are answered from ``/resolve`` itself: 200, ``ETag`` = the git blob id, ``X-Repo-Commit``.
+- Large (LFS) files -- ``*.onnx``, ``*.onnx_data*``, or anything over ``LFS_THRESHOLD`` -- are answered with a
+  302 to a storage host on another origin (the fake's "CDN", a second port), carrying ``X-Linked-Etag``
+  (the sha256) and ``X-Linked-Size``; the client takes size and etag from those, downloads from the
+  ``Location`` without the Authorization header, and names the cached blob by the sha256.
+- No Xet headers (``X-Xet-Hash``, the xet-auth link) are ever sent, so with ``hf_xet`` installed the client
+  still downloads over plain HTTP from the redirect: the fake serves that path, and test_fake_hub.py
+  proves it is the one taken (emulating Xet's content-addressed protocol is out of scope).
+- A missing repo is 401 ``RepoNotFound`` for an anonymous caller (404 for a valid token), as the Hub does
+  not tell strangers which private repos exist; a token the Hub does not know is 401 "Invalid credentials
+  in Authorization header" on every endpoint; a gated repo's files are 401 ``GatedRepo`` without a token
+  and 403 ``GatedRepo`` for a valid token without access. Metadata of a gated repo is public.
+
+Faults (connections dropped or stalled mid-body, the Hub going down) apply to a file's bytes wherever they
+are served (``/resolve`` or the CDN).
 """
 
 from __future__ import annotations
@@ -17,11 +33,15 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 _CHUNK = 1 << 20
 _INFO = re.compile(r"^/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?$")
 _RESOLVE = re.compile(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
+_CDN = re.compile(r"^/lfs/([0-9a-f]{64})$")
+LFS_THRESHOLD = 10 << 20  # the Hub stores files over 10 MB in LFS whatever their name
+_LFS_NAME = re.compile(r".*\.onnx(_data(_\d+)?)?$")  # as .gitattributes of ONNX repos track them
+INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 
 
 @dataclass(frozen=True)
@@ -30,11 +50,13 @@ class HubRequest:
     path: str  # unquoted URL path
     range: str | None
     authorization: str | None
+    host: str = "hub"  # "hub", or "cdn" for the storage host large files are redirected to
+    file: tuple[str, str] | None = None  # (repo_id, repo path) of the bytes asked for, on either host
 
 
 @dataclass
 class Fault:
-    """Break the next GET of one file after ``after_bytes`` bytes of its body."""
+    """Break the next GET of one file's bytes after ``after_bytes`` bytes of its body."""
 
     after_bytes: int
     stall: bool = False  # hang instead of closing, so a test can kill the client mid-download
@@ -42,17 +64,32 @@ class Fault:
     reached: threading.Event = field(default_factory=threading.Event)
 
 
+@dataclass(frozen=True)
+class _File:
+    path: Path
+    size: int
+    git_sha1: str  # the git blob id: a small file's ETag
+    sha256: str  # an LFS file's X-Linked-Etag, and its name on the CDN
+    lfs: bool
+
+
 @dataclass
 class _Tree:
     sha: str
-    files: dict[str, Path]  # repo path -> file on disk
-    etags: dict[str, str]
+    files: dict[str, _File]  # repo path -> file
 
 
 @dataclass
 class _Repo:
-    token: str | None  # gated: files need "Authorization: Bearer <token>"
+    allowed: frozenset[str] | None  # gated: the tokens whose users accepted its terms; None: public
     branches: dict[str, _Tree] = field(default_factory=dict)
+
+
+def _describe(path: Path) -> _File:
+    data = path.read_bytes()
+    git_sha1 = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    lfs = len(data) > LFS_THRESHOLD or _LFS_NAME.fullmatch(path.name) is not None
+    return _File(path, len(data), git_sha1, hashlib.sha256(data).hexdigest(), lfs)
 
 
 class FakeHub:
@@ -60,23 +97,40 @@ class FakeHub:
 
     def __init__(self) -> None:
         self.repos: dict[str, _Repo] = {}
+        self.tokens: set[str] = set()  # tokens the Hub knows (any other is refused as invalid)
         self.faults: dict[tuple[str, str], Fault] = {}
         self.down_status: int | None = None  # when set, every request is answered with it (Hub outage)
         self._pending_status: dict[tuple[str, str], int] = {}
+        self._lfs: dict[str, tuple[str, str, _File]] = {}  # sha256 -> (repo_id, repo path, file)
         self._log: list[HubRequest] = []
         self._lock = threading.Lock()
         self._release = threading.Event()
-        self._server: _Server | None = None
+        self._servers: list[_Server] = []
         self.url = ""
+        self.cdn_url = ""
 
     def add_repo(self, repo_id: str, root: Path, *, branch: str = "main", gated_token: str | None = None) -> str:
-        """Serve every file under root as branch of repo_id; returns the branch's commit sha."""
-        files = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
-        etags = {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in files.items()}
+        """Serve every file under root as branch of repo_id; returns the branch's commit sha.
+
+        gated_token: the repo is gated, and this (valid) token's user has accepted its terms.
+        """
+        files = {p.relative_to(root).as_posix(): _describe(p) for p in sorted(root.rglob("*")) if p.is_file()}
+        etags = {name: f.sha256 for name, f in files.items()}
         sha = hashlib.sha1(json.dumps([repo_id, branch, etags], sort_keys=True).encode()).hexdigest()
-        repo = self.repos.setdefault(repo_id, _Repo(token=gated_token))
-        repo.branches[branch] = _Tree(sha=sha, files=files, etags=etags)
+        if gated_token is not None:
+            self.tokens.add(gated_token)
+        repo = self.repos.setdefault(repo_id, _Repo(frozenset({gated_token}) if gated_token else None))
+        repo.branches[branch] = _Tree(sha=sha, files=files)
+        with self._lock:
+            for name, f in files.items():
+                if f.lfs:
+                    self._lfs[f.sha256] = (repo_id, name, f)
         return sha
+
+    def add_token(self, token: str) -> str:
+        """A valid token (its user has accepted no gated repo's terms)."""
+        self.tokens.add(token)
+        return token
 
     def add_fault(self, repo_id: str, filename: str, fault: Fault) -> Fault:
         self.faults[(repo_id, filename)] = fault
@@ -91,27 +145,34 @@ class FakeHub:
         with self._lock:
             self._log.clear()
 
+    def downloads(self, repo_id: str) -> list[str]:
+        """Repo paths of repo_id whose bytes were asked for (GET of /resolve, or of the CDN for LFS files), in order."""
+        return [r.file[1] for r in self.requests if r.method == "GET" and r.file is not None and r.file[0] == repo_id]
+
     def downloaded(self, repo_id: str) -> set[str]:
-        """Repo paths of repo_id whose bytes were requested (GET /resolve)."""
-        found = set()
-        for r in self.requests:
-            m = _RESOLVE.match(r.path)
-            if r.method == "GET" and m and m.group(1) == repo_id:
-                found.add(m.group(3))
-        return found
+        return set(self.downloads(repo_id))
+
+    def byte_ranges(self, repo_id: str, filename: str) -> list[str | None]:
+        """The Range header of every GET that asked for this file's bytes, in order (None: from the start)."""
+        return [r.range for r in self.requests if r.method == "GET" and r.file == (repo_id, filename)]
 
     def __enter__(self) -> FakeHub:
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.hub = self
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        for _ in range(2):  # the Hub, and the storage host large files are redirected to
+            server = _Server(("127.0.0.1", 0), _Handler)  # port 0: the kernel picks a free port, no race
+            server.hub = self
+            self._servers.append(server)
+            threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        hub, cdn = self._servers
+        cdn.is_cdn = True
+        self.url = f"http://127.0.0.1:{hub.server_address[1]}"
+        self.cdn_url = f"http://127.0.0.1:{cdn.server_address[1]}"
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._release.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
 
     # --- request handling ---------------------------------------------------------------
 
@@ -127,6 +188,7 @@ class FakeHub:
 
 class _Server(ThreadingHTTPServer):
     hub: FakeHub
+    is_cdn = False
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # clients that go away mid-response (faults, killed processes) are expected here
@@ -145,59 +207,90 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._serve(body=True)
 
+    @property
+    def hub(self) -> FakeHub:
+        return self.server.hub
+
     def _serve(self, *, body: bool) -> None:
         raw_path = urlsplit(self.path).path
         # Split before unquoting: a revision like "refs/pr/1" arrives as one %2F-quoted segment.
-        parts = [unquote(p) for p in raw_path.split("/")]
-        path = "/".join(parts)
-        self.server.hub._record(
-            HubRequest(self.command, path, self.headers.get("Range"), self.headers.get("Authorization"))
-        )
-        if self.server.hub.down_status is not None:
-            return self._error(self.server.hub.down_status, None, "Service Unavailable")
-        info, resolve = _INFO.match(raw_path), _RESOLVE.match(raw_path)
+        path = "/".join(unquote(p) for p in raw_path.split("/"))
+        if self.server.is_cdn:
+            return self._serve_cdn(path, body)
+        resolve = _RESOLVE.match(raw_path)
+        file = (unquote(resolve.group(1)), unquote(resolve.group(3))) if resolve else None
+        authorization = self.headers.get("Authorization")
+        self.hub._record(HubRequest(self.command, path, self.headers.get("Range"), authorization, "hub", file))
+        if self.hub.down_status is not None:
+            return self._error(self.hub.down_status, None, "Service Unavailable")
+        token = authorization.removeprefix("Bearer ") if authorization else None
+        if token is not None and token not in self.hub.tokens:
+            return self._error(401, None, INVALID_CREDENTIALS)
+        info = _INFO.match(raw_path)
         match = info or resolve
         if match is None:
             return self._error(404, None, "Not Found")
         repo_id, revision = unquote(match.group(1)), unquote(match.group(2) or "main")
-        repo = self.server.hub.repos.get(repo_id)
+        repo = self.hub.repos.get(repo_id)
         if repo is None:
-            return self._error(404, "RepoNotFound", "Repository not found")
-        tree = self.server.hub._tree(repo, revision)
+            # The Hub does not tell an anonymous caller whether a (private) repo exists: 401, not 404.
+            return self._error(404 if token else 401, "RepoNotFound", "Repository not found")
+        tree = self.hub._tree(repo, revision)
         if tree is None:
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
         if info:
             # Metadata of a gated repo is public on the real Hub; only its files need a token.
-            siblings = [{"rfilename": name} for name in tree.files]
             data = {
                 "id": repo_id,
                 "modelId": repo_id,
                 "sha": tree.sha,
                 "private": False,
-                "gated": "auto" if repo.token else False,
-                "siblings": siblings,
+                "gated": "auto" if repo.allowed is not None else False,
+                "siblings": [{"rfilename": name} for name in tree.files],
             }
             return self._send(200, json.dumps(data).encode(), {"Content-Type": "application/json"}, body)
-        filename = unquote(resolve.group(3)) if resolve else ""
-        if repo.token and self.headers.get("Authorization") != f"Bearer {repo.token}":
-            msg = f"Access to model {repo_id} is restricted. You must have access to it and be authenticated."
-            return self._error(401, "GatedRepo", msg)
-        if filename not in tree.files:
-            return self._error(404, "EntryNotFound", f"{filename} does not exist", {"X-Repo-Commit": tree.sha})
-        self._send_file(repo_id, filename, tree, body)
+        assert file is not None
+        if repo.allowed is not None and token not in repo.allowed:
+            if token is None:
+                msg = f"Access to model {repo_id} is restricted. You must have access to it and be authenticated."
+                return self._error(401, "GatedRepo", msg)
+            msg = f"Access to model {repo_id} is restricted and you are not in the authorized list."
+            return self._error(403, "GatedRepo", msg)
+        entry = tree.files.get(file[1])
+        if entry is None:
+            return self._error(404, "EntryNotFound", f"{file[1]} does not exist", {"X-Repo-Commit": tree.sha})
+        if entry.lfs:
+            location = f"{self.hub.cdn_url}/lfs/{entry.sha256}?filename={quote(Path(file[1]).name)}"
+            headers = {
+                "X-Repo-Commit": tree.sha,
+                "ETag": f'"{entry.git_sha1}"',  # the LFS pointer's blob id; the client prefers X-Linked-Etag
+                "X-Linked-Etag": f'"{entry.sha256}"',
+                "X-Linked-Size": str(entry.size),
+                "Location": location,
+            }
+            return self._send(302, b"", headers, body)
+        self._send_bytes(file, entry, {"X-Repo-Commit": tree.sha, "ETag": f'"{entry.git_sha1}"'}, body)
 
-    def _send_file(self, repo_id: str, filename: str, tree: _Tree, body: bool) -> None:
-        data = tree.files[filename].read_bytes()
-        headers = {
-            "X-Repo-Commit": tree.sha,
-            "ETag": f'"{tree.etags[filename]}"',
-            "Accept-Ranges": "bytes",
-            "Content-Type": "application/octet-stream",
-        }
-        key = (repo_id, filename)
-        if body and key in self.server.hub._pending_status:
-            return self._error(self.server.hub._pending_status.pop(key), None, "Service Unavailable")
-        fault = self.server.hub.faults.pop(key, None) if body else None
+    def _serve_cdn(self, path: str, body: bool) -> None:
+        match = _CDN.match(path)
+        with self.hub._lock:
+            found = self.hub._lfs.get(match.group(1)) if match else None
+        file = (found[0], found[1]) if found else None
+        self.hub._record(
+            HubRequest(self.command, path, self.headers.get("Range"), self.headers.get("Authorization"), "cdn", file)
+        )
+        if self.hub.down_status is not None:
+            return self._error(self.hub.down_status, None, "Service Unavailable")
+        if found is None:
+            return self._error(404, None, "Not Found")
+        self._send_bytes((found[0], found[1]), found[2], {"ETag": f'"{found[2].sha256}"'}, body)
+
+    def _send_bytes(self, key: tuple[str, str], entry: _File, headers: dict[str, str], body: bool) -> None:
+        data = entry.path.read_bytes()
+        headers = {**headers, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+        if body and key in self.hub._pending_status:
+            return self._error(self.hub._pending_status.pop(key), None, "Service Unavailable")
+        fault = self.hub.faults.pop(key, None) if body else None
         start = 0
         range_match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
         if body and range_match:
@@ -206,13 +299,13 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is None:
             return self._send(206 if start else 200, data[start:], headers, body)
         if fault.then_status is not None:
-            self.server.hub._pending_status[key] = fault.then_status
+            self.hub._pending_status[key] = fault.then_status
         self._send_headers(206 if start else 200, len(data) - start, headers)
         self.wfile.write(data[start : start + fault.after_bytes])
         self.wfile.flush()
         fault.reached.set()
         if fault.stall:
-            self.server.hub._release.wait(timeout=60)
+            self.hub._release.wait(timeout=60)
         self.close_connection = True
         with suppress(OSError):  # the client may be gone already (killed while stalled)
             self.connection.shutdown(socket.SHUT_RDWR)  # drop mid-body: the client sees a short read
@@ -238,8 +331,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @contextmanager
 def dead_endpoint() -> Iterator[str]:
-    """An http URL on 127.0.0.1 where nothing listens (connections are refused)."""
+    """An http URL on 127.0.0.1 where nothing listens: a socket bound and never listening, held until exit,
+    so no other process can take the port meanwhile (connections are refused)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
