@@ -1,4 +1,5 @@
-"""The one place where error kinds become gRPC statuses, for unary and streaming handlers alike."""
+"""Where error kinds become gRPC statuses (imgcls.v1's code numbers as grpc's enum), for unary and
+streaming handlers alike."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 from imgcls.server.domain.errors import ErrorKind, RequestError
+from imgcls.server.v1.converters import RPC_CODE_OF_KIND
 
 log = logging.getLogger(__name__)
 
@@ -19,17 +21,10 @@ Self = TypeVar("Self")
 # Messages are cut so an error never echoes a large input back.
 MAX_MESSAGE_CHARS = 1000
 
+_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+# imgcls.v1's mapping (google.rpc.Code numbers), as grpc's enum; every service on this door uses it.
 STATUS_OF_KIND: dict[ErrorKind, grpc.StatusCode] = {
-    ErrorKind.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
-    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    ErrorKind.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ErrorKind.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ErrorKind.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
-    ErrorKind.CANCELLED: grpc.StatusCode.CANCELLED,
-    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
-    ErrorKind.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
-    ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+    kind: _STATUS_BY_NUMBER[number] for kind, number in RPC_CODE_OF_KIND.items()
 }
 
 
@@ -39,11 +34,6 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
         return STATUS_OF_KIND[exc.kind], exc.message[:MAX_MESSAGE_CHARS]
     log.exception("unexpected error while handling a request")
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
-
-
-def code_number(error: RequestError) -> int:
-    """The numeric status code, for statuses carried inside messages (a stream frame's status)."""
-    return int(STATUS_OF_KIND[error.kind].value[0])
 
 
 def translate_unary(

@@ -17,7 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from imgcls.server.domain.errors import ErrorKind, InvalidInputError, TooLargeError
+from imgcls.server.domain.errors import ErrorKind, InvalidInputError, RequestError, TooLargeError
+from imgcls.server.engine.budget import Lease
+from imgcls.server.engine.engine import Engine
 from imgcls.server.http.errors import HttpError, send_error
 from starlette.requests import Request
 
@@ -159,15 +161,27 @@ def body_state(request: Request) -> BodyState:
     return state if isinstance(state, BodyState) else BodyState(0, "", read=True)
 
 
-async def read_body(request: Request, limits: HttpLimits) -> bytes:
+async def read_body(request: Request, limits: HttpLimits, engine: Engine | None = None) -> bytes:
     """The whole (decoded) body, at most limits.max_body_bytes of it, or an error naming why not.
 
     TooLargeError (413) as soon as the count passes the limit, before the rest arrives; HttpError 408
-    when the body stalls for body_idle_timeout_s or is not all there after body_timeout_s.
+    when the body stalls for body_idle_timeout_s or is not all there after body_timeout_s. With the
+    engine, the body is received as a gRPC message is: only in a slot of the engine's read gate (until
+    then it waits with the sender: uvicorn stops reading a connection whose body is not being read), and
+    its bytes count in the memory budget while they arrive (the engine charges the request from there).
     """
     state = body_state(request)
     if state.read:
         return b""
+    if engine is None:
+        return await _receive_body(request, limits, state, None)
+    owner = owner_of(request)
+    async with engine.read_gate.slot(owner):
+        with engine.budget.lease(0, owner) as lease:
+            return await _receive_body(request, limits, state, lease)
+
+
+async def _receive_body(request: Request, limits: HttpLimits, state: BodyState, lease: Lease | None) -> bytes:
     limit = limits.max_body_bytes
     decoder = _DECODERS[state.encoding]() if state.encoding else None
     chunks: list[bytes] = []
@@ -197,6 +211,12 @@ async def read_body(request: Request, limits: HttpLimits) -> bytes:
             if size > limit:
                 state.broken = True
                 raise TooLargeError(f"request body is over the limit of {limit} bytes")
+            if lease is not None:
+                try:
+                    lease.grow(len(chunk))
+                except RequestError:
+                    state.broken = True
+                    raise
             chunks.append(chunk)
             if not more:
                 break
@@ -210,3 +230,9 @@ _DECODERS: dict[str, Callable[[], Any]] = {
     "gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS),
     "deflate": lambda: zlib.decompressobj(zlib.MAX_WBITS),
 }
+
+
+def owner_of(request: Request) -> str:
+    """Who the request's work is charged to in the memory budget: its connection (client address and port)."""
+    client = request.client
+    return f"http:{client.host}:{client.port}" if client is not None else "http"

@@ -18,7 +18,7 @@ from imgcls.server.domain.errors import InvalidInputError
 from imgcls.server.domain.types import Base64Image, ClassifyOptions, ClassifyRequest, EncodedImage, FunctionToApply
 from imgcls.server.engine.engine import Engine
 from imgcls.server.http.common import JSONResponse, answer_errors, deadline_of, parse_json
-from imgcls.server.http.guard import HttpLimits, read_body
+from imgcls.server.http.guard import HttpLimits, owner_of, read_body
 from pydantic import BaseModel
 
 PROTOCOL = "hf-http"
@@ -45,10 +45,10 @@ def router(engine: Engine, limits: HttpLimits) -> APIRouter:
     @answer_errors(limits)
     async def classify(model: str, request: Request) -> JSONResponse:
         request_id = request.headers.get("x-request-id", "")
-        with engine.observe(PROTOCOL, METHOD, model, request_id, 1) as call:
+        with engine.observe(PROTOCOL, METHOD, model, request_id, 1, owner=owner_of(request)) as call:
             engine.get(model)  # an unknown model is answered before the body is read
             deadline = deadline_of(request)
-            body = await read_body(request, limits)
+            body = await read_body(request, limits, engine)
             domain = classify_request(model, body, request.headers.get("content-type", ""), request.query_params)
             answer = await engine.classify(domain, deadline=deadline, call=call)
         return JSONResponse([{"label": s.label, "score": s.score} for s in answer.rankings[0]])

@@ -25,7 +25,7 @@ from fastapi import APIRouter, Request
 from imgcls.server.domain.errors import InvalidInputError
 from imgcls.server.engine.engine import Engine
 from imgcls.server.http.common import JSONResponse, answer_errors, deadline_of, parse_json
-from imgcls.server.http.guard import HttpLimits, read_body
+from imgcls.server.http.guard import HttpLimits, owner_of, read_body
 from imgcls.server.images.decoding import brief
 from imgcls.server.v2 import (
     REST_EXTENSIONS,
@@ -93,10 +93,10 @@ def router(engine: Engine, limits: HttpLimits) -> APIRouter:
             return JSONResponse(core.model_statistics(name, version))
 
     async def infer(name: str, version: str, request: Request) -> Response:
-        with engine.observe(PROTOCOL, "ModelInfer", core.engine_model(name)) as call:
+        with engine.observe(PROTOCOL, "ModelInfer", core.engine_model(name), owner=owner_of(request)) as call:
             core.view(name, version)  # an unknown model is answered before the body is read
             deadline = deadline_of(request)
-            body = await read_body(request, limits)
+            body = await read_body(request, limits, engine)
             infer_request, binary_outputs, timeout_us = parse_infer(
                 name, version, body, request.headers.get(HEADER_LENGTH)
             )

@@ -1,4 +1,4 @@
-"""protobuf <-> domain types. The only module besides the servicer that knows the protobuf messages."""
+"""imgcls.v1 protobuf messages <-> engine types, for every door that speaks imgcls.v1 (gRPC, JSON over HTTP)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2
-from imgcls.server.domain.errors import InvalidInputError
+from imgcls.server.domain.errors import ErrorKind, InvalidInputError, RequestError
 from imgcls.server.domain.types import (
     Base64Image,
     ClassifyOptions,
@@ -22,10 +22,29 @@ from imgcls.server.domain.types import (
 )
 from imgcls.server.engine.description import ModelDescription, ModelStats
 from imgcls.server.engine.streams import FrameResult, StreamFrame
-from imgcls.server.grpc.status import code_number
 from imgcls.v1 import classifier_pb2 as pb
 
 T = TypeVar("T")
+
+# The one mapping of error kinds to status codes for imgcls.v1: google.rpc.Code numbers, as the gRPC door
+# answers calls with and as a stream frame's status carries them.
+RPC_CODE_OF_KIND: dict[ErrorKind, int] = {
+    ErrorKind.INVALID_INPUT: 3,  # INVALID_ARGUMENT
+    ErrorKind.NOT_FOUND: 5,  # NOT_FOUND
+    ErrorKind.OVERLOADED: 8,  # RESOURCE_EXHAUSTED
+    ErrorKind.TOO_LARGE: 8,  # RESOURCE_EXHAUSTED
+    ErrorKind.DEADLINE_EXCEEDED: 4,  # DEADLINE_EXCEEDED
+    ErrorKind.CANCELLED: 1,  # CANCELLED
+    ErrorKind.UNAVAILABLE: 14,  # UNAVAILABLE
+    ErrorKind.UNAUTHENTICATED: 16,  # UNAUTHENTICATED
+    ErrorKind.UNIMPLEMENTED: 12,  # UNIMPLEMENTED
+    ErrorKind.INTERNAL: 13,  # INTERNAL
+}
+
+
+def code_number(error: RequestError) -> int:
+    return RPC_CODE_OF_KIND[error.kind]
+
 
 _FUNCTIONS = {
     pb.FUNCTION_TO_APPLY_UNSPECIFIED: None,

@@ -1,11 +1,11 @@
-"""The gRPC front door's converters without a server: protobuf <-> engine types, statuses inside messages."""
+"""imgcls.v1 converters without a server: protobuf <-> engine types, statuses inside messages."""
 
 from __future__ import annotations
 
 import grpc
 import pytest
 from google.protobuf import json_format
-from imgcls.server.domain.errors import ErrorKind, InvalidInputError, OverloadedError, RequestError
+from imgcls.server.domain.errors import ErrorKind, InvalidInputError, OverloadedError
 from imgcls.server.domain.graph import RuntimeDescription
 from imgcls.server.domain.types import (
     Base64Image,
@@ -19,8 +19,7 @@ from imgcls.server.domain.types import (
 )
 from imgcls.server.engine.description import BatchingDescription, ModelDescription, ModelStats
 from imgcls.server.engine.streams import FrameResult
-from imgcls.server.grpc import converters
-from imgcls.server.grpc.status import STATUS_OF_KIND, status_of
+from imgcls.server.v1 import converters
 from imgcls.v1 import classifier_pb2 as pb
 
 
@@ -81,11 +80,8 @@ def test_frame_results_carry_the_status_of_their_error_kind() -> None:
     assert busy.status.message == "queue full"
 
 
-def test_every_error_kind_has_one_grpc_status_and_bugs_send_their_type_only() -> None:
-    assert set(STATUS_OF_KIND) == set(ErrorKind)
-    assert status_of(InvalidInputError("inputs[0]: no")) == (grpc.StatusCode.INVALID_ARGUMENT, "inputs[0]: no")
-    assert status_of(RequestError("x" * 5000))[1] == "x" * 1000  # capped: never echoes a big input
-    assert status_of(KeyError("secret detail")) == (grpc.StatusCode.INTERNAL, "internal error: KeyError")
+def test_every_error_kind_has_one_code() -> None:
+    assert set(converters.RPC_CODE_OF_KIND) == set(ErrorKind)
 
 
 def test_model_info_maps_the_description_field_by_field() -> None:

@@ -1,0 +1,45 @@
+"""HTTP bodies are admitted as gRPC messages are: received in a read-gate slot, counted in the memory budget."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx2 as httpx
+from server.http.helpers import MODEL, url
+from support.servers import running_server
+
+
+async def test_a_body_larger_than_one_connections_share_is_413_while_it_arrives() -> None:
+    # 32 MiB budget: one connection may hold 16 MiB; a 20 MB body can never fit.
+    async with (
+        running_server(http_port="auto", memory_budget_bytes=32 << 20) as server,
+        httpx.AsyncClient(base_url=url(server), timeout=60) as client,
+    ):
+        response = await client.post(
+            f"/models/{MODEL}", content=bytes(20_000_000), headers={"content-type": "application/octet-stream"}
+        )
+        assert server.engine.budget.used == 0
+    assert response.status_code == 413, response.text
+    assert "more than one caller may hold (16 MiB)" in response.json()["error"]
+
+
+async def test_bodies_wait_for_a_read_slot_and_are_then_answered() -> None:
+    async with running_server(http_port="auto") as server:
+        gate = server.engine.read_gate
+        async with httpx.AsyncClient(base_url=url(server), timeout=60) as client:
+            # Every slot taken (as by slow senders): a request waits, holding nothing, until one frees.
+            holders = [gate.slot(f"other-{i}") for i in range(gate.slots)]
+            for holder in holders:
+                await holder.__aenter__()
+            pending = asyncio.create_task(client.get("/v1/models"))  # no body: never waits
+            posted = asyncio.create_task(
+                client.post(f"/models/{MODEL}", content=b"not an image", headers={"content-type": "image/jpeg"})
+            )
+            async with asyncio.timeout(10):
+                while gate.waiting == 0:
+                    await asyncio.sleep(0.005)
+            assert (await pending).status_code == 200 and not posted.done()
+            for holder in holders:
+                await holder.__aexit__(None, None, None)
+            response = await posted
+    assert response.status_code == 400 and "inputs[0]" in response.json()["error"]
