@@ -25,6 +25,7 @@ from imgcls.server.server import RunningServer
 from imgcls.v1 import classifier_pb2 as pb
 from support.environment import without_server_variables
 from support.paths import IMAGES, ROOT
+from support.ports import closed_port
 from support.serve_process import ServeProcess
 
 COFFEE = IMAGES / "coffee.jpg"
@@ -37,12 +38,6 @@ async def run_cli(*argv: str) -> int:
 
 def address(server: RunningServer) -> str:
     return f"127.0.0.1:{server.port}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- classify --------------------------------------------------------------------------------
@@ -106,8 +101,8 @@ async def test_health_not_serving(server: RunningServer, capsys: pytest.CaptureF
 
 
 async def test_health_closed_port(capsys: pytest.CaptureFixture[str]) -> None:
-    port = free_port()  # bound and closed again: nothing listens there
-    assert await run_cli("health", "--server", f"127.0.0.1:{port}", "--timeout", "5") == 1
+    with closed_port() as port:  # bound, never listening: nothing listens there
+        assert await run_cli("health", "--server", f"127.0.0.1:{port}", "--timeout", "5") == 1
     assert capsys.readouterr().out.startswith("NOT_SERVING (")
 
 
@@ -125,8 +120,8 @@ async def test_models_json(server: RunningServer, capsys: pytest.CaptureFixture[
 
 
 async def test_models_closed_port_is_one_line_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
-    port = free_port()
-    assert await run_cli("models", "--server", f"127.0.0.1:{port}", "--timeout", "5") == 1
+    with closed_port() as port:
+        assert await run_cli("models", "--server", f"127.0.0.1:{port}", "--timeout", "5") == 1
     err = capsys.readouterr().err
     assert err.startswith("imgcls models: UNAVAILABLE") and "Traceback" not in err
 
@@ -357,7 +352,8 @@ def test_classify_what_is_no_image_file_is_one_line(served: str, argument: str, 
 
 
 def test_classify_with_no_server_is_one_line(tmp_path: Path) -> None:
-    done = imgcls("classify", str(COFFEE), "--server", f"127.0.0.1:{free_port()}", "--timeout", "5")
+    with closed_port() as port:
+        done = imgcls("classify", str(COFFEE), "--server", f"127.0.0.1:{port}", "--timeout", "5")
     assert_one_line_error(done, "imgcls classify: UNAVAILABLE")
 
 

@@ -35,6 +35,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
+from support.ports import closed_port
+
 _CHUNK = 1 << 20
 _INFO = re.compile(r"^/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?$")
 _RESOLVE = re.compile(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
@@ -331,8 +333,6 @@ class _Handler(BaseHTTPRequestHandler):
 
 @contextmanager
 def dead_endpoint() -> Iterator[str]:
-    """An http URL on 127.0.0.1 where nothing listens: a socket bound and never listening, held until exit,
-    so no other process can take the port meanwhile (connections are refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+    """An http URL on 127.0.0.1 where nothing listens (connections are refused) until exit."""
+    with closed_port() as port:
+        yield f"http://127.0.0.1:{port}"

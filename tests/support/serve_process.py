@@ -1,14 +1,15 @@
 """``imgcls serve`` in a child process, as a user starts it: for the end-to-end tests and the soak.
 
-Started on a free loopback port (probed, then retried if another process took it in between), with
-IMGCLS_* and HF_* variables of the test runner left out, its output in a file for failure messages, and
-SIGTERM to stop it gracefully.
+Started on 127.0.0.1 port 0: the server binds a port the kernel picks and reports it in its start-up
+line ("imgcls serving on HOST:PORT"), which is read back from its output, so no other process can take the
+port between a probe and the bind. IMGCLS_* and HF_* variables of the test runner are left out, its output
+goes to a file for failure messages, and SIGTERM stops it gracefully.
 """
 
 from __future__ import annotations
 
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,10 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# The start-up summary at info level, in text or JSON log format alike (the JSON record's message holds
+# the same words, beside its "port" field).
+SERVING_ON = re.compile(r"imgcls serving on 127\.0\.0\.1:(\d+) ")
 
 
 class ServeProcess:
@@ -47,19 +47,22 @@ class ServeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def start(self, timeout_s: float = 120.0) -> ServeProcess:
-        """Launch and wait for grpc.health.v1 SERVING; AssertionError with the log's tail if it never is."""
-        for _ in range(3):  # the probed port may be taken before the server binds it
-            self.port = free_port()
-            # --http-port 0: no HTTP door unless a test asks for one (8000 may be taken on a test machine).
-            self.command = [sys.executable, "-m", "imgcls.cli", "serve", "--host", "127.0.0.1", "--http-port", "0"]
-            self.command += ["--port", str(self.port), *self.args]
-            with self.log_path.open("ab") as log:
-                self.process = subprocess.Popen(
-                    self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT
-                )
-            if self._wait_serving(timeout_s):
-                return self
-            self.stop()
+        """Launch on port 0, read the port it reports, and wait for grpc.health.v1 SERVING; AssertionError with
+        the log's tail if it never is."""
+        self.command = [sys.executable, "-m", "imgcls.cli", "serve", "--host", "127.0.0.1", "--port", "0", *self.args]
+        start = self.log_path.stat().st_size if self.log_path.exists() else 0  # a restart appends to the log
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.process.poll() is None:
+            found = SERVING_ON.search(self.log_path.read_bytes()[start:].decode(errors="replace"))
+            if found:
+                self.port = int(found.group(1))
+                if self._wait_serving(deadline - time.monotonic()):
+                    return self
+                break
+            time.sleep(0.05)
+        self.stop()
         raise AssertionError(f"imgcls serve never reported SERVING:\n{self.output()[-3000:]}")
 
     def _wait_serving(self, timeout_s: float) -> bool:
