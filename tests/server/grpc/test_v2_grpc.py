@@ -516,13 +516,28 @@ async def test_tokens_apply_to_the_v2_service() -> None:
             for call in (
                 lambda headers: client.infer("efficientnet-lite0_image", [image_input("cat.jpg")], headers=headers),
                 lambda headers: client.get_model_metadata("efficientnet-lite0", headers=headers),
-                lambda headers: client.is_server_ready(headers=headers),
+                lambda headers: client.get_server_metadata(headers=headers),
             ):
                 for headers in (None, {"authorization": "Bearer wrong"}):
                     with pytest.raises(InferenceServerException) as caught:
                         await call(headers)
                     assert status_of(caught.value) == "StatusCode.UNAUTHENTICATED"
                 await call({"authorization": f"Bearer {TOKEN}"})
+            # Health stays open as grpc.health.v1 does (probes carry no token), unless closed.
+            assert await client.is_server_live() and await client.is_server_ready()
+            assert await client.is_model_ready("efficientnet-lite0")
+        finally:
+            await client.close()
+
+
+async def test_closed_health_needs_the_token_for_v2_health_too() -> None:
+    async with running_server(auth_tokens=[TOKEN], auth_open_health=False, http_port=0) as server:
+        client = triton_aio.InferenceServerClient(f"127.0.0.1:{server.port}")
+        try:
+            with pytest.raises(InferenceServerException) as caught:
+                await client.is_server_ready()
+            assert status_of(caught.value) == "StatusCode.UNAUTHENTICATED"
+            assert await client.is_server_ready(headers={"authorization": f"Bearer {TOKEN}"})
         finally:
             await client.close()
 

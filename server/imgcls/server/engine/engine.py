@@ -348,23 +348,30 @@ class Engine:
         return Scored(model.name, outputs)
 
     @contextlib.asynccontextmanager
-    async def open_stream(
-        self, protocol: str = "engine", method: str = "ClassifyStream", *, owner: str = ""
-    ) -> AsyncIterator[FrameStream]:
-        """Admit a stream; its frames are observed one by one as they are answered, each with its own lease."""
+    async def admit_stream(self, owner: str = "") -> AsyncIterator[None]:
+        """Admission for a stream of any protocol, and the open-streams limit, for as long as it is open."""
         self.admit()
         if self.active_streams >= self.settings.max_streams:
             raise OverloadedError(f"server busy: {self.active_streams} streams open (limit); retry later")
         self.active_streams += 1
         try:
+            yield
+        finally:
+            self.active_streams -= 1
+
+    @contextlib.asynccontextmanager
+    async def open_stream(
+        self, protocol: str = "engine", method: str = "ClassifyStream", *, owner: str = ""
+    ) -> AsyncIterator[FrameStream]:
+        """An admitted imgcls frame stream; its frames are observed one by one as they are answered, each
+        with its own lease."""
+        async with self.admit_stream(owner):
             yield FrameStream(
                 self,
                 self.settings.stream_max_in_flight,
                 on_result=lambda result, inputs: self._observe_frame(protocol, method, result, inputs),
                 owner=owner,
             )
-        finally:
-            self.active_streams -= 1
 
     def _observe_frame(self, protocol: str, method: str, result: FrameResult, inputs: int) -> None:
         self.last_call_at = time.monotonic()

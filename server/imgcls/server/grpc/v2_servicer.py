@@ -211,7 +211,7 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """
         owner = context.peer() or ""
         # Admission and the open-streams limit; each request is charged to the budget while it runs (engine.score).
-        async with self._engine.open_stream(PROTOCOL, "ModelStreamInfer", owner=owner):
+        async with self._engine.admit_stream(owner):
             await context.send_initial_metadata(())
             slots = asyncio.Semaphore(self._max_in_flight)
             answers: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | BaseException | None]
