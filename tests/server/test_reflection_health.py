@@ -189,18 +189,20 @@ async def test_several_models_variants_and_default() -> None:
         assert_efficientnet_info(info)
 
 
-async def test_model_stats_count_requests(stub: pb_grpc.ImageClassifierServiceAsyncStub) -> None:
+async def test_model_stats_count_requests() -> None:
     image = pb.Input(image=(IMAGES / "cat.jpg").read_bytes())
-    before = (await stub.GetModel(pb.GetModelRequest())).model.stats
-    await stub.Classify(pb.ClassifyRequest(inputs=[image, image, image]))
-    with pytest.raises(grpc.aio.AioRpcError):
-        await stub.Classify(pb.ClassifyRequest(inputs=[pb.Input(image=b"bad")]))
-    after = (await stub.GetModel(pb.GetModelRequest())).model.stats
+    # One instance: the request's three inputs, queued together, run as one batch.
+    async with running_server(runtime={"instances": 1}) as server, connect(server) as stub:
+        before = (await stub.GetModel(pb.GetModelRequest())).model.stats
+        await stub.Classify(pb.ClassifyRequest(inputs=[image, image, image]))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Classify(pb.ClassifyRequest(inputs=[pb.Input(image=b"bad")]))
+        after = (await stub.GetModel(pb.GetModelRequest())).model.stats
     assert after.requests - before.requests == 2
     assert after.inputs - before.inputs == 3
     assert after.failed_requests - before.failed_requests == 1
-    assert after.batches > before.batches
-    assert sum(size * count for size, count in after.batch_size_counts.items()) == after.inputs
+    assert after.batches - before.batches == 1
+    assert dict(after.batch_size_counts) == {**before.batch_size_counts, 3: before.batch_size_counts.get(3, 0) + 1}
 
 
 async def test_a_crashed_batcher_turns_health_not_serving() -> None:
