@@ -29,7 +29,6 @@ import asyncio
 import base64
 import io
 import json
-import os
 import random
 import sys
 import tempfile
@@ -52,9 +51,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "tests") not in sys.path:  # run as a script: the shared test helpers live in tests/
     sys.path.insert(0, str(ROOT / "tests"))
 
+from support.paths import SHARED  # noqa: E402
 from support.serve_process import ServeProcess  # noqa: E402
 
-SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 CALL_TIMEOUT_S = 60.0
 STREAM_IN_FLIGHT = 4  # frames written but not yet answered, per stream
