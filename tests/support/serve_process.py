@@ -49,7 +49,9 @@ class ServeProcess:
     def start(self, timeout_s: float = 120.0) -> ServeProcess:
         """Launch on port 0, read the port it reports, and wait for grpc.health.v1 SERVING; AssertionError with
         the log's tail if it never is."""
-        self.command = [sys.executable, "-m", "imgcls.cli", "serve", "--host", "127.0.0.1", "--port", "0", *self.args]
+        # --http-port 0: no HTTP door unless a test asks for one (8000 may be taken on a test machine).
+        self.command = [sys.executable, "-m", "imgcls.cli", "serve", "--host", "127.0.0.1", "--http-port", "0"]
+        self.command += ["--port", "0", *self.args]
         start = self.log_path.stat().st_size if self.log_path.exists() else 0  # a restart appends to the log
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
