@@ -26,10 +26,10 @@ import onnxruntime as ort
 import pytest
 from google.protobuf import struct_pb2
 from imgcls.server.engine import engine as engine_module
-from imgcls.server.engine import model as model_module
 from imgcls.server.runtime import onnx as onnx_backend
 from imgcls.server.sources import hub
 from imgcls.server.sources import local as model_source
+from imgcls.server.sources import resolve as resolve_module
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image
@@ -126,12 +126,13 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     for module, name in [
         (engine_module, "resolve_model_files"),
-        (engine_module, "resolve_local"),
-        (engine_module, "load_hf_folder"),
+        (engine_module, "onnx_backend"),
+        (engine_module, "OnnxBackend"),
+        (resolve_module, "load_local"),
+        (resolve_module, "load_hf_folder"),
         (model_source, "resolve_local"),
         (model_source, "load_hf_folder"),
         (hub, "fetch_hub_model"),
-        (model_module, "OnnxBackend"),
         (onnx_backend, "OnnxBackend"),
         (ort, "InferenceSession"),
     ]:

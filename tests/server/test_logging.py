@@ -249,4 +249,5 @@ def test_serve_process_logs_json(tmp_path: Path) -> None:
     assert requests[0]["level"] == "debug"
     assert "frame-0042" in requests[0]["message"]
     assert entries[-2]["message"] == "shutting down: finishing accepted requests (grace 2.0s)"
-    assert entries[-1]["message"] == "stopped"
+    assert entries[-1]["message"] == "stopped; requests answered per model: efficientnet-lite0 1 (0 failed)"
+    assert entries[-1]["requests"] == {"efficientnet-lite0": 1}

@@ -210,4 +210,9 @@ async def serve(settings: ServerSettings) -> None:
     await stop.wait()
     log.info("shutting down: finishing accepted requests (grace %.1fs)", settings.grace_period_s)
     await running.stop()
-    log.info("stopped")
+    counts = {name: running.engine.stats(name) for name in running.engine.models}
+    log.info(
+        "stopped; requests answered per model: %s",
+        ", ".join(f"{name} {c.requests} ({c.failed_requests} failed)" for name, c in counts.items()),
+        extra={"requests": {name: c.requests for name, c in counts.items()}},
+    )

@@ -322,6 +322,7 @@ class Engine:
 
     async def _classify(self, request: ClassifyRequest, deadline: float | None, call: Call) -> Classified:
         model = self.get(request.model)
+        model.check_request(request.inputs, request.options)  # what is plainly invalid is said so, not "busy"
         with self.budget.lease(model.request_bytes(request.inputs), call.owner) as lease:
             rankings = await model.classify(
                 request.inputs, request.options, request.preprocessor_overrides, deadline, lease=lease
@@ -340,6 +341,7 @@ class Engine:
 
     async def _score(self, request: ClassifyRequest, deadline: float | None, call: Call) -> Scored:
         model = self.get(request.model)
+        model.check_request(request.inputs, request.options)
         with self.budget.lease(model.request_bytes(request.inputs), call.owner) as lease:
             outputs = await model.run(
                 request.inputs, request.preprocessor_overrides, deadline, options=request.options, lease=lease

@@ -169,10 +169,13 @@ class ServedModel:
 
     def request_bytes(self, inputs: Sequence[ImageInput]) -> int:
         """What a request holds from admission to answer, before decoding: its payload as received and as
-        converted (two copies), and a model input per result."""
+        converted (two copies), a model input per image, and a tensor's rows converted to the model's
+        dtype (up to twice its bytes, float16 to float32). Counted from the bytes sent, never from the
+        dims a caller claims: a tensor whose dims and data disagree is refused by validation, not here."""
         payload = sum(input_bytes(item) for item in inputs)
-        results = sum(_rows(item, len(self.backend.graph.sample_shape)) for item in inputs)
-        return 2 * payload + results * self.sample_bytes
+        tensors = sum(input_bytes(item) for item in inputs if isinstance(item, TensorInput))
+        images = sum(1 for item in inputs if not isinstance(item, TensorInput))
+        return 2 * payload + 2 * tensors + images * self.sample_bytes
 
     @property
     def queue_depth(self) -> int:
@@ -383,12 +386,6 @@ def input_bytes(item: ImageInput) -> int:
     if isinstance(item, Base64Image):
         return len(item.text)
     return len(item.raw_data) + 8 * len(item.float_data)  # a float list: 8-byte Python floats at least
-
-
-def _rows(item: ImageInput, rank: int) -> int:
-    if isinstance(item, TensorInput):
-        return item.dims[0] if len(item.dims) == rank + 1 and item.dims[0] > 0 else 1
-    return 1
 
 
 async def _gather_all(aws: Sequence[Any]) -> list[Any]:

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from imgcls.server.domain.errors import InferenceError, InvalidInputError, OverloadedError, RequestError
+from imgcls.server.domain.errors import InferenceError, InvalidInputError, RequestError
 from imgcls.server.domain.types import ClassifyOptions, ImageInput, Ranking
 
 if TYPE_CHECKING:
@@ -154,9 +154,12 @@ class FrameStream:
                 future: asyncio.Future[FrameResult] = asyncio.get_running_loop().create_future()
                 await self._fifo.put(future)
                 try:
+                    served = self._engine.get(model)
+                    if frame.error is None:
+                        served.check_request(frame.inputs, options)
                     # Held from here until the frame is answered: read frames count, not only running ones.
-                    lease = self._engine.budget.lease(self._engine.get(model).request_bytes(frame.inputs), self._owner)
-                except OverloadedError as exc:
+                    lease = self._engine.budget.lease(served.request_bytes(frame.inputs), self._owner)
+                except RequestError as exc:
                     future.set_result(FrameResult(frame.request_id, model, error=exc, inputs=len(frame.inputs)))
                     continue
                 job = _Job(frame, future, model, options, overrides, lease)
