@@ -6,31 +6,67 @@ owner (a connection). Callers waiting for a slot cost nothing (their bytes stay 
 control), and a free slot goes to the waiting owner holding the fewest, so a caller on its own
 connection is not stuck behind a flood on another. Past `max_waiting` waiting calls (or `max_waiting_per_owner`
 for one owner) a call is refused at once (OverloadedError), never queued without bound.
+
+A slot is for receiving, not for waiting: while an owner in good standing waits and every slot is
+busy, a holder whose message has not arrived `patience_s` after it got its slot is cut
+(OverloadedError, retry later), so a caller that sends slowly (or claims a large message and stalls)
+cannot keep others out for longer than that. An owner that was cut (or whose message timed out,
+``strike``) is served after owners in good standing for `STRIKE_S`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from imgcls.server.domain.errors import OverloadedError
+
+# How long an owner that was cut or timed out waits behind owners in good standing.
+STRIKE_S = 30.0
+# Strikes remembered at most (the oldest are forgotten first): connections come and go.
+_MAX_STRIKES = 4096
+
+
+@dataclass(slots=True, eq=False)
+class Ticket:
+    """One slot held: by whom, since when, and the task receiving in it (cut by cancelling it)."""
+
+    owner: str
+    since: float
+    task: asyncio.Task[object] | None
+    cut: bool = False
 
 
 class ReadGate:
     """Event-loop only (no locks)."""
 
-    def __init__(self, slots: int, *, per_owner: int, max_waiting: int, max_waiting_per_owner: int) -> None:
+    def __init__(
+        self,
+        slots: int,
+        *,
+        per_owner: int,
+        max_waiting: int,
+        max_waiting_per_owner: int,
+        patience_s: float = 2.0,
+    ) -> None:
         self.slots = slots
         self.per_owner = per_owner
         self.max_waiting = max_waiting
         self.max_waiting_per_owner = max_waiting_per_owner
+        self.patience_s = patience_s
         self._active: dict[str, int] = {}
         self._busy = 0
         # owner -> its waiters, in the order owners get their next turn
         self._waiting: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
         self._waiting_count = 0
+        self._holders: set[Ticket] = set()
+        self._strikes: OrderedDict[str, float] = OrderedDict()  # owner -> when it was last cut or timed out
+        self._timer: asyncio.TimerHandle | None = None
+        self.cut_count = 0
 
     @property
     def busy(self) -> int:
@@ -41,12 +77,46 @@ class ReadGate:
         return self._waiting_count
 
     @contextlib.asynccontextmanager
-    async def slot(self, owner: str) -> AsyncIterator[None]:
+    async def slot(self, owner: str) -> AsyncIterator[Ticket]:
+        """A slot to receive one message in; OverloadedError when too many wait, or when cut (see above)."""
         await self._acquire(owner)
+        ticket = Ticket(owner, time.monotonic(), asyncio.current_task())
+        self._holders.add(ticket)
+        self._check()
+        unwound = False
         try:
-            yield
+            yield ticket
+        except asyncio.CancelledError:
+            if not ticket.cut:
+                raise
+            unwound = True
+            if ticket.task is not None:
+                ticket.task.uncancel()
+            raise OverloadedError(
+                f"server busy: the message did not arrive within {self.patience_s:g}s of its turn while other "
+                "callers waited to send theirs; send it faster, or retry later"
+            ) from None
         finally:
+            if ticket.cut and not unwound and ticket.task is not None and ticket.task.cancelling():
+                ticket.task.uncancel()  # cut just as the message arrived (the cancellation was swallowed)
+            self._holders.discard(ticket)
             self._release(owner)
+
+    def strike(self, owner: str) -> None:
+        """The owner's message timed out: it is served after owners in good standing for a while."""
+        self._strikes[owner] = time.monotonic()
+        self._strikes.move_to_end(owner)
+        while len(self._strikes) > _MAX_STRIKES:
+            self._strikes.popitem(last=False)
+
+    def in_good_standing(self, owner: str) -> bool:
+        struck = self._strikes.get(owner)
+        if struck is None:
+            return True
+        if time.monotonic() - struck > STRIKE_S:
+            del self._strikes[owner]
+            return True
+        return False
 
     async def _acquire(self, owner: str) -> None:
         if self._busy < self.slots and self._active.get(owner, 0) < self.per_owner and not self._waiting:
@@ -60,6 +130,7 @@ class ReadGate:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue.append(future)
         self._waiting_count += 1
+        self._check()
         try:
             await future
         except BaseException:
@@ -81,6 +152,7 @@ class ReadGate:
         else:
             del self._active[owner]
         self._grant()
+        self._check()
 
     def _forget(self, owner: str, future: asyncio.Future[None]) -> None:
         queue = self._waiting.get(owner)
@@ -90,11 +162,18 @@ class ReadGate:
             if not queue:
                 del self._waiting[owner]
 
+    def _eligible(self) -> list[str]:
+        """Waiting owners a free slot could go to: in good standing first, then the struck ones."""
+        eligible = [o for o in self._waiting if self._active.get(o, 0) < self.per_owner]
+        good = [o for o in eligible if self.in_good_standing(o)]
+        return good or eligible
+
     def _grant(self) -> None:
         """Free slots go to the waiting owner holding the fewest (ties: the one waiting longest), which
-        then goes to the back of the line: a connection with nothing being received comes first."""
+        then goes to the back of the line: a connection with nothing being received comes first. Owners in
+        good standing come before owners that were cut or timed out."""
         while self._busy < self.slots and self._waiting:
-            eligible = [o for o in self._waiting if self._active.get(o, 0) < self.per_owner]
+            eligible = self._eligible()
             if not eligible:
                 return
             owner = min(eligible, key=lambda o: self._active.get(o, 0))  # min() keeps the first of equals
@@ -105,5 +184,30 @@ class ReadGate:
                 self._waiting.move_to_end(owner)
             else:
                 del self._waiting[owner]
+            if future.done():  # its caller gave up (cancelled) and has not yet left the queue itself
+                continue
             self._take(owner)
             future.set_result(None)
+
+    def _check(self) -> None:
+        """Cut the longest holder once it is past its patience, while an owner in good standing waits for it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._busy < self.slots or not self._holders:
+            return  # a free slot: whoever waits is held back by its own per-connection cap, not by others
+        waiting_good = any(self._active.get(o, 0) < self.per_owner and self.in_good_standing(o) for o in self._waiting)
+        candidates = [t for t in self._holders if not t.cut and t.task is not None]
+        if not waiting_good or not candidates:
+            return
+        oldest = min(candidates, key=lambda t: t.since)
+        due = oldest.since + self.patience_s
+        now = time.monotonic()
+        if due > now:
+            self._timer = asyncio.get_running_loop().call_later(due - now, self._check)
+            return
+        oldest.cut = True
+        self.cut_count += 1
+        self.strike(oldest.owner)
+        assert oldest.task is not None
+        oldest.task.cancel()  # the holder's slot comes back when its task unwinds (slot() above)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from typing import Any
 
 import grpc
@@ -21,6 +23,13 @@ from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
 
 log = logging.getLogger(__name__)
+
+# gRPC's Cython layer logs here, at ERROR and with a traceback, every metadata value (or method name) it
+# cannot decode as UTF-8, whole: an authorization header with one bad byte put its token in the log, and
+# any caller could fill the log with bytes of its choosing. See WithheldValues.
+GRPC_CYTHON_LOGGER = "grpc._cython.cygrpc"
+# At most one such line per this many seconds (with the count of the ones left out).
+UNDECODABLE_LOG_EVERY_S = 10.0
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageClassifierService"].full_name
 
@@ -44,6 +53,38 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
     return options
 
 
+class WithheldValues(logging.Filter):
+    """Rewrites gRPC's "Invalid encoding on <value>" records: the value and the traceback are dropped, the
+    level lowered to WARNING, and at most one line is written per UNDECODABLE_LOG_EVERY_S."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = -math.inf
+        self._withheld = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (isinstance(record.msg, str) and record.msg.startswith("Invalid encoding")):
+            return True
+        now = time.monotonic()
+        if now - self._last < UNDECODABLE_LOG_EVERY_S:
+            self._withheld += 1
+            return False
+        more = f" ({self._withheld} more since the last such line)" if self._withheld else ""
+        self._last, self._withheld = now, 0
+        record.msg = "a call carried a metadata value or method name that is not valid UTF-8 (value withheld)" + more
+        record.args = None
+        record.exc_info = record.exc_text = record.stack_info = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def withhold_undecodable_values() -> None:
+    """Install WithheldValues on gRPC's Cython logger (once per process)."""
+    logger = logging.getLogger(GRPC_CYTHON_LOGGER)
+    if not any(isinstance(f, WithheldValues) for f in logger.filters):
+        logger.addFilter(WithheldValues())
+
+
 class GrpcFrontDoor:
     """imgcls.v1 (and any other gRPC service added to it) over one port; health follows engine readiness."""
 
@@ -52,6 +93,7 @@ class GrpcFrontDoor:
     def __init__(self, engine: Engine, settings: ServerSettings) -> None:
         self._engine = engine
         self._settings = settings
+        withhold_undecodable_values()
         # Read the TLS files first: a bad path fails before the server binds.
         self._credentials = server_credentials(settings.tls) if settings.tls is not None else None
         interceptors: list[grpc.aio.ServerInterceptor] = []
