@@ -102,8 +102,13 @@ class Engine:
         self._pool = pool
         self.budget = MemoryBudget(settings.resolved_memory_budget)
         slots = max(2, self.budget.limit // (_READ_SLOT_SHARE * settings.max_message_bytes))
+        # Waiting costs next to nothing (the bytes stay with the sender), so the caps are generous: as many
+        # calls as one connection may have open, and four times the open streams in all.
         self.read_gate = ReadGate(
-            slots, per_owner=max(1, slots // 2), max_waiting=4 * settings.max_streams, max_waiting_per_owner=128
+            slots,
+            per_owner=max(1, slots // 2),
+            max_waiting=4 * settings.max_streams,
+            max_waiting_per_owner=settings.max_calls_per_connection,
         )
         self._accepting = True
         self._loop: asyncio.AbstractEventLoop | None = None
