@@ -455,7 +455,7 @@ def test_resources_fit_a_two_core_cpu_server(container: dict[str, Any]) -> None:
     assert cpu_cores(requests["cpu"]) == cpu_cores(limits["cpu"]) == 2
     assert 512 * 2**20 <= memory_bytes(requests["memory"]) <= memory_bytes(limits["memory"]) <= 8 * 2**30
     # No thread counts pinned in the args: the server sizes ONNX Runtime and its preprocessing pool to
-    # the CPU limit it reads from the cgroup (tests/server/test_cpus.py), so changing the limit is enough.
+    # the CPU limit it reads from the cgroup (tests/server/runtime/test_cpus.py), so changing the limit is enough.
     for flag in ("--intra-op-threads", "--preprocess-threads", "--instances"):
         assert flag not in container["args"], flag
     # Connections are recycled, so clients of the headless Service re-resolve and reach new pods.
