@@ -10,8 +10,11 @@ for one owner) a call is refused at once (OverloadedError), never queued without
 A slot is for receiving, not for waiting: while an owner in good standing waits and every slot is
 busy, a holder whose message has not arrived `patience_s` after it got its slot is cut
 (OverloadedError, retry later), so a caller that sends slowly (or claims a large message and stalls)
-cannot keep others out for longer than that. An owner that was cut (or whose message timed out,
-``strike``) is served after owners in good standing for `STRIKE_S`.
+cannot keep others out for longer than that. Free slots go first to owners whose last message arrived
+within its patience (a caller that keeps its connection and sends promptly), then to owners not seen yet
+(a new connection), last to owners that were cut or whose message timed out (``strike``), for `STRIKE_S`
+after that: so a caller that has been sending ordinary messages is not stuck behind a flood of new
+connections that stall, which would each hold a slot for `patience_s`.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from dataclasses import dataclass
 
 from imgcls.server.domain.errors import OverloadedError
 
-# How long an owner that was cut or timed out waits behind owners in good standing.
+# How long an owner's standing is remembered: prompt (first in line) or struck (last in line).
 STRIKE_S = 30.0
-# Strikes remembered at most (the oldest are forgotten first): connections come and go.
-_MAX_STRIKES = 4096
+# Owners remembered at most (the oldest are forgotten first): connections come and go.
+_MAX_REMEMBERED = 4096
+# Standing, in the order free slots are handed out.
+_PROMPT, _UNKNOWN, _STRUCK = 0, 1, 2
 
 
 @dataclass(slots=True, eq=False)
@@ -64,7 +69,8 @@ class ReadGate:
         self._waiting: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
         self._waiting_count = 0
         self._holders: set[Ticket] = set()
-        self._strikes: OrderedDict[str, float] = OrderedDict()  # owner -> when it was last cut or timed out
+        # owner -> (standing, when it was last set): _PROMPT or _STRUCK; anyone else is _UNKNOWN
+        self._standing: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._timer: asyncio.TimerHandle | None = None
         self.cut_count = 0
 
@@ -96,6 +102,9 @@ class ReadGate:
                 f"server busy: the message did not arrive within {self.patience_s:g}s of its turn while other "
                 "callers waited to send theirs; send it faster, or retry later"
             ) from None
+        else:
+            if not ticket.cut and time.monotonic() - ticket.since <= self.patience_s:
+                self._remember(owner, _PROMPT)
         finally:
             if ticket.cut and not unwound and ticket.task is not None and ticket.task.cancelling():
                 ticket.task.uncancel()  # cut just as the message arrived (the cancellation was swallowed)
@@ -103,20 +112,28 @@ class ReadGate:
             self._release(owner)
 
     def strike(self, owner: str) -> None:
-        """The owner's message timed out: it is served after owners in good standing for a while."""
-        self._strikes[owner] = time.monotonic()
-        self._strikes.move_to_end(owner)
-        while len(self._strikes) > _MAX_STRIKES:
-            self._strikes.popitem(last=False)
+        """The owner's message timed out: it is served after every other owner for a while."""
+        self._remember(owner, _STRUCK)
+
+    def _remember(self, owner: str, standing: int) -> None:
+        if standing == _PROMPT and self.standing(owner) == _STRUCK:
+            return  # a strike lasts its time, whatever the owner sends meanwhile
+        self._standing[owner] = (standing, time.monotonic())
+        self._standing.move_to_end(owner)
+        while len(self._standing) > _MAX_REMEMBERED:
+            self._standing.popitem(last=False)
+
+    def standing(self, owner: str) -> int:
+        remembered = self._standing.get(owner)
+        if remembered is None:
+            return _UNKNOWN
+        if time.monotonic() - remembered[1] > STRIKE_S:
+            del self._standing[owner]
+            return _UNKNOWN
+        return remembered[0]
 
     def in_good_standing(self, owner: str) -> bool:
-        struck = self._strikes.get(owner)
-        if struck is None:
-            return True
-        if time.monotonic() - struck > STRIKE_S:
-            del self._strikes[owner]
-            return True
-        return False
+        return self.standing(owner) != _STRUCK
 
     async def _acquire(self, owner: str) -> None:
         if self._busy < self.slots and self._active.get(owner, 0) < self.per_owner and not self._waiting:
@@ -162,21 +179,15 @@ class ReadGate:
             if not queue:
                 del self._waiting[owner]
 
-    def _eligible(self) -> list[str]:
-        """Waiting owners a free slot could go to: in good standing first, then the struck ones."""
-        eligible = [o for o in self._waiting if self._active.get(o, 0) < self.per_owner]
-        good = [o for o in eligible if self.in_good_standing(o)]
-        return good or eligible
-
     def _grant(self) -> None:
-        """Free slots go to the waiting owner holding the fewest (ties: the one waiting longest), which
-        then goes to the back of the line: a connection with nothing being received comes first. Owners in
-        good standing come before owners that were cut or timed out."""
+        """Free slots go to the waiting owner holding the fewest, then of the best standing (see the module's
+        doc), then waiting longest; it then goes to the back of the line."""
         while self._busy < self.slots and self._waiting:
-            eligible = self._eligible()
+            eligible = [o for o in self._waiting if self._active.get(o, 0) < self.per_owner]
             if not eligible:
                 return
-            owner = min(eligible, key=lambda o: self._active.get(o, 0))  # min() keeps the first of equals
+            # min() keeps the first of equals: the owner waiting longest
+            owner = min(eligible, key=lambda o: (self._active.get(o, 0), self.standing(o)))
             queue = self._waiting[owner]
             future = queue.popleft()
             self._waiting_count -= 1

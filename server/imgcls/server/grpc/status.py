@@ -47,8 +47,11 @@ def translate_unary(
             raise
         except Exception as exc:
             code, message = status_of(exc)
-            await context.abort(code, message)
-            raise  # unreachable: abort raises
+        # Outside the except block, without the request: grpc keeps the AbortError (and the frames in its
+        # traceback) on the call in a reference cycle; see reads._or_abort.
+        del request
+        await context.abort(code, message)
+        raise AssertionError("unreachable: abort raises")
 
     return wrapper
 
@@ -65,6 +68,11 @@ def translate_stream(
             raise
         except Exception as exc:
             code, message = status_of(exc)
-            await context.abort(code, message)
+        else:
+            return
+        # Set, not raised with context.abort(): nothing of the stream is kept with the call (see
+        # reads._or_abort), and grpc sends the status once the handler returns.
+        context.set_code(code)
+        context.set_details(message)
 
     return wrapper

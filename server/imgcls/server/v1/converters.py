@@ -21,6 +21,7 @@ from imgcls.server.domain.types import (
     TensorInput,
 )
 from imgcls.server.engine.description import ModelDescription, ModelStats
+from imgcls.server.engine.engine import MAX_REQUEST_ID_CHARS
 from imgcls.server.engine.streams import FrameResult, StreamFrame
 from imgcls.v1 import classifier_pb2 as pb
 
@@ -133,6 +134,11 @@ def frame_from_pb(request: pb.ClassifyStreamRequest) -> StreamFrame:
             error = error or exc
             return None
 
+    request_id = request.request_id
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        # The frame is answered INVALID_ARGUMENT without it: an answer must not echo a large value back.
+        error = InvalidInputError(f"request_id: {len(request_id)} characters, over the limit of {MAX_REQUEST_ID_CHARS}")
+        request_id = ""
     inputs = attempt(lambda: tuple(input_from_pb(item, i) for i, item in enumerate(request.inputs)))
     options = attempt(lambda: options_from_pb(request.parameters)) if request.HasField("parameters") else None
     overrides = (
@@ -142,7 +148,7 @@ def frame_from_pb(request: pb.ClassifyStreamRequest) -> StreamFrame:
     )
     return StreamFrame(
         inputs=inputs or (),
-        request_id=request.request_id,
+        request_id=request_id,
         model=request.model,
         options=options,
         overrides=overrides,
