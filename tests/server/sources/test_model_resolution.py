@@ -93,7 +93,11 @@ def test_repo_not_on_the_hub_and_not_a_local_folder(empty_hub: FakeHub, tmp_path
     assert "repo owner/missing not found on the Hub" in message
 
 
-def test_path_like_sources_never_reach_the_hub(empty_hub: FakeHub, tmp_path: Path) -> None:
+def test_path_like_sources_never_reach_the_hub(
+    empty_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # relative sources name nothing that exists, wherever the suite runs
     for source in ("./models/x", "../x", "a/b/c", str(tmp_path / "x")):
         assert "not a Hugging Face repo id" in resolve_error(source)
     assert empty_hub.requests == []
