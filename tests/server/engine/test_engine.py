@@ -116,6 +116,8 @@ async def test_shutdown_refuses_new_work_at_every_entrance_and_tells_readiness_l
     assert engine.ready
     engine.begin_shutdown()
     assert heard == [False] and not engine.ready
+    # One source of readiness: descriptions (GetModel, v2 ModelReady) say so too.
+    assert not engine.describe("fake").ready and not engine.model_ready("fake")
     with pytest.raises(UnavailableError, match="shutting down"):
         await engine.classify(request(tensor()))
     with pytest.raises(UnavailableError, match="shutting down"):

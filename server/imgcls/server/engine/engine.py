@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -262,10 +263,12 @@ class Engine:
         return model
 
     def describe(self, name: str = "") -> ModelDescription:
-        return self.get(name).describe()
+        """The model's description, its readiness as the engine's (not ready once shutdown has begun)."""
+        described = self.get(name).describe()
+        return dataclasses.replace(described, ready=self._accepting and described.ready)
 
     def describe_all(self) -> list[ModelDescription]:
-        return [m.describe() for m in self.models.values()]
+        return [self.describe(name) for name in self.models]
 
     def stats(self, name: str = "") -> ModelStats:
         return self.get(name).stats()
