@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 from imgcls.server.engine.engine import Engine
 from imgcls.server.engine.streams import StreamFrame
-from imgcls.server.grpc.status import translate_stream, translate_unary
+from imgcls.server.grpc.status import forget_frames, translate_stream, translate_unary
 from imgcls.server.v1 import converters
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
@@ -45,6 +45,7 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
             # Headers at once: the client waits for them before sending frames (see AsyncClient).
             await context.send_initial_metadata(())
             async for result in stream.run(_frames(request_iterator)):
+                forget_frames(result.error)  # a frame's error is answered here: keep nothing it passed through
                 yield converters.frame_result_to_pb(result)
 
     @translate_unary

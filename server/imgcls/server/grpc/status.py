@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -47,6 +48,7 @@ def translate_unary(
             raise
         except Exception as exc:
             code, message = status_of(exc)
+            forget_frames(exc)
         # Outside the except block, without the request: grpc keeps the AbortError (and the frames in its
         # traceback) on the call in a reference cycle; see reads._or_abort.
         del request
@@ -68,6 +70,7 @@ def translate_stream(
             raise
         except Exception as exc:
             code, message = status_of(exc)
+            forget_frames(exc)
         else:
             return
         # Set, not raised with context.abort(): nothing of the stream is kept with the call (see
@@ -76,3 +79,18 @@ def translate_stream(
         context.set_details(message)
 
     return wrapper
+
+
+def forget_frames(error: BaseException | None) -> None:
+    """Clear the locals of every finished frame an answered error (and the errors it chains) passed through.
+
+    An error raised from a frame that also holds it (``results = gather(...); raise results[i]``) is a
+    reference cycle with that frame, and through its locals with the request's data, which only the cycle
+    collector frees: measured, a flood of undecodable images kept ~600 MB alive until gc ran. Once answered,
+    the frames are not needed (a logged traceback keeps its file and line numbers).
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)  # skips frames still running
+        error = error.__cause__ or error.__context__

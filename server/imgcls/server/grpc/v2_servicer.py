@@ -16,9 +16,9 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 from imgcls.server.domain.errors import InvalidInputError, UnimplementedError
-from imgcls.server.engine.engine import Engine
+from imgcls.server.engine.engine import MAX_REQUEST_ID_CHARS, Engine
 from imgcls.server.grpc.servicer import deadline_of
-from imgcls.server.grpc.status import status_of, translate_stream, translate_unary
+from imgcls.server.grpc.status import forget_frames, status_of, translate_stream, translate_unary
 from imgcls.server.v2 import (
     GRPC_EXTENSIONS,
     InferRequest,
@@ -266,12 +266,20 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelStreamInferResponse(infer_response=response_to_pb(response, typed=typed))
         except Exception as exc:
             _code, message = status_of(exc)  # a bug is logged here and answered with its type only
-            return pb.ModelStreamInferResponse(
-                error_message=message,
-                infer_response=pb.ModelInferResponse(
-                    model_name=request.model_name, model_version=request.model_version, id=request.id
-                ),
-            )
+            forget_frames(exc)
+        # The caller's own strings are echoed only when short: an answer must not carry a large value back.
+        return pb.ModelStreamInferResponse(
+            error_message=message,
+            infer_response=pb.ModelInferResponse(
+                model_name=_short(request.model_name),
+                model_version=_short(request.model_version),
+                id=_short(request.id),
+            ),
+        )
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_REQUEST_ID_CHARS else ""
 
 
 _IMPLEMENTED = {
