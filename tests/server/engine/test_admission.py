@@ -87,3 +87,17 @@ async def test_a_waiter_that_gives_up_leaves_no_trace() -> None:
     assert gate.busy == 0
     async with gate.slot("c"):
         assert gate.busy == 1
+
+
+async def test_a_new_connection_takes_a_free_slot_while_another_waits_on_its_own_cap() -> None:
+    """Calls queued behind their own connection's cap must not make others wait while slots are free."""
+    gate = ReadGate(3, per_owner=1, max_waiting=100, max_waiting_per_owner=100)
+    release = asyncio.Event()
+    order: list[str] = []
+    flood = [asyncio.create_task(hold(gate, "a", release, order)) for _ in range(2)]
+    await settle()
+    assert gate.busy == 1 and gate.waiting == 1  # a's second call waits on a's cap, two slots free
+    async with asyncio.timeout(5), gate.slot("b"):
+        assert order == ["a"] and gate.busy == 2
+    release.set()
+    await asyncio.gather(*flood)

@@ -6,7 +6,9 @@ import threading
 
 import pytest
 from imgcls.server.domain.errors import OverloadedError
-from imgcls.server.engine.pool import PriorityPool
+from imgcls.server.engine.pool import AGING_BYTES, PriorityPool
+
+MIB = 1 << 20
 
 
 def occupy(pool: PriorityPool) -> tuple[threading.Event, object]:
@@ -27,12 +29,30 @@ def test_waiting_jobs_run_cheapest_first() -> None:
     gate, blocker = occupy(pool)
     ran: list[int] = []
     try:
-        futures = [pool.submit_with_cost(cost, ran.append, cost) for cost in (30, 10, 20)]
+        futures = [pool.submit_with_cost(cost * MIB, ran.append, cost) for cost in (3, 1, 2)]
         gate.set()
         blocker.result(5)  # type: ignore[attr-defined]
         for future in futures:
             future.result(5)
-        assert ran == [10, 20, 30]
+        assert ran == [1, 2, 3]
+    finally:
+        gate.set()
+        pool.shutdown()
+
+
+def test_a_large_job_is_passed_over_by_a_bounded_number_of_later_small_ones() -> None:
+    pool = PriorityPool(1, queue_limit=200)
+    gate, _ = occupy(pool)
+    ran: list[str] = []
+    try:
+        futures = [pool.submit_with_cost(10 * MIB, ran.append, "large")]
+        futures += [pool.submit_with_cost(1024, ran.append, f"small-{i}") for i in range(100)]
+        gate.set()
+        for future in futures:
+            future.result(5)
+        # 10 MiB of cost ages away within 40 later jobs (AGING_BYTES = 256 KiB each: the 40th costs as much
+        # as it does, counting its own 1 KiB): never starved.
+        assert ran.index("large") == 10 * MIB // AGING_BYTES - 1
     finally:
         gate.set()
         pool.shutdown()

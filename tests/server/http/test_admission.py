@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import httpx2 as httpx
 from server.http.helpers import MODEL, url
+from support.inputs import COFFEE
 from support.servers import running_server
 
 
@@ -43,3 +45,20 @@ async def test_bodies_wait_for_a_read_slot_and_are_then_answered() -> None:
                 await holder.__aexit__(None, None, None)
             response = await posted
     assert response.status_code == 400 and "inputs[0]" in response.json()["error"]
+
+
+async def test_a_huge_request_id_is_400_and_never_echoed_on_every_http_protocol() -> None:
+    huge = "r" * 100_000
+    image = base64.b64encode(COFFEE).decode()
+    async with (
+        running_server(http_port="auto") as server,
+        httpx.AsyncClient(base_url=url(server), timeout=60) as client,
+    ):
+        v1 = await client.post("/v1/classify", json={"request_id": huge, "inputs": [{"image_base64": image}]})
+        v2 = await client.post(
+            f"/v2/models/{MODEL}_image/infer",
+            json={"id": huge, "inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES", "data": [image]}]},
+        )
+    for response in (v1, v2):
+        assert response.status_code == 400, response.text
+        assert response.json() == {"error": "request_id: 100000 characters, over the limit of 256"}

@@ -136,7 +136,8 @@ class ReadGate:
         return self.standing(owner) != _STRUCK
 
     async def _acquire(self, owner: str) -> None:
-        if self._busy < self.slots and self._active.get(owner, 0) < self.per_owner and not self._waiting:
+        if self._busy < self.slots and self._active.get(owner, 0) < self.per_owner and not self._eligible_waiting():
+            # A free slot nobody waiting may take (those waiting are at their own connection's cap).
             self._take(owner)
             return
         queue = self._waiting.get(owner)
@@ -156,6 +157,9 @@ class ReadGate:
             else:
                 self._forget(owner, future)
             raise
+
+    def _eligible_waiting(self) -> bool:
+        return any(self._active.get(o, 0) < self.per_owner for o in self._waiting)
 
     def _take(self, owner: str) -> None:
         self._busy += 1

@@ -187,16 +187,19 @@ class Engine:
         self._loop = loop
         for model in self.models.values():
             model.start(loop)
-        self._trimmer = loop.create_task(self._trim_after_load(), name="imgcls-trim")
+        self._trimmer = loop.create_task(self._trim_after_load(self.budget.released), name="imgcls-trim")
 
-    async def _trim_after_load(self) -> None:
+    async def _trim_after_load(self, trimmed_at: int) -> None:
         """Once large work has been released and little is in flight, give the freed heap back to the OS."""
-        trimmed_at = self.budget.released
         while True:
             await asyncio.sleep(TRIM_CHECK_S)
-            if self.budget.released - trimmed_at >= TRIM_AFTER_BYTES and self.budget.used <= TRIM_WHEN_BELOW_BYTES:
+            if self.worth_trimming(trimmed_at):
                 trimmed_at = self.budget.released
                 await asyncio.to_thread(memory.trim)
+
+    def worth_trimming(self, trimmed_at: int) -> bool:
+        """Large work released since trimmed_at, and little in flight now."""
+        return self.budget.released - trimmed_at >= TRIM_AFTER_BYTES and self.budget.used <= TRIM_WHEN_BELOW_BYTES
 
     def begin_shutdown(self) -> None:
         """From now on every request is refused UNAVAILABLE; readiness listeners hear not-ready."""
@@ -282,13 +285,25 @@ class Engine:
     # -- the request lifecycle -------------------------------------------------------
     @contextlib.contextmanager
     def observe(
-        self, protocol: str, method: str, model: str, request_id: str = "", inputs: int = 0, *, owner: str = ""
+        self,
+        protocol: str,
+        method: str,
+        model: str,
+        request_id: str = "",
+        inputs: int = 0,
+        *,
+        owner: str = "",
+        admit: bool = True,
     ) -> Iterator[Call]:
-        """Admit one request and record how it was answered (listeners), whatever the outcome."""
+        """Admit one request and record how it was answered (listeners), whatever the outcome.
+
+        admit=False: a request of a stream admitted when it opened (it is served through the shutdown grace).
+        """
         call = Call(protocol, method, self.model_label(model), request_id[:MAX_REQUEST_ID_CHARS], inputs, owner=owner)
         outcome = None
         try:
-            self.admit()
+            if admit:
+                self.admit()
             check_request_id(request_id)
             yield call
         except BaseException as exc:
@@ -300,7 +315,7 @@ class Engine:
                     protocol=call.protocol,
                     method=call.method,
                     model=call.model,
-                    request_id=call.request_id,
+                    request_id=call.request_id[:MAX_REQUEST_ID_CHARS],
                     inputs=call.inputs,
                     results=call.results,
                     outcome=outcome,
@@ -329,6 +344,7 @@ class Engine:
         return await self._classify(request, deadline, call)
 
     async def _classify(self, request: ClassifyRequest, deadline: float | None, call: Call) -> Classified:
+        check_request_id(request.request_id)  # every door: ids are echoed in answers
         model = self.get(request.model)
         model.check_request(request.inputs, request.options)  # what is plainly invalid is said so, not "busy"
         with self.budget.lease(model.request_bytes(request.inputs), call.owner) as lease:
@@ -348,6 +364,7 @@ class Engine:
         return await self._score(request, deadline, call)
 
     async def _score(self, request: ClassifyRequest, deadline: float | None, call: Call) -> Scored:
+        check_request_id(request.request_id)
         model = self.get(request.model)
         model.check_request(request.inputs, request.options)
         with self.budget.lease(model.request_bytes(request.inputs), call.owner) as lease:

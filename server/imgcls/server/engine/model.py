@@ -169,13 +169,13 @@ class ServedModel:
 
     def request_bytes(self, inputs: Sequence[ImageInput]) -> int:
         """What a request holds from admission to answer, before decoding: its payload as received and as
-        converted (two copies), a model input per image, and a tensor's rows converted to the model's
-        dtype (up to twice its bytes, float16 to float32). Counted from the bytes sent, never from the
+        converted (two copies), a model input per image, and one more copy of a tensor (its rows stacked
+        into a batch, or converted to the model's dtype). Counted from the bytes sent, never from the
         dims a caller claims: a tensor whose dims and data disagree is refused by validation, not here."""
         payload = sum(input_bytes(item) for item in inputs)
         tensors = sum(input_bytes(item) for item in inputs if isinstance(item, TensorInput))
         images = sum(1 for item in inputs if not isinstance(item, TensorInput))
-        return 2 * payload + 2 * tensors + images * self.sample_bytes
+        return 2 * payload + tensors + images * self.sample_bytes
 
     @property
     def queue_depth(self) -> int:
@@ -287,28 +287,32 @@ class ServedModel:
     ) -> list[np.ndarray]:
         """Decode and preprocess: images on the thread pool (cheapest first), tensors inline (zero-copy views)."""
         preprocessor = self.preprocessor_for(overrides)
-        images = sum(1 for item in inputs if not isinstance(item, TensorInput))
+        # Tensors first, on the loop: an invalid one refuses the request before any image is queued.
+        tensors = {i: self._tensor_samples(i, item) for i, item in enumerate(inputs) if isinstance(item, TensorInput)}
+        rows = sum(len(samples) for samples in tensors.values()) + len(inputs) - len(tensors)
+        if rows > self.limits.max_inputs_per_request:
+            raise InvalidInputError(
+                f"request has {rows} samples (tensor batch dimensions included), over the limit of "
+                f"{self.limits.max_inputs_per_request}"
+            )
+        images = len(inputs) - len(tensors)
         if images and isinstance(self._pool, PriorityPool):
             self._pool.reserve(images)  # the pool's queue is bounded: refused before anything is decoded
-        tasks: list[Any] = []
+        results: list[Any] = []
         for index, item in enumerate(inputs):
-            if isinstance(item, TensorInput):
-                tasks.append(self._tensor_samples(index, item))
+            if index in tensors:
+                results.append(tensors[index])
             elif isinstance(self._pool, PriorityPool):
                 job = self._pool.submit_with_cost(
                     input_bytes(item), self._image_sample, index, item, preprocessor, lease
                 )
-                tasks.append(asyncio.wrap_future(job))
+                results.append(asyncio.wrap_future(job))
             else:
-                job = self._pool.submit(self._image_sample, index, item, preprocessor, lease)
-                tasks.append(asyncio.wrap_future(job))
-        results = tasks if all(isinstance(t, list) for t in tasks) else await _gather_all(tasks)
-        total = sum(len(r) for r in results)
-        if total > self.limits.max_inputs_per_request:
-            raise InvalidInputError(
-                f"request has {total} samples (tensor batch dimensions included), over the limit of "
-                f"{self.limits.max_inputs_per_request}"
-            )
+                results.append(
+                    asyncio.wrap_future(self._pool.submit(self._image_sample, index, item, preprocessor, lease))
+                )
+        if images:
+            results = await _gather_all(results)
         return [sample for result in results for sample in result]
 
     def _tensor_samples(self, index: int, item: TensorInput) -> list[np.ndarray]:

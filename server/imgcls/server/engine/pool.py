@@ -17,6 +17,8 @@ from typing import Any, ParamSpec, TypeVar
 from imgcls.server.domain.errors import OverloadedError
 
 P = ParamSpec("P")
+
+AGING_BYTES = 256 * 1024
 T = TypeVar("T")
 
 
@@ -53,7 +55,10 @@ class PriorityPool(Executor):
         with self._cond:
             if self._shutdown:
                 raise RuntimeError("the preprocessing pool is shut down")
-            heapq.heappush(self._heap, (cost, next(self._order), future, lambda: fn(*args, **kwargs)))
+            order = next(self._order)
+            # Cheapest first, but each later job counts AGING_BYTES more, so a large image is passed over by
+            # at most (its cost / AGING_BYTES) jobs that came after it: it waits, it is never starved.
+            heapq.heappush(self._heap, (cost + order * AGING_BYTES, order, future, lambda: fn(*args, **kwargs)))
             self._cond.notify()
         return future
 

@@ -137,8 +137,9 @@ class FrameStream:
                 drop_stale=frame.drop_stale,
             )
             if frame.drop_stale:
-                # Keep reading while frames run, so newer frames can replace stale ones.
-                self._unanswered = asyncio.Semaphore(self._max_in_flight * 4)
+                # Keep reading while frames run, so newer frames can replace stale ones. This frame holds
+                # a place already (taken from the first semaphore before it was read).
+                self._unanswered = asyncio.Semaphore(self._max_in_flight * 4 - 1)
         defaults = self._defaults
         # An unknown model ends the stream (NOT_FOUND); answers name the model that served them.
         model = self._engine.get(frame.model or defaults.model).name
@@ -148,9 +149,16 @@ class FrameStream:
 
     async def _read(self, frames: AsyncIterator[StreamFrame]) -> None:
         try:
-            async for frame in frames:
-                model, options, overrides = self._resolve(frame)
+            iterator = aiter(frames)
+            while True:
+                # A place first, then the next message: a client that sends faster than it reads is held back
+                # by flow control with at most max_in_flight frames in memory, each charged to the budget.
                 await self._unanswered.acquire()
+                try:
+                    frame = await anext(iterator)
+                except StopAsyncIteration:
+                    break
+                model, options, overrides = self._resolve(frame)
                 future: asyncio.Future[FrameResult] = asyncio.get_running_loop().create_future()
                 await self._fifo.put(future)
                 try:

@@ -247,8 +247,14 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         owner: str,
     ) -> None:
         try:
-            async for request in request_iterator:
+            requests = aiter(request_iterator)
+            while True:
+                # A place first, then the next message: at most max_in_flight requests held at once.
                 await slots.acquire()
+                try:
+                    request = await anext(requests)
+                except StopAsyncIteration:
+                    break
                 await answers.put(asyncio.create_task(self._stream_one(request, owner)))
             await answers.put(None)
         except asyncio.CancelledError:
@@ -260,7 +266,10 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         model = self._core.engine_model(request.model_name)
         method = "ModelStreamInfer"
         try:
-            with self._engine.observe(PROTOCOL, method, model, request.id, len(request.inputs), owner=owner) as call:
+            # The stream was admitted when it opened: its requests are served through the shutdown grace.
+            with self._engine.observe(
+                PROTOCOL, method, model, request.id, len(request.inputs), owner=owner, admit=False
+            ) as call:
                 response = await self._core.infer(request_from_pb(request), call=call)
             typed = not request.raw_input_contents
             return pb.ModelStreamInferResponse(infer_response=response_to_pb(response, typed=typed))
