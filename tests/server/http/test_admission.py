@@ -62,3 +62,20 @@ async def test_a_huge_request_id_is_400_and_never_echoed_on_every_http_protocol(
     for response in (v1, v2):
         assert response.status_code == 400, response.text
         assert response.json() == {"error": "request_id: 100000 characters, over the limit of 256"}
+
+
+async def test_json_tensor_data_is_charged_for_the_python_objects_it_becomes() -> None:
+    # 3 MB of JSON numbers become ~24 MB of Python floats: over a 16 MiB share of a 32 MiB budget.
+    data = [0.5] * (3 * 224 * 224 * 5)
+    body = {"inputs": [{"name": "pixel_values", "shape": [5, 3, 224, 224], "datatype": "FP32", "data": data}]}
+    async with (
+        running_server(http_port="auto", memory_budget_bytes=32 << 20) as server,
+        httpx.AsyncClient(base_url=url(server), timeout=60) as client,
+    ):
+        response = await client.post(f"/v2/models/{MODEL}/infer", json=body)
+        one = {"name": "pixel_values", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": data[: 3 * 224 * 224]}
+        small = await client.post(f"/v2/models/{MODEL}/infer", json={"inputs": [one]})
+        assert server.engine.budget.used == 0
+    assert response.status_code == 413, response.text
+    assert "more than one caller may hold (16 MiB)" in response.json()["error"]
+    assert small.status_code == 200, small.text  # one sample's worth fits its share

@@ -97,14 +97,18 @@ def router(engine: Engine, limits: HttpLimits) -> APIRouter:
             core.view(name, version)  # an unknown model is answered before the body is read
             deadline = deadline_of(request)
             body = await read_body(request, limits, engine)
-            infer_request, binary_outputs, timeout_us = parse_infer(
-                name, version, body, request.headers.get(HEADER_LENGTH)
-            )
-            call.request_id = infer_request.id
-            if timeout_us is not None:
-                by_parameter = time.monotonic() + timeout_us / 1e6
-                deadline = by_parameter if deadline is None else min(deadline, by_parameter)
-            answer = await core.infer(infer_request, deadline=deadline, call=call)
+            # Parsed JSON is Python objects, several times its text (a number "0.1," is 4 bytes of text and a
+            # 24-byte float in a list): counted while the request lives, beside the engine's own lease.
+            json_bytes = len(body) if request.headers.get(HEADER_LENGTH) is None else _header_length(request, len(body))
+            with engine.budget.lease(JSON_EXPANSION * json_bytes, call.owner):
+                infer_request, binary_outputs, timeout_us = parse_infer(
+                    name, version, body, request.headers.get(HEADER_LENGTH)
+                )
+                call.request_id = infer_request.id
+                if timeout_us is not None:
+                    by_parameter = time.monotonic() + timeout_us / 1e6
+                    deadline = by_parameter if deadline is None else min(deadline, by_parameter)
+                answer = await core.infer(infer_request, deadline=deadline, call=call)
         return infer_response(answer, binary_outputs)
 
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
@@ -143,6 +147,17 @@ def _endpoint(handler: Any, versioned: bool, guarded: Any) -> Any:
 
 
 # -- REST <-> the core's types --------------------------------------------------------------------------
+# Bytes of Python objects per byte of JSON text, at most, for a tensor's data written as JSON numbers.
+JSON_EXPANSION = 8
+
+
+def _header_length(request: Request, body_length: int) -> int:
+    try:
+        return min(max(0, int(request.headers.get(HEADER_LENGTH, "0"))), body_length)
+    except ValueError:
+        return 0  # parse_infer answers it
+
+
 def parse_infer(
     name: str, version: str, body: bytes, header_length: str | None
 ) -> tuple[InferRequest, dict[str, bool], float | None]:
