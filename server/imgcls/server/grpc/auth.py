@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 from imgcls.server.domain.errors import ConfigError
+from imgcls.server.engine.tokens import TokenCheck
 from imgcls.server.settings import TlsSettings
 
 # Health and reflection stay reachable without a token unless the settings close them,
@@ -42,18 +42,13 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, tokens: Sequence[str], *, open_health: bool) -> None:
-        self._tokens = [t.encode() for t in tokens]
+        self._tokens = TokenCheck(tokens)
         self._open_prefixes = OPEN_SERVICES if open_health else ()
 
     def _authorized(self, metadata: Sequence[tuple[str, Any]] | None) -> bool:
         for key, value in metadata or ():
             if key == "authorization":
-                text = value.decode() if isinstance(value, bytes) else str(value)
-                scheme, _, token = text.partition(" ")
-                if scheme.lower() != "bearer":
-                    return False
-                given = token.strip().encode()
-                return any(hmac.compare_digest(given, t) for t in self._tokens)
+                return self._tokens.authorized(value)
         return False
 
     async def intercept_service(

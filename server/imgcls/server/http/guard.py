@@ -10,7 +10,6 @@ gzip/deflate within the same limit, and gives up on a body that stalls or trickl
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 from imgcls.server.domain.errors import ErrorKind, InvalidInputError, RequestError, TooLargeError
 from imgcls.server.engine.budget import Lease
 from imgcls.server.engine.engine import Engine
+from imgcls.server.engine.tokens import TokenCheck
 from imgcls.server.http.errors import HttpError, send_error
 from starlette.requests import Request
 
@@ -75,25 +75,6 @@ def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None
         if key == name:
             return value
     return None
-
-
-class TokenCheck:
-    """``authorization: Bearer <token>`` against the accepted tokens, in constant time; never logged."""
-
-    def __init__(self, tokens: Sequence[str]) -> None:
-        self._tokens = [t.encode() for t in tokens]
-
-    def __bool__(self) -> bool:
-        return bool(self._tokens)
-
-    def authorized(self, value: bytes | None) -> bool:
-        if value is None:
-            return False
-        scheme, _, token = value.partition(b" ")
-        if scheme.lower() != b"bearer":
-            return False
-        given = token.strip()
-        return any(hmac.compare_digest(given, t) for t in self._tokens)
 
 
 class Guard:
