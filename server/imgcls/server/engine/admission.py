@@ -25,6 +25,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from imgcls.server.domain.errors import OverloadedError
 
@@ -32,6 +33,8 @@ from imgcls.server.domain.errors import OverloadedError
 STRIKE_S = 30.0
 # Owners remembered at most (the oldest are forgotten first): connections come and go.
 _MAX_REMEMBERED = 4096
+# How often slots and places held by callers that are gone are taken back (see ReadGate._reap).
+_REAP_EVERY_S = 1.0
 # Standing, in the order free slots are handed out.
 _PROMPT, _UNKNOWN, _STRUCK = 0, 1, 2
 
@@ -72,6 +75,10 @@ class ReadGate:
         # owner -> (standing, when it was last set): _PROMPT or _STRUCK; anyone else is _UNKNOWN
         self._standing: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._timer: asyncio.TimerHandle | None = None
+        # future -> (owner, its task): every queued waiter, and the granted ones not yet back in slot()
+        self._waiters: dict[asyncio.Future[None], tuple[str, asyncio.Task[Any]]] = {}
+        self._granted: dict[asyncio.Future[None], tuple[str, asyncio.Task[Any] | None]] = {}
+        self._reaper: asyncio.TimerHandle | None = None
         self.cut_count = 0
 
     @property
@@ -89,6 +96,7 @@ class ReadGate:
         ticket = Ticket(owner, time.monotonic(), asyncio.current_task())
         self._holders.add(ticket)
         self._check()
+        self._arm_reaper()
         unwound = False
         try:
             yield ticket
@@ -108,8 +116,9 @@ class ReadGate:
         finally:
             if ticket.cut and not unwound and ticket.task is not None and ticket.task.cancelling():
                 ticket.task.uncancel()  # cut just as the message arrived (the cancellation was swallowed)
-            self._holders.discard(ticket)
-            self._release(owner)
+            if ticket in self._holders:  # not reaped meanwhile (see _reap)
+                self._holders.discard(ticket)
+                self._release(owner)
 
     def strike(self, owner: str) -> None:
         """The owner's message timed out: it is served after every other owner for a while."""
@@ -148,15 +157,23 @@ class ReadGate:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue.append(future)
         self._waiting_count += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._waiters[future] = (owner, task)
         self._check()
+        self._arm_reaper()
         try:
             await future
         except BaseException:
-            if future.done() and not future.cancelled():
+            self._waiters.pop(future, None)
+            if self._granted.pop(future, None) is not None:
                 self._release(owner)  # granted just as the caller gave up: hand it on
             else:
                 self._forget(owner, future)
             raise
+        self._waiters.pop(future, None)
+        if self._granted.pop(future, None) is None:
+            await self._acquire(owner)  # the grant was taken back (see _reap): wait again
 
     def _eligible_waiting(self) -> bool:
         return any(self._active.get(o, 0) < self.per_owner for o in self._waiting)
@@ -199,10 +216,41 @@ class ReadGate:
                 self._waiting.move_to_end(owner)
             else:
                 del self._waiting[owner]
-            if future.done():  # its caller gave up (cancelled) and has not yet left the queue itself
+            waiter = self._waiters.get(future)
+            if future.done() or (waiter is not None and waiter[1].done()):
+                self._waiters.pop(future, None)  # its caller gave up (or is gone) and has not left the queue itself
                 continue
             self._take(owner)
+            self._granted[future] = (owner, waiter[1] if waiter is not None else None)
             future.set_result(None)
+
+    def _arm_reaper(self) -> None:
+        if self._reaper is None and (self._busy or self._waiting_count):
+            self._reaper = asyncio.get_running_loop().call_later(_REAP_EVERY_S, self._reap)
+
+    def _reap(self) -> None:
+        """Take back what callers that are gone still hold.
+
+        A caller's task can end without unwinding through slot() or _acquire(): grpc's request iterator is
+        an async generator iterated by another task than the one that made it, and closing a task that awaits
+        an async generator does not close the generator, so its finally never runs (seen: holders and
+        granted slots of streams whose client had gone, kept for good, every later stream message waiting).
+        The gate holds each waiter's and holder's task, so none is collected unseen, and every second while
+        anything is held gives back the slots and places of tasks that are done.
+        """
+        self._reaper = None
+        for ticket in [t for t in self._holders if t.task is not None and t.task.done()]:
+            self._holders.discard(ticket)
+            self._release(ticket.owner)
+        for future, (owner, task) in list(self._granted.items()):
+            if task is not None and task.done():
+                del self._granted[future]
+                self._release(owner)
+        for future, (owner, task) in list(self._waiters.items()):
+            if task.done():
+                del self._waiters[future]
+                self._forget(owner, future)
+        self._arm_reaper()
 
     def _check(self) -> None:
         """Cut the longest holder once it is past its patience, while an owner in good standing waits for it."""
