@@ -137,9 +137,9 @@ class _Reader:
                 return
             # Not charged to the budget here: the stream gate bounds how many are parsed at once, and a frame
             # the budget cannot take is answered on its own (RESOURCE_EXHAUSTED) by the stream, which goes on.
-            message = self.parse(raw, None)
+            message = [self.parse(raw, None)]
             del raw
-            yield message
+            yield message.pop()  # handed on, not kept by this frame while the stream waits for the next
 
     def parse(self, raw: bytes, owner: str | None) -> Any:
         """The message, parsed; with an owner, only if the memory budget has room for it (refused at once)."""
@@ -233,12 +233,17 @@ async def _or_abort(read: Awaitable[Any], context: grpc.aio.ServicerContext) -> 
 async def _ending(messages: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
     """A stream's messages; one that cannot be taken ends them, and the call ends with its status once the
     handler has answered what came before it (set, not raised: nothing of the stream is kept, see _or_abort)."""
-    try:
-        async for message in messages:
-            yield message
-    except RequestError as exc:
-        code, message = status_of(exc)
-    else:
-        return
+    iterator = aiter(messages)
+    while True:
+        try:
+            message = [await anext(iterator)]
+        except StopAsyncIteration:
+            return
+        except RequestError as exc:
+            code, details = status_of(exc)
+            break
+        # Handed on, not kept by this frame: a generator's local would pin the last message (up to the
+        # message limit) for as long as the stream waits for the next one.
+        yield message.pop()
     context.set_code(code)
-    context.set_details(message)
+    context.set_details(details)

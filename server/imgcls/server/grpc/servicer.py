@@ -68,5 +68,11 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
 
 
 async def _frames(request_iterator: AsyncIterator[pb.ClassifyStreamRequest]) -> AsyncIterator[StreamFrame]:
-    async for message in request_iterator:
-        yield converters.frame_from_pb(message)  # a bad frame carries its error; the stream goes on
+    # No local keeps the message while the stream waits for the next one (it may be up to the message limit).
+    messages = aiter(request_iterator)
+    while True:
+        try:
+            frame = converters.frame_from_pb(await anext(messages))  # a bad frame carries its error
+        except StopAsyncIteration:
+            return
+        yield frame

@@ -256,6 +256,7 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 except StopAsyncIteration:
                     break
                 await answers.put(asyncio.create_task(self._stream_one(request, owner)))
+                del request  # not kept here while the stream waits for the next one
             await answers.put(None)
         except asyncio.CancelledError:
             raise
