@@ -7,8 +7,10 @@ memory stays bounded whatever callers do.
 
 Fairness, so heavy callers cannot starve light ones:
 - one owner (a connection) may hold at most `owner_share` of the budget;
-- the last `small_reserve` of the budget is only for small requests (at most `small_request_bytes`),
-  so a caller sending one ordinary image is still admitted while large requests fill the rest.
+- the last `small_reserve` of the budget is only for small requests (at most `small_request_bytes`), so a
+  caller sending one ordinary image is still admitted while large requests fill the rest; and the last
+  quarter of that only for owners holding at most `small_request_bytes` besides, so a flood of small
+  requests over a few connections cannot fill it either.
 """
 
 from __future__ import annotations
@@ -61,8 +63,15 @@ class MemoryBudget:
     def _take(self, lease: Lease, nbytes: int) -> None:
         with self._lock:
             total = lease.held + nbytes
-            # Small requests may use the reserve; large ones stop short of it.
-            ceiling = self.limit if total <= self.small_request_bytes else self.large_limit
+            # Small requests may use the reserve, large ones stop short of it; the reserve's last quarter is
+            # for connections holding little else, so many small requests over a few connections cannot take
+            # the place an ordinary caller's one image needs.
+            if total > self.small_request_bytes:
+                ceiling = self.large_limit
+            elif lease.owner and self._by_owner[lease.owner] - lease.held > self.small_request_bytes:
+                ceiling = self.limit - (self.limit - self.large_limit) // 4
+            else:
+                ceiling = self.limit
             owner_total = self._by_owner[lease.owner] + nbytes if lease.owner else 0
             if total > (self.owner_limit if lease.owner else ceiling):
                 # Never fits, however idle the server: not worth retrying.
