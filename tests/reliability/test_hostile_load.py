@@ -314,7 +314,7 @@ async def test_http_tokenless_gzip_bodies(hostile: Hostile) -> None:
     assert_at_once(report, "HTTP 401")
 
 
-def test_the_rows_are_the_issues(hostile: Hostile) -> None:
+async def test_the_rows_are_the_issues() -> None:
     """Every row of the table has a test here (and tests/reliability/attack.py runs them at full scale)."""
     source = Path(__file__).read_text()
     missing = [name for name in ROWS if f'"{name}"' not in source]
