@@ -14,7 +14,8 @@ cannot keep others out for longer than that. Free slots go first to owners whose
 within its patience (a caller that keeps its connection and sends promptly), then to owners not seen yet
 (a new connection), last to owners that were cut or whose message timed out (``strike``), for `STRIKE_S`
 after that: so a caller that has been sending ordinary messages is not stuck behind a flood of new
-connections that stall, which would each hold a slot for `patience_s`.
+connections that stall, which would each hold a slot for `patience_s`. Within the same standing, owners
+whose last message was small (LIGHT_MESSAGE_BYTES) come before those sending large ones.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from imgcls.server.domain.errors import OverloadedError
 STRIKE_S = 30.0
 # Owners remembered at most (the oldest are forgotten first): connections come and go.
 _MAX_REMEMBERED = 4096
+# Among owners of the same standing, those whose last message was at most this come first: an ordinary image
+# (in the connection's first flow-control window already) is not queued behind connections sending 4K frames.
+LIGHT_MESSAGE_BYTES = 1 << 20
 # How often slots and places held by callers that are gone are taken back (see ReadGate._reap).
 _REAP_EVERY_S = 1.0
 # Standing, in the order free slots are handed out.
@@ -47,6 +51,7 @@ class Ticket:
     since: float
     task: asyncio.Task[object] | None
     cut: bool = False
+    nbytes: int = 0  # the size of the message received in it, when the reader tells
 
 
 class ReadGate:
@@ -79,6 +84,8 @@ class ReadGate:
         self._waiters: dict[asyncio.Future[None], tuple[str, asyncio.Task[Any]]] = {}
         self._granted: dict[asyncio.Future[None], tuple[str, asyncio.Task[Any] | None]] = {}
         self._reaper: asyncio.TimerHandle | None = None
+        # owner -> whether its last message was over LIGHT_MESSAGE_BYTES: light senders are served first
+        self._heavy: OrderedDict[str, bool] = OrderedDict()
         self.cut_count = 0
 
     @property
@@ -113,6 +120,10 @@ class ReadGate:
         else:
             if not ticket.cut and time.monotonic() - ticket.since <= self.patience_s:
                 self._remember(owner, _PROMPT)
+            self._heavy[owner] = ticket.nbytes > LIGHT_MESSAGE_BYTES
+            self._heavy.move_to_end(owner)
+            while len(self._heavy) > _MAX_REMEMBERED:
+                self._heavy.popitem(last=False)
         finally:
             if ticket.cut and not unwound and ticket.task is not None and ticket.task.cancelling():
                 ticket.task.uncancel()  # cut just as the message arrived (the cancellation was swallowed)
@@ -208,7 +219,7 @@ class ReadGate:
             if not eligible:
                 return
             # min() keeps the first of equals: the owner waiting longest
-            owner = min(eligible, key=lambda o: (self._active.get(o, 0), self.standing(o)))
+            owner = min(eligible, key=lambda o: (self._active.get(o, 0), self.standing(o), self._heavy.get(o, False)))
             queue = self._waiting[owner]
             future = queue.popleft()
             self._waiting_count -= 1

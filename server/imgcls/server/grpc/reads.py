@@ -113,10 +113,11 @@ class _Reader:
         """The unary request: received in a read-gate slot, within the message timeout."""
         owner = context.peer() or ""
         gate = self._engine.read_gate
-        async with gate.slot(owner):
+        async with gate.slot(owner) as ticket:
             try:
                 async with asyncio.timeout(self._timeout):
                     raw = await context.read()
+                ticket.nbytes = len(raw) if isinstance(raw, bytes) else 0
             except TimeoutError:
                 gate.strike(owner)
                 raise DeadlineExceededError(
@@ -131,8 +132,9 @@ class _Reader:
         (a stream may idle between messages: no timeout, but see STREAM_PATIENCE_S)."""
         owner = context.peer() or ""
         while True:
-            async with self._streams.slot(owner):
+            async with self._streams.slot(owner) as ticket:
                 raw = await context.read()
+                ticket.nbytes = len(raw) if isinstance(raw, bytes) else 0
             if raw is EOF:
                 return
             # Not charged to the budget here: the stream gate bounds how many are parsed at once, and a frame
