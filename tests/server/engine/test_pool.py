@@ -79,3 +79,41 @@ def test_shutdown_cancels_what_waits() -> None:
     pool.shutdown(wait=False, cancel_futures=True)
     gate.set()
     assert running.result(5) is True and waiting.cancelled()  # type: ignore[attr-defined]
+
+
+def test_one_connection_may_fill_half_the_queue_and_the_last_eighth_is_for_newcomers() -> None:
+    pool = PriorityPool(1, queue_limit=16)
+    gate, _ = occupy(pool)
+    try:
+        pool.reserve(8, "flood")
+        for _ in range(8):
+            pool.submit_with_cost(MIB, lambda: None, owner="flood")
+        with pytest.raises(OverloadedError, match="this connection has 8 images waiting to be decoded"):
+            pool.reserve(1, "flood")
+        pool.reserve(16 - 8, "another")  # a connection with nothing waiting may use what is left
+        pool.reserve(6, "busy")
+        for _ in range(6):
+            pool.submit_with_cost(MIB, lambda: None, owner="busy")
+        with pytest.raises(OverloadedError, match="decode queue full"):
+            pool.reserve(1, "busy")  # 14 waiting: the last 2 places are for connections with none waiting
+        pool.reserve(1, "newcomer")
+        assert pool.waiting == 14
+    finally:
+        gate.set()
+        pool.shutdown()
+
+
+def test_a_lone_connections_image_goes_ahead_of_another_connections_backlog() -> None:
+    pool = PriorityPool(1, queue_limit=64)
+    gate, _ = occupy(pool)
+    ran: list[str] = []
+    try:
+        futures = [pool.submit_with_cost(1024, ran.append, f"flood-{i}", owner="flood") for i in range(20)]
+        futures.append(pool.submit_with_cost(400 * 1024, ran.append, "lone", owner="lone"))
+        gate.set()
+        for future in futures:
+            future.result(5)
+        assert ran[:2] == ["flood-0", "lone"]  # the flood's first job had nothing ahead of it either
+    finally:
+        gate.set()
+        pool.shutdown()

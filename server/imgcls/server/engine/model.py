@@ -296,15 +296,16 @@ class ServedModel:
                 f"{self.limits.max_inputs_per_request}"
             )
         images = len(inputs) - len(tensors)
+        owner = lease.owner if lease is not None else ""
         if images and isinstance(self._pool, PriorityPool):
-            self._pool.reserve(images)  # the pool's queue is bounded: refused before anything is decoded
+            self._pool.reserve(images, owner)  # bounded, per connection too: refused before anything is decoded
         results: list[Any] = []
         for index, item in enumerate(inputs):
             if index in tensors:
                 results.append(tensors[index])
             elif isinstance(self._pool, PriorityPool):
                 job = self._pool.submit_with_cost(
-                    input_bytes(item), self._image_sample, index, item, preprocessor, lease
+                    input_bytes(item), self._image_sample, index, item, preprocessor, lease, owner=owner
                 )
                 results.append(asyncio.wrap_future(job))
             else:

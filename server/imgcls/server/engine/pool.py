@@ -1,4 +1,4 @@
-"""The preprocessing pool: bounded, and the cheapest work first.
+"""The preprocessing pool: bounded, fair across connections, and the cheapest work first.
 
 Decoding and preprocessing run on a few threads. Its queue is bounded (past `queue_limit` waiting
 jobs a request is refused at once, not queued), and waiting jobs run cheapest first, so one caller's
@@ -7,6 +7,7 @@ ordinary photo is not stuck behind another's queue of 4K frames.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import threading
@@ -26,6 +27,7 @@ class PriorityPool(Executor):
     def __init__(self, workers: int, *, queue_limit: int, thread_name_prefix: str = "preprocess") -> None:
         self.queue_limit = queue_limit
         self._heap: list[tuple[int, int, Future[Any], Callable[[], Any]]] = []
+        self._waiting_by_owner: dict[str, int] = {}
         self._order = itertools.count()
         self._cond = threading.Condition()
         self._shutdown = False
@@ -39,28 +41,60 @@ class PriorityPool(Executor):
     def waiting(self) -> int:
         return len(self._heap)
 
-    def reserve(self, jobs: int) -> None:
-        """Refuse (OverloadedError) when jobs more would not fit in the queue: all or nothing, before any runs."""
-        if len(self._heap) + jobs > self.queue_limit:
+    def reserve(self, jobs: int, owner: str = "") -> None:
+        """Refuse (OverloadedError) when jobs more would not fit: all or nothing, before any runs.
+
+        One owner (a connection) with images already waiting may add up to half the queue, and the last
+        eighth is kept for owners with nothing waiting: a flood from a few connections cannot take a lone
+        caller's place (a single request, on its own, may use the whole queue).
+        """
+        waiting = len(self._heap)
+        mine = self._waiting_by_owner.get(owner, 0) if owner else 0
+        ceiling = self.queue_limit if not mine else self.queue_limit - self.queue_limit // 8
+        if mine and mine + jobs > max(1, self.queue_limit // 2):
+            raise OverloadedError(
+                f"server busy: this connection has {mine} images waiting to be decoded (limit "
+                f"{max(1, self.queue_limit // 2)}); retry later"
+            )
+        if waiting + jobs > ceiling:
             raise OverloadedError(
                 f"server busy: decode queue full ({len(self._heap)} images waiting, limit {self.queue_limit}); "
                 "retry later"
             )
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        return self.submit_with_cost(0, fn, *args, **kwargs)
+        return self.submit_with_cost(0, functools.partial(fn, *args, **kwargs))
 
-    def submit_with_cost(self, cost: int, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+    def submit_with_cost(self, cost: int, fn: Callable[..., T], /, *args: Any, owner: str = "") -> Future[T]:
         future: Future[T] = Future()
         with self._cond:
             if self._shutdown:
                 raise RuntimeError("the preprocessing pool is shut down")
             order = next(self._order)
             # Cheapest first, but each later job counts AGING_BYTES more, so a large image is passed over by
-            # at most (its cost / AGING_BYTES) jobs that came after it: it waits, it is never starved.
-            heapq.heappush(self._heap, (cost + order * AGING_BYTES, order, future, lambda: fn(*args, **kwargs)))
+            # at most (its cost / AGING_BYTES) jobs that came after it: it waits, it is never starved. A job
+            # from an owner with nothing else waiting goes ahead of the queue's backlog (a lone caller's photo
+            # does not wait behind another connection's flood).
+            key = cost + order * AGING_BYTES
+            if owner and not self._waiting_by_owner.get(owner):
+                key -= self.queue_limit * AGING_BYTES
+            if owner:
+                self._waiting_by_owner[owner] = self._waiting_by_owner.get(owner, 0) + 1
+            heapq.heappush(self._heap, (key, order, future, self._owned(owner, fn, args)))
             self._cond.notify()
         return future
+
+    def _owned(self, owner: str, fn: Callable[..., Any], args: Any) -> Callable[[], Any]:
+        call = functools.partial(fn, *args)
+        return call if not owner else _Counted(call, owner)
+
+    def _done_waiting(self, owner: str) -> None:
+        # Under self._cond: the job left the heap.
+        left = self._waiting_by_owner.get(owner, 0) - 1
+        if left > 0:
+            self._waiting_by_owner[owner] = left
+        else:
+            self._waiting_by_owner.pop(owner, None)
 
     def _work(self) -> None:
         while True:
@@ -70,6 +104,8 @@ class PriorityPool(Executor):
                 if not self._heap:
                     return
                 _, _, future, call = heapq.heappop(self._heap)
+                if isinstance(call, _Counted):
+                    self._done_waiting(call.owner)
             if not future.set_running_or_notify_cancel():
                 continue  # the caller gave up while it waited
             try:
@@ -84,7 +120,21 @@ class PriorityPool(Executor):
                 for _, _, future, _ in self._heap:
                     future.cancel()
                 self._heap.clear()
+                self._waiting_by_owner.clear()
             self._cond.notify_all()
         if wait:
             for thread in self._threads:
                 thread.join()
+
+
+class _Counted:
+    """A job charged to its owner's count of waiting jobs until a worker takes it."""
+
+    __slots__ = ("call", "owner")
+
+    def __init__(self, call: Callable[[], Any], owner: str) -> None:
+        self.call = call
+        self.owner = owner
+
+    def __call__(self) -> Any:
+        return self.call()
