@@ -90,7 +90,8 @@ def test_one_connection_may_fill_half_the_queue_and_the_last_eighth_is_for_newco
             pool.submit_with_cost(MIB, lambda: None, owner="flood")
         with pytest.raises(OverloadedError, match="this connection has 8 images waiting to be decoded"):
             pool.reserve(1, "flood")
-        pool.reserve(16 - 8, "another")  # a connection with nothing waiting may use what is left
+        with pytest.raises(OverloadedError, match="decode queue full"):
+            pool.reserve(7, "another")  # a large first request stops short of the last eighth too
         pool.reserve(6, "busy")
         for _ in range(6):
             pool.submit_with_cost(MIB, lambda: None, owner="busy")

@@ -20,6 +20,7 @@ from imgcls.server.domain.errors import OverloadedError
 P = ParamSpec("P")
 
 AGING_BYTES = 256 * 1024
+SMALL_REQUEST_IMAGES = 4
 T = TypeVar("T")
 
 
@@ -45,12 +46,15 @@ class PriorityPool(Executor):
         """Refuse (OverloadedError) when jobs more would not fit: all or nothing, before any runs.
 
         One owner (a connection) with images already waiting may add up to half the queue, and the last
-        eighth is kept for owners with nothing waiting: a flood from a few connections cannot take a lone
-        caller's place (a single request, on its own, may use the whole queue).
+        eighth is kept for small requests from owners with nothing waiting: a flood cannot take a lone
+        caller's place.
         """
         waiting = len(self._heap)
         mine = self._waiting_by_owner.get(owner, 0) if owner else 0
-        ceiling = self.queue_limit if not mine else self.queue_limit - self.queue_limit // 8
+        # The last eighth: only for a small request from a connection with nothing waiting (many attacking
+        # connections each sending its first large request must not fill it).
+        small = not mine and jobs <= SMALL_REQUEST_IMAGES
+        ceiling = self.queue_limit if small else self.queue_limit - self.queue_limit // 8
         if mine and mine + jobs > max(1, self.queue_limit // 2):
             raise OverloadedError(
                 f"server busy: this connection has {mine} images waiting to be decoded (limit "
