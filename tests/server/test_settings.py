@@ -43,6 +43,16 @@ def assert_config_error(exc: pytest.ExceptionInfo[ConfigError], *fragments: str)
         assert fragment in exc.value.message
 
 
+def test_the_default_stream_limit_per_connection_bounds_a_rapid_reset_flood() -> None:
+    """gRPC core counts calls reset by their client against SETTINGS_MAX_CONCURRENT_STREAMS until the
+    application takes them: at 1024 a HEADERS + RST_STREAM flood queued enough dead calls that grpcio 1.85
+    now and then cancelled an innocent call on another connection (see settings.py). 256 still admits a
+    busy client's burst (test_reads: 120 calls at once on a fresh channel)."""
+    settings = load_settings(environ={})
+    assert 120 <= settings.max_calls_per_connection <= 256
+    assert ("grpc.max_concurrent_streams", settings.max_calls_per_connection) in server_options(settings)
+
+
 # -- precedence ---------------------------------------------------------------------------------------
 
 

@@ -137,11 +137,17 @@ class ServerSettings(_Frozen):
     memory_budget_bytes: int | None = Field(default=None, ge=16 * 1024 * 1024)
     # How long one request message may take to arrive once the server starts receiving it.
     message_timeout_s: float = Field(default=10.0, gt=0, le=3600)
-    # Streams open at once (all connections) and calls at once on one HTTP/2 connection. The latter is
-    # generous: calls waiting for admission hold almost nothing, and a client that opens more calls than
-    # the limit before it has read the server's SETTINGS gets the extra ones refused (UNAVAILABLE).
+    # Streams open at once (all connections) and calls at once on one HTTP/2 connection
+    # (SETTINGS_MAX_CONCURRENT_STREAMS; a client queues calls past it). Room for a busy client's burst: a
+    # client that opens more calls than the limit before it has read the server's SETTINGS gets the extra
+    # ones refused (UNAVAILABLE; 120 at once are refused 17 at a limit of 100). Not much more: gRPC core counts
+    # a call reset by its client against the limit until the application has taken it, so the limit is how
+    # many dead calls one HEADERS + RST_STREAM flood queues in front of everyone's. At 1024 that queue ran
+    # ~270 ms behind, and grpcio 1.85 now and then cancelled an innocent call on another connection
+    # (CANCELLED, its server call torn down in core right after it arrived: 3 of 36 rapid-reset rows);
+    # at 256, none in 72 (at 100, none in 72; at 64, none in 108).
     max_streams: int = Field(default=256, ge=1, le=100_000)
-    max_calls_per_connection: int = Field(default=1024, ge=1, le=100_000)
+    max_calls_per_connection: int = Field(default=256, ge=1, le=100_000)
     grace_period_s: float = Field(default=10.0, ge=0)
     # A connection older than this is sent a GOAWAY (gRPC adds +-10 % jitter), so its client reconnects and
     # re-resolves its dns:/// target: behind a headless Service that is how long-lived clients find the
