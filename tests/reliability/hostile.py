@@ -149,6 +149,7 @@ class NormalCall:
     code: str
     top1: Any
     details: str = ""
+    request_id: str = ""
 
 
 class NormalCaller:
@@ -310,6 +311,11 @@ class RowReport:
             "normal_failures": sorted({f"{c.door} {c.code}: {c.details}" for c in self.normal if c.code != "OK"})[:5],
             "normal_p50_s": round(percentile(latencies, 50), 3),
             "normal_p99_s": round(percentile(latencies, 99), 3),
+            # the slowest, with the gRPC ones' request_id (their line in the server's debug log)
+            "normal_slowest": [
+                f"{c.door} {c.request_id} {c.seconds:.2f}s"
+                for c in sorted(self.normal, key=lambda c: c.seconds, reverse=True)[:3]
+            ],
             "threads": [self.idle.threads, self.after.threads],
             "fds": [self.idle.fds, self.after.fds],
         }

@@ -38,10 +38,18 @@ CALL_TIMEOUT_S = 30.0
 _lock = threading.Lock()
 
 
-def report(door: str, start: float, code: str, top1: Any = None, details: str = "") -> None:
+def report(door: str, start: float, code: str, top1: Any = None, details: str = "", request_id: str = "") -> None:
     seconds = time.monotonic() - start
     line = json.dumps(
-        {"door": door, "start": start, "seconds": seconds, "code": code, "top1": top1, "details": details}
+        {
+            "door": door,
+            "start": start,
+            "seconds": seconds,
+            "code": code,
+            "top1": top1,
+            "details": details,
+            "request_id": request_id,
+        }
     )
     with _lock:
         sys.stdout.write(line + "\n")
@@ -54,13 +62,17 @@ def grpc_caller(target: str, token: str | None, interval: float, stop: threading
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.ImageClassifierServiceStub(channel)
         due = time.monotonic()
+        sent = 0
         while not stop.is_set():
             start = time.monotonic()
+            sent += 1
+            request.request_id = f"normal-{sent}"  # the server's debug line for it tells its own time
             try:
                 response = stub.Classify(request, timeout=CALL_TIMEOUT_S, metadata=metadata)
-                report("grpc", start, "OK", response.results[0].labels[0].index)
+                report("grpc", start, "OK", response.results[0].labels[0].index, request_id=request.request_id)
             except grpc.RpcError as exc:
-                report("grpc", start, exc.code().name, details=(exc.details() or "")[:200])  # type: ignore[attr-defined]
+                details = (exc.details() or "")[:200]  # type: ignore[attr-defined]
+                report("grpc", start, exc.code().name, details=details, request_id=request.request_id)
             due += interval
             stop.wait(max(0.0, due - time.monotonic()))
 
