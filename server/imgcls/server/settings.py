@@ -142,10 +142,9 @@ class ServerSettings(_Frozen):
     # client that opens more calls than the limit before it has read the server's SETTINGS gets the extra
     # ones refused (UNAVAILABLE; 120 at once are refused 17 at a limit of 100). Not much more: gRPC core counts
     # a call reset by its client against the limit until the application has taken it, so the limit is how
-    # many dead calls one HEADERS + RST_STREAM flood queues in front of everyone's. At 1024 that queue ran
-    # ~270 ms behind, and grpcio 1.85 now and then cancelled an innocent call on another connection
-    # (CANCELLED, its server call torn down in core right after it arrived: 3 of 36 rapid-reset rows);
-    # at 256, none in 72 (at 100, none in 72; at 64, none in 108).
+    # many dead calls one HEADERS + RST_STREAM flood queues in front of everyone's (at 1024 that queue ran
+    # ~270 ms behind, and pushed core's pending calls past its random-drop threshold, cancelling bystanders'
+    # calls on other connections: 3 of 36 rapid-reset rows; see also grpc/door.py's MAX_PENDING_CALLS).
     max_streams: int = Field(default=256, ge=1, le=100_000)
     max_calls_per_connection: int = Field(default=256, ge=1, le=100_000)
     grace_period_s: float = Field(default=10.0, ge=0)

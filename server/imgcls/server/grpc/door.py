@@ -31,6 +31,10 @@ GRPC_CYTHON_LOGGER = "grpc._cython.cygrpc"
 # At most one such line per this many seconds (with the count of the ones left out).
 UNDECODABLE_LOG_EVERY_S = 10.0
 
+# Calls gRPC core may hold before the server takes them up (see server_options); each holds at most its
+# stream's 64 KiB flow-control window of message bytes.
+MAX_PENDING_CALLS = 4096
+
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageClassifierService"].full_name
 
 
@@ -44,6 +48,13 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
         # No window growth by bandwidth probing: a call's message is pulled in only when the server
         # asks for it (after admission, see reads.py), so calls waiting for admission hold ~nothing.
         ("grpc.http2.bdp_probe", 0),
+        # Calls gRPC core has received but the server has not taken up yet. Past 1000 (grpcio's default,
+        # up to a hard 3000) core drops new calls at random as CANCELLED, with no message and before imgcls
+        # sees them: 130-170 of 2000 concurrent calls (and a rapid-reset flood's bystanders). Admission
+        # is imgcls's to decide (read gate, budget, queues: RESOURCE_EXHAUSTED with a reason), so core only
+        # refuses past a fixed bound far above any burst those leave waiting.
+        ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
     ]
     if settings.max_connection_age_s is not None:
         # At least 1 ms: gRPC reads 0 as "close at once".
