@@ -54,8 +54,12 @@ PEAK_BOUND = BUDGET + 2 * (2 * SLOTS) * MAX_MESSAGE + 64 * MIB
 # After a row: RSS back within this of idle (freed heap handed back), within SETTLE_S.
 NEAR_IDLE = 128 * MIB
 SETTLE_S = 15.0
-# What refusing a call "at once" may take: it may wait its turn for a read slot first (patience 2 s).
-AT_ONCE_S = 3.0
+# What refusing a call "at once" may take. It may wait its turn for a read slot first (patience 2 s), and a
+# request of many JPEGs admitted to the decode queue grows its budget lease as each image is decoded, so it
+# can be refused there, after waiting in that (bounded) queue: measured at test scale, slowest refusals
+# 0.4-2.8 s over 13 runs and 3.7 s once in a full-suite run, the slowest successful calls 2.9-3.8 s. The
+# issue's "before": refusals after 21-28 s.
+AT_ONCE_S = 6.0
 NORMAL_P99_S = 5.0
 NORMAL_P99_TOKENLESS_S = 2.0
 
