@@ -31,15 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from support.environment import without_server_variables
+from support.paths import ROOT
+
 HERE = Path(__file__).resolve().parent
 SERVE_CHILD = Path(os.environ.get("HOSTILE_SERVE_CHILD", HERE / "serve_child.py"))
 NORMAL_CALLER = HERE / "normal_caller.py"
 MIB = 1 << 20
-
-
-def _without_server_variables() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("IMGCLS_", "HF_", "HUGGING_FACE_"))}
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,7 @@ class ChildServer:
     def __init__(self, log_path: Path, *flags: str, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         self.flags = list(flags)
-        self.env = {**_without_server_variables(), **(env or {})}
+        self.env = {**without_server_variables(), **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
         self.grpc_port = 0
         self.http_port = 0
@@ -171,7 +169,7 @@ class NormalCaller:
             [sys.executable, str(NORMAL_CALLER), *self.args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env=_without_server_variables(),
+            env=without_server_variables(),
             cwd=ROOT,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
