@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import traceback
 
 
 class ErrorKind(enum.Enum):
@@ -121,3 +122,18 @@ def kind_of(exc: BaseException) -> ErrorKind:
     if isinstance(exc, GeneratorExit | asyncio.CancelledError):
         return ErrorKind.CANCELLED
     return ErrorKind.INTERNAL
+
+
+def forget_frames(error: BaseException | None) -> None:
+    """Clear the locals of every finished frame an answered error (and the errors it chains) passed through.
+
+    An error raised from a frame that also holds it (``results = gather(...); raise results[i]``) is a
+    reference cycle with that frame, and through its locals with the request's data, which only the cycle
+    collector frees: measured, a flood of undecodable 20 MB images kept ~600 MB alive until gc ran. Once
+    answered, the frames are not needed (a logged traceback keeps its file and line numbers).
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)  # skips frames still running
+        error = error.__cause__ or error.__context__

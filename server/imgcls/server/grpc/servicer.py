@@ -6,9 +6,10 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+from imgcls.server.domain.errors import forget_frames
 from imgcls.server.engine.engine import Engine
 from imgcls.server.engine.streams import StreamFrame
-from imgcls.server.grpc.status import forget_frames, translate_stream, translate_unary
+from imgcls.server.grpc.status import translate_stream, translate_unary
 from imgcls.server.v1 import converters
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc

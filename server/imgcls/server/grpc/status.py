@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from imgcls.server.domain.errors import ErrorKind, RequestError
+from imgcls.server.domain.errors import ErrorKind, RequestError, forget_frames
 from imgcls.server.v1.converters import RPC_CODE_OF_KIND
 
 log = logging.getLogger(__name__)
@@ -79,18 +78,3 @@ def translate_stream(
         context.set_details(message)
 
     return wrapper
-
-
-def forget_frames(error: BaseException | None) -> None:
-    """Clear the locals of every finished frame an answered error (and the errors it chains) passed through.
-
-    An error raised from a frame that also holds it (``results = gather(...); raise results[i]``) is a
-    reference cycle with that frame, and through its locals with the request's data, which only the cycle
-    collector frees: measured, a flood of undecodable images kept ~600 MB alive until gc ran. Once answered,
-    the frames are not needed (a logged traceback keeps its file and line numbers).
-    """
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        traceback.clear_frames(error.__traceback__)  # skips frames still running
-        error = error.__cause__ or error.__context__

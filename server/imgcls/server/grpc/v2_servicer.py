@@ -15,10 +15,10 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from imgcls.server.domain.errors import InvalidInputError, UnimplementedError
+from imgcls.server.domain.errors import InvalidInputError, UnimplementedError, forget_frames
 from imgcls.server.engine.engine import MAX_REQUEST_ID_CHARS, Engine
 from imgcls.server.grpc.servicer import deadline_of
-from imgcls.server.grpc.status import forget_frames, status_of, translate_stream, translate_unary
+from imgcls.server.grpc.status import status_of, translate_stream, translate_unary
 from imgcls.server.v2 import (
     GRPC_EXTENSIONS,
     InferRequest,

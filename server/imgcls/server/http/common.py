@@ -6,11 +6,10 @@ import functools
 import json
 import math
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec
 
-from imgcls.server.domain.errors import InvalidInputError
+from imgcls.server.domain.errors import InvalidInputError, forget_frames
 from imgcls.server.http.errors import error_response
 from imgcls.server.http.guard import HttpLimits, body_state
 from starlette.requests import Request
@@ -68,21 +67,6 @@ def parse_json(body: bytes, what: str = "request body") -> Any:
         raise InvalidInputError(f"{what}: not valid JSON ({exc})") from None
     except RecursionError:
         raise InvalidInputError(f"{what}: JSON nested too deeply") from None
-
-
-def forget_frames(error: BaseException | None) -> None:
-    """Clear the locals of every finished frame an answered error (and the errors it chains) passed through.
-
-    An error raised from a frame that also holds it (``results = gather(...); raise results[i]``) is a
-    reference cycle with that frame, and through its locals with the request's data, which only the cycle
-    collector frees: measured, a flood of undecodable 20 MB images kept ~600 MB alive until gc ran. Once
-    answered, the frames are not needed (a logged traceback keeps its file and line numbers).
-    """
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        traceback.clear_frames(error.__traceback__)  # skips frames still running
-        error = error.__cause__ or error.__context__
 
 
 class JSONResponse(Response):
