@@ -172,9 +172,14 @@ class ServedModel:
         converted (two copies), a model input per image, and one more copy of a tensor (its rows stacked
         into a batch, or converted to the model's dtype). Counted from the bytes sent, never from the
         dims a caller claims: a tensor whose dims and data disagree is refused by validation, not here."""
-        payload = sum(input_bytes(item) for item in inputs)
-        tensors = sum(input_bytes(item) for item in inputs if isinstance(item, TensorInput))
-        images = sum(1 for item in inputs if not isinstance(item, TensorInput))
+        payload = tensors = images = 0
+        for item in inputs:
+            size = input_bytes(item)
+            payload += size
+            if isinstance(item, TensorInput):
+                tensors += size
+            else:
+                images += 1
         return 2 * payload + tensors + images * self.sample_bytes
 
     @property
