@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import numpy as np
 from imgcls.server.domain.graph import GraphInfo, RuntimeDescription
 from imgcls.server.engine.engine import Engine
 from imgcls.server.engine.model import ModelLimits, ServedModel
+from imgcls.server.engine.pool import PriorityPool
 from imgcls.server.settings import BatchingSettings, ServerSettings, load_settings
 from imgcls.server.sources.local import ModelFiles
 
@@ -82,7 +82,8 @@ def fake_engine(
     server_settings: ServerSettings = load_settings(
         {"models": [{"name": n, "source": f"/nonexistent/{n}"} for n in names], **(settings or {})}, environ={}
     )
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess")
+    # The server's own kind of pool (bounded, cheapest first), with two threads whatever the machine has.
+    pool = PriorityPool(2, queue_limit=server_settings.batching.queue_limit)
     limits = ModelLimits(
         max_inputs_per_request=server_settings.max_inputs_per_request,
         max_image_pixels=server_settings.max_image_pixels,

@@ -347,9 +347,10 @@ class Engine:
         check_request_id(request.request_id)  # every door: ids are echoed in answers
         model = self.get(request.model)
         model.check_request(request.inputs, request.options)  # what is plainly invalid is said so, not "busy"
-        with self.budget.lease(model.request_bytes(request.inputs), call.owner) as lease:
+        cost = model.request_cost(request.inputs)
+        with self.budget.lease(cost.nbytes, call.owner) as lease:
             rankings = await model.classify(
-                request.inputs, request.options, request.preprocessor_overrides, deadline, lease=lease
+                request.inputs, request.options, request.preprocessor_overrides, deadline, lease=lease, cost=cost
             )
         call.results = len(rankings)
         return Classified(model.name, rankings)
@@ -367,9 +368,15 @@ class Engine:
         check_request_id(request.request_id)
         model = self.get(request.model)
         model.check_request(request.inputs, request.options)
-        with self.budget.lease(model.request_bytes(request.inputs), call.owner) as lease:
+        cost = model.request_cost(request.inputs)
+        with self.budget.lease(cost.nbytes, call.owner) as lease:
             outputs = await model.run(
-                request.inputs, request.preprocessor_overrides, deadline, options=request.options, lease=lease
+                request.inputs,
+                request.preprocessor_overrides,
+                deadline,
+                options=request.options,
+                lease=lease,
+                cost=cost,
             )
         call.results = len(outputs)
         return Scored(model.name, outputs)

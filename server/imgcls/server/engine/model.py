@@ -30,7 +30,7 @@ from imgcls.server.engine.batcher import BatchListener, CrashListener, DynamicBa
 from imgcls.server.engine.budget import Lease
 from imgcls.server.engine.description import BatchingDescription, ModelDescription, ModelStats, public_source
 from imgcls.server.engine.pool import PriorityPool
-from imgcls.server.images import decoding
+from imgcls.server.images import decoding, dimensions
 from imgcls.server.images.postprocessing import default_function, rank, validate_options
 from imgcls.server.images.preprocessing import (
     MAX_OVERRIDE_SIDE,
@@ -89,6 +89,7 @@ class ServedModel:
         self.files = files
         self.limits = limits
         self._pool = preprocess_pool
+        self._decode_slots = preprocess_pool.workers if isinstance(preprocess_pool, PriorityPool) else 1 << 30
         self.backend = backend
         self._batching = batching
         graph = self.backend.graph
@@ -167,20 +168,41 @@ class ServedModel:
             known *= MAX_OVERRIDE_SIDE
         return known * self.backend.graph.input_dtype.itemsize
 
-    def request_bytes(self, inputs: Sequence[ImageInput]) -> int:
-        """What a request holds from admission to answer, before decoding: its payload as received and as
-        converted (two copies), a model input per image, and one more copy of a tensor (its rows stacked
-        into a batch, or converted to the model's dtype). Counted from the bytes sent, never from the
-        dims a caller claims: a tensor whose dims and data disagree is refused by validation, not here."""
+    def request_cost(self, inputs: Sequence[ImageInput]) -> RequestCost:
+        """What a request holds from admission to answer: its payload as received and as converted (two
+        copies), a model input per image, one more copy of a tensor (its rows stacked into a batch, or
+        converted to the model's dtype), and what decoding its images holds (see RequestCost.decode).
+        Counted from the bytes sent, never from the dims a caller claims: a tensor whose dims and data
+        disagree is refused by validation, not here."""
         payload = tensors = images = 0
+        decode: list[int] = []
         for item in inputs:
             size = input_bytes(item)
             payload += size
             if isinstance(item, TensorInput):
                 tensors += size
+                decode.append(0)
             else:
                 images += 1
-        return 2 * payload + tensors + images * self.sample_bytes
+                decode.append(self._decode_estimate(item))
+        # A request's images are decoded at most decode_slots at a time (the pool's threads): the largest
+        # that many are what its decoding can hold at once.
+        held_decoding = sum(sorted(decode, reverse=True)[: self._decode_slots])
+        return RequestCost(2 * payload + tensors + images * self.sample_bytes + held_decoding, tuple(decode))
+
+    def _decode_estimate(self, item: ImageInput) -> int:
+        """What decoding an image will hold, from its header; 0 when the header does not say, or says an
+        image that decoding will refuse (an invalid request is refused as such, not as busy)."""
+        if isinstance(item, RawImage):
+            consistent = len(item.data) == item.width * item.height * item.format.channels
+            size = (item.width, item.height) if consistent else None
+        elif isinstance(item, Base64Image):
+            size = dimensions.peek_base64_size(item.text)
+        else:
+            size = dimensions.peek_size(item.data)  # type: ignore[union-attr]
+        if size is None or size[0] * size[1] > self.limits.max_image_pixels:
+            return 0
+        return decoded_bytes(*size)
 
     @property
     def queue_depth(self) -> int:
@@ -260,9 +282,10 @@ class ServedModel:
         overrides: dict[str, Any] | None = None,
         deadline: float | None = None,
         lease: Lease | None = None,
+        cost: RequestCost | None = None,
     ) -> list[Ranking]:
         """One ranking per result (a tensor input with batch N gives N), in input order."""
-        outputs = await self.run(inputs, overrides, deadline, options=options, lease=lease)
+        outputs = await self.run(inputs, overrides, deadline, options=options, lease=lease, cost=cost)
         return rank(outputs, self.labels, options, self.default_function)
 
     async def run(
@@ -273,22 +296,28 @@ class ServedModel:
         *,
         options: ClassifyOptions | None = None,
         lease: Lease | None = None,
+        cost: RequestCost | None = None,
     ) -> np.ndarray:
         """The model's raw outputs, one row per result (N, classes), in input order.
 
-        lease: the request's share of the memory budget; decoding grows it while pixels are held.
+        lease: the request's share of the memory budget, taken for cost (request_cost()); decoding grows
+        it while an image holds more pixels than cost counted for it.
         """
         self.request_stats.requests += 1
         try:
             self.check_request(inputs, options or ClassifyOptions())
-            samples = await self.prepare(inputs, overrides or {}, lease)
+            samples = await self.prepare(inputs, overrides or {}, lease, cost)
             return await self.infer(samples, deadline)
         except BaseException:
             self.request_stats.failed_requests += 1
             raise
 
     async def prepare(
-        self, inputs: Sequence[ImageInput], overrides: dict[str, Any], lease: Lease | None = None
+        self,
+        inputs: Sequence[ImageInput],
+        overrides: dict[str, Any],
+        lease: Lease | None = None,
+        cost: RequestCost | None = None,
     ) -> list[np.ndarray]:
         """Decode and preprocess: images on the thread pool (cheapest first), tensors inline (zero-copy views)."""
         preprocessor = self.preprocessor_for(overrides)
@@ -306,17 +335,17 @@ class ServedModel:
             self._pool.reserve(images, owner)  # bounded, per connection too: refused before anything is decoded
         results: list[Any] = []
         for index, item in enumerate(inputs):
+            counted = cost.decode[index] if cost is not None else 0
             if index in tensors:
                 results.append(tensors[index])
             elif isinstance(self._pool, PriorityPool):
                 job = self._pool.submit_with_cost(
-                    input_bytes(item), self._image_sample, index, item, preprocessor, lease, owner=owner
+                    input_bytes(item), self._image_sample, index, item, preprocessor, lease, counted, owner=owner
                 )
                 results.append(asyncio.wrap_future(job))
             else:
-                results.append(
-                    asyncio.wrap_future(self._pool.submit(self._image_sample, index, item, preprocessor, lease))
-                )
+                job = self._pool.submit(self._image_sample, index, item, preprocessor, lease, counted)
+                results.append(asyncio.wrap_future(job))
         if images:
             results = await _gather_all(results)
         return [sample for result in results for sample in result]
@@ -334,15 +363,22 @@ class ServedModel:
         return list(array)
 
     def _image_sample(
-        self, index: int, item: ImageInput, preprocessor: Preprocessor, lease: Lease | None = None
+        self,
+        index: int,
+        item: ImageInput,
+        preprocessor: Preprocessor,
+        lease: Lease | None = None,
+        counted: int = 0,
     ) -> list[np.ndarray]:
+        """counted: what the lease holds for decoding this image already (RequestCost.decode)."""
         decoded = 0
         try:
             image = decoding.to_pil(item, max_pixels=self.limits.max_image_pixels)  # type: ignore[arg-type]
             if lease is not None:
-                # The header is read, nothing decoded yet: what decoding (and one converted copy) may hold,
-                # as RGB at full size (a JPEG drafted smaller holds less).
-                decoded = image.width * image.height * 3 * 2
+                # The header is read by Pillow, nothing decoded yet: whatever the request's admission did not
+                # count (a format dimensions.py does not read, a header that said less) is taken now, and
+                # may be refused now.
+                decoded = max(0, decoded_bytes(image.width, image.height) - counted)
                 lease.grow(decoded)
             image = preprocessor.prepare_image(image)
             self._check_image_size(image)
@@ -389,6 +425,25 @@ class ServedModel:
         return np.stack(rows)
 
 
+@dataclass(frozen=True, slots=True)
+class RequestCost:
+    """What a request is charged to the memory budget when it is admitted.
+
+    decode: per input, the bytes counted for decoding it (0 for tensors, and for images whose header
+    dimensions.py cannot read); only the largest few are in nbytes (see ServedModel.request_cost), since
+    a request's images are decoded a few at a time.
+    """
+
+    nbytes: int
+    decode: tuple[int, ...]
+
+
+def decoded_bytes(width: int, height: int) -> int:
+    """What decoding an image may hold: RGB at full size and one converted copy (a JPEG drafted smaller
+    holds less)."""
+    return width * height * 3 * 2
+
+
 def input_bytes(item: ImageInput) -> int:
     """The bytes an input carries as received."""
     if isinstance(item, EncodedImage | RawImage):
@@ -411,4 +466,4 @@ async def _as_awaitable(value: Any) -> Any:
     return (await value) if asyncio.isfuture(value) or asyncio.iscoroutine(value) else value
 
 
-__all__ = ["FunctionToApply", "ModelLimits", "ServedModel"]
+__all__ = ["FunctionToApply", "ModelLimits", "RequestCost", "ServedModel"]

@@ -39,6 +39,11 @@ class PriorityPool(Executor):
             thread.start()
 
     @property
+    def workers(self) -> int:
+        """Jobs run at once: what one request's images may hold at once while they are decoded."""
+        return len(self._threads)
+
+    @property
     def waiting(self) -> int:
         return len(self._heap)
 

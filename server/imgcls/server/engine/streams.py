@@ -25,6 +25,7 @@ from imgcls.server.domain.types import ClassifyOptions, ImageInput, Ranking
 if TYPE_CHECKING:
     from imgcls.server.engine.budget import Lease
     from imgcls.server.engine.engine import Engine
+    from imgcls.server.engine.model import RequestCost
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class _Job:
     options: ClassifyOptions
     overrides: dict[str, Any]
     lease: Lease
+    cost: RequestCost
 
 
 class _EndOfStream:
@@ -166,11 +168,12 @@ class FrameStream:
                     if frame.error is None:
                         served.check_request(frame.inputs, options)
                     # Held from here until the frame is answered: read frames count, not only running ones.
-                    lease = self._engine.budget.lease(served.request_bytes(frame.inputs), self._owner)
+                    cost = served.request_cost(frame.inputs)
+                    lease = self._engine.budget.lease(cost.nbytes, self._owner)
                 except RequestError as exc:
                     future.set_result(FrameResult(frame.request_id, model, error=exc, inputs=len(frame.inputs)))
                     continue
-                job = _Job(frame, future, model, options, overrides, lease)
+                job = _Job(frame, future, model, options, overrides, lease, cost)
                 assert self._defaults is not None
                 if not self._defaults.drop_stale or self._running < self._max_in_flight:
                     self._start(job)
@@ -213,7 +216,9 @@ class FrameStream:
             if frame.error is not None:
                 raise frame.error
             model = self._engine.get(job.model)
-            result.rankings = await model.classify(frame.inputs, job.options, job.overrides, lease=job.lease)
+            result.rankings = await model.classify(
+                frame.inputs, job.options, job.overrides, lease=job.lease, cost=job.cost
+            )
         except RequestError as exc:
             result.error = exc
         except asyncio.CancelledError:

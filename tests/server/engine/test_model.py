@@ -1,0 +1,135 @@
+"""What a request is charged to the memory budget when it is admitted (ServedModel.request_cost), and that a
+request whose decoding would not fit is refused then, before any of its images is decoded."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from collections.abc import AsyncIterator, Iterator
+
+import numpy as np
+import pytest
+from imgcls.server.domain.errors import OverloadedError
+from imgcls.server.domain.types import (
+    Base64Image,
+    ClassifyOptions,
+    ClassifyRequest,
+    EncodedImage,
+    PixelFormat,
+    RawImage,
+    TensorDType,
+    TensorInput,
+)
+from imgcls.server.engine import model as model_module
+from imgcls.server.engine.engine import Engine
+from imgcls.server.engine.model import decoded_bytes
+from PIL import Image
+from support.fake_backend import SAMPLE_SHAPE, fake_engine
+
+MIB = 1 << 20
+
+
+def encoded(width: int, height: int, fmt: str = "JPEG", **options: object) -> EncodedImage:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 120, 30)).save(buffer, fmt, **options)
+    return EncodedImage(buffer.getvalue())
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Images the model starts to decode (Pillow opens them on the pool), as their input sizes."""
+    calls: list[int] = []
+    real = model_module.decoding.to_pil
+
+    def counting(item: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(item, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(model_module.decoding, "to_pil", counting)
+    yield calls
+
+
+async def test_the_cost_counts_decoding_for_the_images_decoded_at_once() -> None:
+    engine, _ = fake_engine()
+    try:
+        model = engine.get("")
+        tensor = np.ones((1, *SAMPLE_SHAPE), np.float32).tobytes()
+        inputs = (
+            encoded(100, 50),
+            encoded(20, 10, "PNG"),
+            encoded(300, 200, "WEBP"),
+            encoded(10, 10, "TIFF"),  # not read from its header: charged when it is decoded
+            RawImage(width=4, height=2, format=PixelFormat.RGB8, data=bytes(24)),
+            RawImage(width=4, height=2, format=PixelFormat.RGB8, data=bytes(5)),  # invalid: refused, not charged
+            TensorInput(dims=(1, *SAMPLE_SHAPE), dtype=TensorDType.FLOAT32, raw_data=tensor),
+        )
+        cost = model.request_cost(inputs)
+        assert cost.decode == (decoded_bytes(100, 50), decoded_bytes(20, 10), decoded_bytes(300, 200), 0, 48, 0, 0)
+        payload = sum(len(item.data) for item in inputs[:6]) + len(tensor)  # type: ignore[union-attr]
+        # The pool decodes two at a time (fake_engine's pool has two threads): the two largest are counted.
+        largest_two = decoded_bytes(300, 200) + decoded_bytes(100, 50)
+        assert cost.nbytes == 2 * payload + len(tensor) + 6 * model.sample_bytes + largest_two
+    finally:
+        await engine.stop(drain=False)
+
+
+async def test_a_base64_image_is_charged_from_its_header_too() -> None:
+    engine, _ = fake_engine()
+    try:
+        image = encoded(64, 48)
+        cost = engine.get("").request_cost((Base64Image(base64.b64encode(image.data).decode()),))
+        assert cost.decode == (decoded_bytes(64, 48),)
+    finally:
+        await engine.stop(drain=False)
+
+
+async def test_an_image_over_the_pixel_limit_is_not_charged_but_refused_as_invalid() -> None:
+    engine, _ = fake_engine(settings={"max_image_pixels": 100 * 100})
+    try:
+        assert engine.get("").request_cost((encoded(200, 200),)).decode == (0,)
+    finally:
+        await engine.stop(drain=False)
+
+
+def classify(*inputs: object) -> ClassifyRequest:
+    return ClassifyRequest(model="", inputs=tuple(inputs), options=ClassifyOptions())  # type: ignore[arg-type]
+
+
+async def test_a_request_whose_decoding_does_not_fit_is_refused_before_anything_is_decoded(
+    engine_with_budget: Engine, opened: list[int]
+) -> None:
+    # 2000 x 2000 decodes to 24 MB: it fits the 64 MiB budget alone, not beside 40 MiB of other work.
+    image = encoded(2000, 2000)
+    with engine_with_budget.budget.lease(40 * MIB):
+        with pytest.raises(OverloadedError, match="server busy: 40 MiB of work in flight, budget 64 MiB"):
+            await engine_with_budget.classify(classify(image))
+        assert opened == []  # refused at admission: it never waited for the decode queue
+        assert engine_with_budget.budget.used == 40 * MIB
+    (ranking,) = (await engine_with_budget.classify(classify(image))).rankings
+    assert len(ranking) == 3 and opened == [1]
+    assert engine_with_budget.budget.used == 0
+
+
+async def test_an_image_whose_header_is_not_read_here_is_still_charged_when_it_is_decoded(
+    engine_with_budget: Engine, opened: list[int]
+) -> None:
+    image = encoded(2000, 2000, "TIFF", compression="tiff_deflate")
+    assert len(image.data) < MIB
+    with engine_with_budget.budget.lease(40 * MIB):
+        with pytest.raises(OverloadedError, match="server busy"):
+            await engine_with_budget.classify(classify(image))
+        assert opened == [1]  # admitted (its size unknown), refused when Pillow read the header
+        assert engine_with_budget.budget.used == 40 * MIB
+    await engine_with_budget.classify(classify(image))
+    assert engine_with_budget.budget.used == 0
+
+
+@pytest.fixture
+async def engine_with_budget() -> AsyncIterator[Engine]:
+    engine, _ = fake_engine(settings={"memory_budget_bytes": 64 * MIB})
+    engine.start(asyncio.get_running_loop())
+    try:
+        yield engine
+    finally:
+        await engine.stop(drain=False)
