@@ -22,6 +22,7 @@ from imgcls.client.client import build_request
 from imgcls.server.images.preprocessing import compile_preprocessor
 from imgcls.server.server import RunningServer
 from imgcls.v1 import classifier_pb2 as pb
+from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from PIL import Image
 from support.paths import EFFICIENTNET, IMAGES
 from support.servers import running_server
@@ -399,3 +400,35 @@ async def test_async_stream_with_a_missing_file_raises_its_error(aclient: AsyncC
 
     with pytest.raises(RuntimeError, match="camera unplugged"):
         _ = [r async for r in aclient.classify_stream(frames())]
+
+
+@pytest.mark.timeout(120)
+async def test_a_stream_refused_while_frames_are_written_reports_the_servers_status() -> None:
+    # grpc.aio reports a write that races the server's refusal as INTERNAL ("Internal error from Core",
+    # grpc/grpc#36066): the server said RESOURCE_EXHAUSTED, and both imgcls clients must say so, every time.
+    big = (IMAGES / "coffee_1920x1280.jpg").read_bytes()
+    async with (
+        running_server(max_streams=1) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        held: Any = pb_grpc.ImageClassifierServiceStub(channel).ClassifyStream()
+        await held.initial_metadata()  # admitted: the one stream the server allows is taken
+        async with AsyncClient(f"127.0.0.1:{server.port}", timeout=30) as client:
+            for _ in range(20):
+                with pytest.raises(ClientError) as refused:
+                    async for _result in client.classify_stream([big] * 8):
+                        pass
+                assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "streams open (limit)" in refused.value.message
+
+        def blocking(client: Client) -> list[ClientError]:
+            errors = []
+            for _ in range(5):
+                with pytest.raises(ClientError) as error:
+                    list(client.classify_stream([big] * 8))
+                errors.append(error.value)
+            return errors
+
+        for error in await in_thread(server, blocking, timeout=30):
+            assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "streams open" in error.message
+        held.cancel()
