@@ -118,3 +118,19 @@ def test_a_lone_connections_image_goes_ahead_of_another_connections_backlog() ->
     finally:
         gate.set()
         pool.shutdown()
+
+
+def test_an_owners_waiting_jobs_stop_counting_once_workers_take_them() -> None:
+    pool = PriorityPool(1, queue_limit=16)
+    gate, _ = occupy(pool)
+    try:
+        futures = [pool.submit_with_cost(MIB, lambda: None, owner="flood") for _ in range(8)]
+        with pytest.raises(OverloadedError, match="this connection has 8 images waiting"):
+            pool.reserve(1, "flood")
+        gate.set()
+        for future in futures:
+            future.result(5)
+        pool.reserve(8, "flood")  # nothing of its own waits any more: half the queue again
+    finally:
+        gate.set()
+        pool.shutdown()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
@@ -13,10 +14,12 @@ from imgcls.server.runtime import memory
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from support.fake_backend import fake_engine
+from support.inputs import image_input
 from support.servers import CHANNEL_OPTIONS, connect, running_server
 
 CLASSIFY = "/imgcls.v1.ImageClassifierService/Classify"
 GET_MODEL = "/imgcls.v1.ImageClassifierService/GetModel"
+CLASSIFY_STREAM = "/imgcls.v1.ImageClassifierService/ClassifyStream"
 
 
 async def call_raw(port: int, method: str, payload: bytes) -> grpc.aio.AioRpcError:
@@ -52,6 +55,27 @@ async def test_a_huge_request_id_is_refused_and_never_echoed() -> None:
         error = await call_raw(server.port, CLASSIFY, request.SerializeToString())
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "request_id: 100000 characters, over the limit of 256"
+
+
+async def test_an_undecodable_stream_frame_ends_the_stream_with_its_status_after_the_frames_before_it() -> None:
+    good = pb.ClassifyStreamRequest(inputs=[image_input("coffee.jpg")], request_id="good").SerializeToString()
+
+    async def frames() -> AsyncIterator[bytes]:
+        yield good
+        yield b"\x22\x02\xff\xfe"  # request_id (field 4), bytes that are not UTF-8
+
+    answered: list[str] = []
+    async with (
+        running_server() as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", options=CHANNEL_OPTIONS) as channel,
+    ):
+        call = channel.stream_stream(CLASSIFY_STREAM, response_deserializer=pb.ClassifyStreamResponse.FromString)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for response in call(frames(), timeout=30):
+                answered.append(response.request_id)
+    assert answered == ["good"]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"not a valid protobuf message for {CLASSIFY_STREAM}" in (caught.value.details() or "")
 
 
 async def test_a_request_larger_than_any_share_of_the_budget_is_refused_at_once() -> None:

@@ -156,7 +156,7 @@ class ReadGate:
         return self.standing(owner) != _STRUCK
 
     async def _acquire(self, owner: str) -> None:
-        if self._busy < self.slots and self._active.get(owner, 0) < self.per_owner and not self._eligible_waiting():
+        if self._busy < self.slots and self._below_cap(owner) and not self._eligible_waiting():
             # A free slot nobody waiting may take (those waiting are at their own connection's cap).
             self._take(owner)
             return
@@ -186,8 +186,12 @@ class ReadGate:
         if self._granted.pop(future, None) is None:
             await self._acquire(owner)  # the grant was taken back (see _reap): wait again
 
+    def _below_cap(self, owner: str) -> bool:
+        """Under its own per-owner cap; whether a slot is free is for the caller to check."""
+        return self._active.get(owner, 0) < self.per_owner
+
     def _eligible_waiting(self) -> bool:
-        return any(self._active.get(o, 0) < self.per_owner for o in self._waiting)
+        return any(self._below_cap(o) for o in self._waiting)
 
     def _take(self, owner: str) -> None:
         self._busy += 1
@@ -215,7 +219,7 @@ class ReadGate:
         """Free slots go to the waiting owner holding the fewest, then of the best standing (see the module's
         doc), then waiting longest; it then goes to the back of the line."""
         while self._busy < self.slots and self._waiting:
-            eligible = [o for o in self._waiting if self._active.get(o, 0) < self.per_owner]
+            eligible = [o for o in self._waiting if self._below_cap(o)]
             if not eligible:
                 return
             # min() keeps the first of equals: the owner waiting longest
@@ -270,7 +274,7 @@ class ReadGate:
             self._timer = None
         if self._busy < self.slots or not self._holders:
             return  # a free slot: whoever waits is held back by its own per-connection cap, not by others
-        waiting_good = any(self._active.get(o, 0) < self.per_owner and self.in_good_standing(o) for o in self._waiting)
+        waiting_good = any(self._below_cap(o) and self.in_good_standing(o) for o in self._waiting)
         candidates = [t for t in self._holders if not t.cut and t.task is not None]
         if not waiting_good or not candidates:
             return

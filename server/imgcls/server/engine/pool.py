@@ -13,7 +13,7 @@ import itertools
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from imgcls.server.domain.errors import OverloadedError
 
@@ -24,10 +24,19 @@ SMALL_REQUEST_IMAGES = 4
 T = TypeVar("T")
 
 
+class _Job(NamedTuple):
+    # Compared as a tuple: (key, order) is unique, so the heap never compares the fields after it.
+    key: int
+    order: int
+    future: Future[Any]
+    call: Callable[[], Any]
+    owner: str  # charged a waiting job until a worker takes it; "" for none
+
+
 class PriorityPool(Executor):
     def __init__(self, workers: int, *, queue_limit: int, thread_name_prefix: str = "preprocess") -> None:
         self.queue_limit = queue_limit
-        self._heap: list[tuple[int, int, Future[Any], Callable[[], Any]]] = []
+        self._heap: list[_Job] = []
         self._waiting_by_owner: dict[str, int] = {}
         self._order = itertools.count()
         self._cond = threading.Condition()
@@ -89,13 +98,9 @@ class PriorityPool(Executor):
                 key -= self.queue_limit * AGING_BYTES
             if owner:
                 self._waiting_by_owner[owner] = self._waiting_by_owner.get(owner, 0) + 1
-            heapq.heappush(self._heap, (key, order, future, self._owned(owner, fn, args)))
+            heapq.heappush(self._heap, _Job(key, order, future, functools.partial(fn, *args), owner))
             self._cond.notify()
         return future
-
-    def _owned(self, owner: str, fn: Callable[..., Any], args: Any) -> Callable[[], Any]:
-        call = functools.partial(fn, *args)
-        return call if not owner else _Counted(call, owner)
 
     def _done_waiting(self, owner: str) -> None:
         # Under self._cond: the job left the heap.
@@ -112,13 +117,14 @@ class PriorityPool(Executor):
                     self._cond.wait()
                 if not self._heap:
                     return
-                _, _, future, call = heapq.heappop(self._heap)
-                if isinstance(call, _Counted):
-                    self._done_waiting(call.owner)
+                job = heapq.heappop(self._heap)
+                if job.owner:
+                    self._done_waiting(job.owner)
+            future = job.future
             if not future.set_running_or_notify_cancel():
                 continue  # the caller gave up while it waited
             try:
-                future.set_result(call())
+                future.set_result(job.call())
             except BaseException as exc:
                 future.set_exception(exc)
 
@@ -126,24 +132,11 @@ class PriorityPool(Executor):
         with self._cond:
             self._shutdown = True
             if cancel_futures:
-                for _, _, future, _ in self._heap:
-                    future.cancel()
+                for job in self._heap:
+                    job.future.cancel()
                 self._heap.clear()
                 self._waiting_by_owner.clear()
             self._cond.notify_all()
         if wait:
             for thread in self._threads:
                 thread.join()
-
-
-class _Counted:
-    """A job charged to its owner's count of waiting jobs until a worker takes it."""
-
-    __slots__ = ("call", "owner")
-
-    def __init__(self, call: Callable[[], Any], owner: str) -> None:
-        self.call = call
-        self.owner = owner
-
-    def __call__(self) -> Any:
-        return self.call()

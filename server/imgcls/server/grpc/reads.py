@@ -129,19 +129,31 @@ class _Reader:
 
     async def each(self, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         """A stream's messages, each received in a slot of the stream gate, checked and parsed as it comes
-        (a stream may idle between messages: no timeout, but see STREAM_PATIENCE_S)."""
+        (a stream may idle between messages: no timeout, but see STREAM_PATIENCE_S).
+
+        One that cannot be taken ends them, and the call ends with its status once the handler has answered
+        what came before it (set, not raised: nothing of the stream is kept, see _or_abort)."""
         owner = context.peer() or ""
         while True:
-            async with self._streams.slot(owner) as ticket:
-                raw = await context.read()
-                ticket.nbytes = len(raw) if isinstance(raw, bytes) else 0
-            if raw is EOF:
-                return
-            # Not charged to the budget here: the stream gate bounds how many are parsed at once, and a frame
-            # the budget cannot take is answered on its own (RESOURCE_EXHAUSTED) by the stream, which goes on.
-            message = [self.parse(raw, None)]
-            del raw
-            yield message.pop()  # handed on, not kept by this frame while the stream waits for the next
+            try:
+                async with self._streams.slot(owner) as ticket:
+                    raw = await context.read()
+                    ticket.nbytes = len(raw) if isinstance(raw, bytes) else 0
+                if raw is EOF:
+                    return
+                # Not charged to the budget here: the stream gate bounds how many are parsed at once, and a
+                # frame the budget cannot take is answered on its own (RESOURCE_EXHAUSTED) by the stream, which
+                # goes on.
+                message = [self.parse(raw, None)]
+                del raw
+            except RequestError as exc:
+                code, details = status_of(exc)
+                break
+            # Handed on, not kept by this frame: a generator's local would pin the last message (up to the
+            # message limit) for as long as the stream waits for the next one.
+            yield message.pop()
+        context.set_code(code)
+        context.set_details(details)
 
     def parse(self, raw: bytes, owner: str | None) -> Any:
         """The message, parsed; with an owner, only if the memory budget has room for it (refused at once)."""
@@ -198,20 +210,20 @@ def _bounded(original: grpc.RpcMethodHandler, reader: _Reader) -> grpc.RpcMethod
         client_streaming = handler.stream_unary
 
         async def stream_unary(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
-            return await client_streaming(_ending(reader.each(context), context), context)
+            return await client_streaming(reader.each(context), context)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, None, serializer)
     both = handler.stream_stream
     if inspect.isasyncgenfunction(both):
 
         async def stream_stream_gen(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
-            async for response in both(_ending(reader.each(context), context), context):
+            async for response in both(reader.each(context), context):
                 yield response
 
         return grpc.stream_stream_rpc_method_handler(stream_stream_gen, None, serializer)
 
     async def stream_stream(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
-        return await both(_ending(reader.each(context), context), context)
+        return await both(reader.each(context), context)
 
     return grpc.stream_stream_rpc_method_handler(stream_stream, None, serializer)
 
@@ -230,22 +242,3 @@ async def _or_abort(read: Awaitable[Any], context: grpc.aio.ServicerContext) -> 
     except RequestError as exc:
         code, message = status_of(exc)
     await context.abort(code, message)
-
-
-async def _ending(messages: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-    """A stream's messages; one that cannot be taken ends them, and the call ends with its status once the
-    handler has answered what came before it (set, not raised: nothing of the stream is kept, see _or_abort)."""
-    iterator = aiter(messages)
-    while True:
-        try:
-            message = [await anext(iterator)]
-        except StopAsyncIteration:
-            return
-        except RequestError as exc:
-            code, details = status_of(exc)
-            break
-        # Handed on, not kept by this frame: a generator's local would pin the last message (up to the
-        # message limit) for as long as the stream waits for the next one.
-        yield message.pop()
-    context.set_code(code)
-    context.set_details(details)
