@@ -17,6 +17,7 @@ from imgcls.server.domain.errors import (
     InferenceError,
     InvalidInputError,
     ModelNotFoundError,
+    OverloadedError,
     UnavailableError,
 )
 from imgcls.server.domain.types import (
@@ -27,7 +28,8 @@ from imgcls.server.domain.types import (
     TensorDType,
     TensorInput,
 )
-from imgcls.server.engine.engine import Engine
+from imgcls.server.engine.budget import Lease
+from imgcls.server.engine.engine import MAX_REQUEST_ID_CHARS, Engine
 from imgcls.server.engine.observation import RequestRecord
 from imgcls.server.engine.streams import StreamFrame
 from PIL import Image
@@ -107,6 +109,52 @@ async def test_unknown_model_is_not_found_and_observed_under_one_label(engine: E
     assert "served models: fake" in caught.value.message
     assert len(caught.value.message) < 300  # the caller's huge name is cut, the served list is kept
     assert records[-1].model == "_unknown" and records[-1].outcome is ErrorKind.NOT_FOUND
+
+
+async def test_a_long_request_id_is_refused_at_every_entrance_and_recorded_only_capped(engine: Engine) -> None:
+    records = recorded(engine)
+    long_id = "r" * (MAX_REQUEST_ID_CHARS + 1)
+    expected = f"request_id: {MAX_REQUEST_ID_CHARS + 1} characters, over the limit of {MAX_REQUEST_ID_CHARS}"
+    long_request = ClassifyRequest(model="", inputs=(tensor(),), request_id=long_id)
+    for entrance in (engine.classify, engine.score):  # without a call: they observe, and check, themselves
+        with pytest.raises(InvalidInputError) as caught:
+            await entrance(long_request)
+        assert caught.value.message == expected
+    # A door that learns the id from the body, after observe() began.
+    with pytest.raises(InvalidInputError) as caught, engine.observe("test-door", "Classify", "") as call:
+        call.set_request_id(long_id)
+    assert caught.value.message == expected
+    assert [(r.request_id, r.outcome) for r in records] == [
+        (long_id[:MAX_REQUEST_ID_CHARS], ErrorKind.INVALID_INPUT)
+    ] * 3
+
+
+async def test_a_plainly_invalid_request_is_refused_as_invalid_not_busy_at_every_entrance(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def busy(nbytes: int, owner: str = "") -> Lease:
+        raise OverloadedError("server busy")
+
+    monkeypatch.setattr(engine.budget, "lease", busy)
+    with pytest.raises(OverloadedError):  # the budget really is busy
+        await engine.classify(request(tensor()))
+    too_many = request(*[tensor()] * (engine.settings.max_inputs_per_request + 1))
+    for entrance in (engine.classify, engine.score):
+        with pytest.raises(InvalidInputError, match="over the limit of"):
+            await entrance(too_many)
+    async with engine.open_stream("test-door") as stream:
+        (result,) = [r async for r in stream.run(frames(StreamFrame(inputs=too_many.inputs, request_id="f")))]
+    assert result.error is not None and result.error.kind is ErrorKind.INVALID_INPUT
+
+
+async def test_a_served_model_called_directly_still_checks_the_request(engine: Engine) -> None:
+    model = engine.get("fake")
+    with pytest.raises(InvalidInputError, match="request has no inputs"):
+        await model.run(())
+    with pytest.raises(InvalidInputError, match="request has no inputs"):
+        await model.classify((), ClassifyOptions())
+    with pytest.raises(InvalidInputError, match="top_k"):
+        await model.classify((tensor(),), ClassifyOptions(top_k=-1))
 
 
 async def test_shutdown_refuses_new_work_at_every_entrance_and_tells_readiness_listeners(engine: Engine) -> None:

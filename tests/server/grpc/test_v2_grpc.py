@@ -383,6 +383,22 @@ async def test_bad_inputs_are_invalid_argument_naming_the_input(
         assert expected in (error.value.details() or "")
 
 
+async def test_a_huge_request_id_is_refused_and_never_echoed_in_a_call_and_in_a_stream(
+    raw_stub: service_pb2_grpc.GRPCInferenceServiceStub,
+) -> None:
+    request = service_pb2.ModelInferRequest(model_name="lite_image", id="r" * 100_000)
+    request.inputs.add(name="image", datatype="BYTES", shape=[1, 1]).contents.bytes_contents.append(
+        (IMAGES / "cat.jpg").read_bytes()
+    )
+    expected = "request_id: 100000 characters, over the limit of 256"
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await raw_stub.ModelInfer(request)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details() == expected
+    answers = [answer async for answer in raw_stub.ModelStreamInfer(iter([request]))]
+    assert [(a.error_message, a.infer_response.id) for a in answers] == [(expected, "")]
+
+
 async def test_every_other_rpc_is_unimplemented_and_names_itself(
     raw_stub: service_pb2_grpc.GRPCInferenceServiceStub,
 ) -> None:

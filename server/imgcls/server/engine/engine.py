@@ -74,11 +74,19 @@ class Call:
     protocol: str
     method: str
     model: str
-    request_id: str = ""
+    request_id: str = ""  # capped (observe(), set_request_id()): it goes to the log and the metrics listeners
     inputs: int = 0
     results: int = 0
     owner: str = ""  # who the work is charged to (a connection), for fair shares of the budget
     started: float = field(default_factory=time.perf_counter)
+
+    def set_request_id(self, request_id: str) -> None:
+        """For a door that learns the id after observe() began (it is in the body): checked here, once.
+
+        The record keeps the capped id either way, as observe() does for an id it is given.
+        """
+        self.request_id = request_id[:MAX_REQUEST_ID_CHARS]
+        check_request_id(request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +323,7 @@ class Engine:
                     protocol=call.protocol,
                     method=call.method,
                     model=call.model,
-                    request_id=call.request_id[:MAX_REQUEST_ID_CHARS],
+                    request_id=call.request_id,
                     inputs=call.inputs,
                     results=call.results,
                     outcome=outcome,
@@ -336,7 +344,8 @@ class Engine:
         """One ranking per result, from the named (or default) model.
 
         A front door that converts its request inside observe() passes the call it got, so a
-        conversion error is observed too; without one, this opens its own.
+        conversion error is observed too; without one, this opens its own. Either way the request id
+        was checked by then (observe(), or Call.set_request_id for an id learnt later): not here again.
         """
         if call is None:
             with self.observe("engine", "Classify", request.model, request.request_id, len(request.inputs)) as call:
@@ -344,13 +353,18 @@ class Engine:
         return await self._classify(request, deadline, call)
 
     async def _classify(self, request: ClassifyRequest, deadline: float | None, call: Call) -> Classified:
-        check_request_id(request.request_id)  # every door: ids are echoed in answers
         model = self.get(request.model)
         model.check_request(request.inputs, request.options)  # what is plainly invalid is said so, not "busy"
         cost = model.request_cost(request.inputs)
         with self.budget.lease(cost.nbytes, call.owner) as lease:
             rankings = await model.classify(
-                request.inputs, request.options, request.preprocessor_overrides, deadline, lease=lease, cost=cost
+                request.inputs,
+                request.options,
+                request.preprocessor_overrides,
+                deadline,
+                lease=lease,
+                cost=cost,
+                checked=True,
             )
         call.results = len(rankings)
         return Classified(model.name, rankings)
@@ -365,9 +379,8 @@ class Engine:
         return await self._score(request, deadline, call)
 
     async def _score(self, request: ClassifyRequest, deadline: float | None, call: Call) -> Scored:
-        check_request_id(request.request_id)
         model = self.get(request.model)
-        model.check_request(request.inputs, request.options)
+        model.check_request(request.inputs, request.options)  # before the lease, as in _classify
         cost = model.request_cost(request.inputs)
         with self.budget.lease(cost.nbytes, call.owner) as lease:
             outputs = await model.run(
@@ -377,6 +390,7 @@ class Engine:
                 options=request.options,
                 lease=lease,
                 cost=cost,
+                checked=True,
             )
         call.results = len(outputs)
         return Scored(model.name, outputs)

@@ -283,9 +283,11 @@ class ServedModel:
         deadline: float | None = None,
         lease: Lease | None = None,
         cost: RequestCost | None = None,
+        *,
+        checked: bool = False,
     ) -> list[Ranking]:
-        """One ranking per result (a tensor input with batch N gives N), in input order."""
-        outputs = await self.run(inputs, overrides, deadline, options=options, lease=lease, cost=cost)
+        """One ranking per result (a tensor input with batch N gives N), in input order (checked: see run())."""
+        outputs = await self.run(inputs, overrides, deadline, options=options, lease=lease, cost=cost, checked=checked)
         return rank(outputs, self.labels, options, self.default_function)
 
     async def run(
@@ -297,15 +299,19 @@ class ServedModel:
         options: ClassifyOptions | None = None,
         lease: Lease | None = None,
         cost: RequestCost | None = None,
+        checked: bool = False,
     ) -> np.ndarray:
         """The model's raw outputs, one row per result (N, classes), in input order.
 
         lease: the request's share of the memory budget, taken for cost (request_cost()); decoding grows
         it while an image holds more pixels than cost counted for it.
+        checked: the caller ran check_request() already, before taking its lease (so that a plainly invalid
+        request is refused as such, not as busy); otherwise it is checked here.
         """
         self.request_stats.requests += 1
         try:
-            self.check_request(inputs, options or ClassifyOptions())
+            if not checked:
+                self.check_request(inputs, options or ClassifyOptions())
             samples = await self.prepare(inputs, overrides or {}, lease, cost)
             return await self.infer(samples, deadline)
         except BaseException:

@@ -25,7 +25,7 @@ from imgcls.server.domain.types import ClassifyOptions, ImageInput, Ranking
 if TYPE_CHECKING:
     from imgcls.server.engine.budget import Lease
     from imgcls.server.engine.engine import Engine
-    from imgcls.server.engine.model import RequestCost
+    from imgcls.server.engine.model import RequestCost, ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class _Job:
 
     frame: StreamFrame
     future: asyncio.Future[FrameResult]
-    model: str
+    model: ServedModel  # looked up once, when the frame was read; answers carry its name
     options: ClassifyOptions
     overrides: dict[str, Any]
     lease: Lease
@@ -130,7 +130,7 @@ class FrameStream:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
-    def _resolve(self, frame: StreamFrame) -> tuple[str, ClassifyOptions, dict[str, Any]]:
+    def _resolve(self, frame: StreamFrame) -> tuple[ServedModel, ClassifyOptions, dict[str, Any]]:
         if self._defaults is None:
             self._defaults = _Defaults(
                 model=frame.model,
@@ -144,7 +144,7 @@ class FrameStream:
                 self._unanswered = asyncio.Semaphore(self._max_in_flight * 4 - 1)
         defaults = self._defaults
         # An unknown model ends the stream (NOT_FOUND); answers name the model that served them.
-        model = self._engine.get(frame.model or defaults.model).name
+        model = self._engine.get(frame.model or defaults.model)
         options = frame.options if frame.options is not None else defaults.options
         overrides = frame.overrides if frame.overrides is not None else defaults.overrides
         return model, options, overrides
@@ -164,14 +164,13 @@ class FrameStream:
                 future: asyncio.Future[FrameResult] = asyncio.get_running_loop().create_future()
                 await self._fifo.put(future)
                 try:
-                    served = self._engine.get(model)
                     if frame.error is None:
-                        served.check_request(frame.inputs, options)
+                        model.check_request(frame.inputs, options)  # before the lease: invalid, not busy
                     # Held from here until the frame is answered: read frames count, not only running ones.
-                    cost = served.request_cost(frame.inputs)
+                    cost = model.request_cost(frame.inputs)
                     lease = self._engine.budget.lease(cost.nbytes, self._owner)
                 except RequestError as exc:
-                    future.set_result(FrameResult(frame.request_id, model, error=exc, inputs=len(frame.inputs)))
+                    future.set_result(FrameResult(frame.request_id, model.name, error=exc, inputs=len(frame.inputs)))
                     continue
                 job = _Job(frame, future, model, options, overrides, lease, cost)
                 assert self._defaults is not None
@@ -183,9 +182,9 @@ class FrameStream:
                         inputs = len(stale.frame.inputs)
                         stale.lease.release()
                         stale.future.set_result(
-                            FrameResult(stale.frame.request_id, stale.model, skipped=True, inputs=inputs)
+                            FrameResult(stale.frame.request_id, stale.model.name, skipped=True, inputs=inputs)
                         )
-                        self._engine.get(stale.model).count_dropped(inputs)
+                        stale.model.count_dropped(inputs)
                     self._waiting = job
             while self._tasks:
                 await asyncio.wait(set(self._tasks))
@@ -210,14 +209,13 @@ class FrameStream:
 
     async def _classify(self, job: _Job) -> None:
         frame, future = job.frame, job.future
-        result = FrameResult(frame.request_id, job.model, inputs=len(frame.inputs))
+        result = FrameResult(frame.request_id, job.model.name, inputs=len(frame.inputs))
         started = time.perf_counter()
         try:
             if frame.error is not None:
                 raise frame.error
-            model = self._engine.get(job.model)
-            result.rankings = await model.classify(
-                frame.inputs, job.options, job.overrides, lease=job.lease, cost=job.cost
+            result.rankings = await job.model.classify(
+                frame.inputs, job.options, job.overrides, lease=job.lease, cost=job.cost, checked=True
             )
         except RequestError as exc:
             result.error = exc

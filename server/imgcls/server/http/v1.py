@@ -41,7 +41,7 @@ def router(engine: Engine, limits: HttpLimits) -> APIRouter:
             deadline = deadline_of(request)
             message = parse(await read_body(request, limits, engine), pb.ClassifyRequest())
             call.model = engine.model_label(message.model)
-            call.request_id = message.request_id
+            call.set_request_id(message.request_id)  # known only now, from the body
             call.inputs = len(message.inputs)
             answer = await engine.classify(request_from_pb(message), deadline=deadline, call=call)
         response = pb.ClassifyResponse(

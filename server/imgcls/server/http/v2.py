@@ -97,14 +97,12 @@ def router(engine: Engine, limits: HttpLimits) -> APIRouter:
             core.view(name, version)  # an unknown model is answered before the body is read
             deadline = deadline_of(request)
             body = await read_body(request, limits, engine)
+            header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
             # Parsed JSON is Python objects, several times its text (a number "0.1," is 4 bytes of text and a
             # 24-byte float in a list): counted while the request lives, beside the engine's own lease.
-            json_bytes = len(body) if request.headers.get(HEADER_LENGTH) is None else _header_length(request, len(body))
-            with engine.budget.lease(JSON_EXPANSION * json_bytes, call.owner):
-                infer_request, binary_outputs, timeout_us = parse_infer(
-                    name, version, body, request.headers.get(HEADER_LENGTH)
-                )
-                call.request_id = infer_request.id
+            with engine.budget.lease(JSON_EXPANSION * len(header), call.owner):
+                infer_request, binary_outputs, timeout_us = parse_infer(name, version, header, binary)
+                call.set_request_id(infer_request.id)  # known only now, from the body
                 if timeout_us is not None:
                     by_parameter = time.monotonic() + timeout_us / 1e6
                     deadline = by_parameter if deadline is None else min(deadline, by_parameter)
@@ -151,30 +149,28 @@ def _endpoint(handler: Any, versioned: bool, guarded: Any) -> Any:
 JSON_EXPANSION = 8
 
 
-def _header_length(request: Request, body_length: int) -> int:
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON header and the binary tensor data after it: the whole body is JSON without the header."""
+    if header_length is None:
+        return body, memoryview(b"")
     try:
-        return min(max(0, int(request.headers.get(HEADER_LENGTH, "0"))), body_length)
+        length = int(header_length)
     except ValueError:
-        return 0  # parse_infer answers it
+        length = -1
+    if not 0 <= length <= len(body):
+        raise InvalidInputError(
+            f"Inference-Header-Content-Length {brief(header_length)} is not a length within the {len(body)}-byte body"
+        )
+    return body[:length], memoryview(body)[length:]
 
 
 def parse_infer(
-    name: str, version: str, body: bytes, header_length: str | None
+    name: str, version: str, header: bytes, binary: memoryview
 ) -> tuple[InferRequest, dict[str, bool], float | None]:
-    """The request, which outputs go back binary (name -> bool; "" is the default), and a timeout in µs."""
-    if header_length is None:
-        header, binary = body, memoryview(b"")
-    else:
-        try:
-            length = int(header_length)
-        except ValueError:
-            length = -1
-        if not 0 <= length <= len(body):
-            raise InvalidInputError(
-                f"Inference-Header-Content-Length {brief(header_length)} is not a length within the "
-                f"{len(body)}-byte body"
-            )
-        header, binary = body[:length], memoryview(body)[length:]
+    """The request, which outputs go back binary (name -> bool; "" is the default), and a timeout in µs.
+
+    header, binary: the body as split_body() splits it.
+    """
     document = parse_json(header, "inference request")
     if not isinstance(document, dict):
         raise InvalidInputError("inference request: expected a JSON object")
