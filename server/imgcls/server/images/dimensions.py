@@ -4,8 +4,9 @@ The engine charges what decoding an image will hold to the request's memory budg
 admitted, so a request that would not fit is refused before it waits for anything (see
 engine/model.py). That runs on the event loop for every image, so it reads only the few header bytes
 each format puts its size in. It is an estimate, not a check: decoding still grows the request's lease
-when Pillow finds a larger image than the header read here said (a second JPEG frame header, a GIF
-frame larger than its screen), and every format it does not read (TIFF) is charged when it is decoded.
+when Pillow finds a larger image than the header read here said (a GIF frame larger than its screen), and
+an image whose size is not read here (TIFF, a JPEG frame header past PEEK_BYTES) is charged when it is
+decoded.
 """
 
 from __future__ import annotations
