@@ -146,6 +146,13 @@ SERVE_FLAGS: tuple[SettingFlag, ...] = (
         "seconds a request message may take to arrive once the server starts receiving it",
         metavar="SECONDS",
     ),
+    SettingFlag(
+        ("--read-wait",),
+        "read_wait_s",
+        "seconds a request may wait for its turn to be received (the server receives a few large messages at "
+        "a time); past it, RESOURCE_EXHAUSTED",
+        metavar="SECONDS",
+    ),
     SettingFlag(("--max-streams",), "max_streams", "streams open at once, all connections together"),
     SettingFlag(
         ("--max-calls-per-connection",),

@@ -302,6 +302,7 @@ class RowReport:
             "after_rss_mib": round(self.after.rss / MIB),
             "attacker": dict(self.outcomes.codes),
             "attacker_slowest_s": {k: round(max(v), 2) for k, v in self.outcomes.seconds.items()},
+            "attacker_p50_s": {k: round(percentile(v, 50), 2) for k, v in self.outcomes.seconds.items()},
             "attacker_messages": self.outcomes.messages,
             "extra": self.outcomes.extra,
             "normal_calls": len(latencies),

@@ -394,6 +394,7 @@ SETTABLE: dict[str, tuple[list[str], dict[str, str] | None, Any]] = {
     "stream_max_in_flight": (["--stream-max-in-flight", "4"], {"IMGCLS_STREAM_MAX_IN_FLIGHT": "4"}, 4),
     "memory_budget_bytes": (["--memory-budget", "123456789"], {"IMGCLS_MEMORY_BUDGET_BYTES": "123456789"}, 123456789),
     "message_timeout_s": (["--message-timeout", "2.5"], {"IMGCLS_MESSAGE_TIMEOUT_S": "2.5"}, 2.5),
+    "read_wait_s": (["--read-wait", "1.5"], {"IMGCLS_READ_WAIT_S": "1.5"}, 1.5),
     "max_streams": (["--max-streams", "9"], {"IMGCLS_MAX_STREAMS": "9"}, 9),
     "max_calls_per_connection": (
         ["--max-calls-per-connection", "7"],

@@ -137,6 +137,9 @@ class ServerSettings(_Frozen):
     memory_budget_bytes: int | None = Field(default=None, ge=16 * 1024 * 1024)
     # How long one request message may take to arrive once the server starts receiving it.
     message_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    # How long a request may wait for its turn to be received (a slot of the read gate) before it is refused
+    # RESOURCE_EXHAUSTED: its refusal comes within this, however many callers queue up to send large messages.
+    read_wait_s: float = Field(default=5.0, gt=0, le=3600)
     # Streams open at once (all connections) and calls at once on one HTTP/2 connection
     # (SETTINGS_MAX_CONCURRENT_STREAMS; a client queues calls past it). Room for a busy client's burst: a
     # client that opens more calls than the limit before it has read the server's SETTINGS gets the extra

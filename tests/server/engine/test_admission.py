@@ -101,3 +101,40 @@ async def test_a_new_connection_takes_a_free_slot_while_another_waits_on_its_own
         assert order == ["a"] and gate.busy == 2
     release.set()
     await asyncio.gather(*flood)
+
+
+async def test_a_waiter_past_its_max_wait_is_refused_and_leaves_no_trace() -> None:
+    gate = ReadGate(1, per_owner=1, max_waiting=10, max_waiting_per_owner=10, max_wait_s=0.05)
+    release = asyncio.Event()
+    order: list[str] = []
+    holder = asyncio.create_task(hold(gate, "a", release, order))
+    await settle()
+    with pytest.raises(OverloadedError, match=r"no turn to send the request within 0.05s \(1 requests waiting"):
+        async with gate.slot("b"):
+            order.append("b")
+    assert gate.waiting == 0 and gate.busy == 1 and order == ["a"]
+    release.set()
+    await holder
+    # The holder's slot comes back; a caller finding it free is not timed at all.
+    async with gate.slot("b"):
+        assert gate.busy == 1
+    assert gate.busy == 0 and gate.waiting == 0
+
+
+async def test_a_waiter_granted_its_slot_in_time_is_not_refused_later() -> None:
+    gate = ReadGate(1, per_owner=1, max_waiting=10, max_waiting_per_owner=10, max_wait_s=0.2)
+    release = asyncio.Event()
+    order: list[str] = []
+    holder = asyncio.create_task(hold(gate, "a", release, order))
+    await settle()
+    waiter_release = asyncio.Event()
+    waiter = asyncio.create_task(hold(gate, "b", waiter_release, order))
+    await settle()
+    release.set()  # the slot is handed on well within 0.2 s
+    await holder
+    await settle()
+    assert order == ["a", "b"]
+    await asyncio.sleep(0.3)  # past max_wait_s while holding: the timer was cancelled with the grant
+    waiter_release.set()
+    await waiter
+    assert gate.busy == 0 and gate.waiting == 0

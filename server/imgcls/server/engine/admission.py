@@ -5,7 +5,8 @@ look at it, so the number received at once is bounded: `slots` in all, at most `
 owner (a connection). Callers waiting for a slot cost nothing (their bytes stay with the sender: flow
 control), and a free slot goes to the waiting owner holding the fewest, so a caller on its own
 connection is not stuck behind a flood on another. Past `max_waiting` waiting calls (or `max_waiting_per_owner`
-for one owner) a call is refused at once (OverloadedError), never queued without bound.
+for one owner) a call is refused at once (OverloadedError), never queued without bound; and one that has
+waited `max_wait_s` for its slot is refused then, so the line is bounded in time as well as in length.
 
 A slot is for receiving, not for waiting: while an owner in good standing waits and every slot is
 busy, a holder whose message has not arrived `patience_s` after it got its slot is cut
@@ -65,12 +66,14 @@ class ReadGate:
         max_waiting: int,
         max_waiting_per_owner: int,
         patience_s: float = 2.0,
+        max_wait_s: float | None = None,
     ) -> None:
         self.slots = slots
         self.per_owner = per_owner
         self.max_waiting = max_waiting
         self.max_waiting_per_owner = max_waiting_per_owner
         self.patience_s = patience_s
+        self.max_wait_s = max_wait_s
         self._active: dict[str, int] = {}
         self._busy = 0
         # owner -> its waiters, in the order owners get their next turn
@@ -173,6 +176,8 @@ class ReadGate:
             self._waiters[future] = (owner, task)
         self._check()
         self._arm_reaper()
+        loop = asyncio.get_running_loop()
+        timer = None if self.max_wait_s is None else loop.call_later(self.max_wait_s, self._too_long, future)
         try:
             await future
         except BaseException:
@@ -182,9 +187,24 @@ class ReadGate:
             else:
                 self._forget(owner, future)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         self._waiters.pop(future, None)
         if self._granted.pop(future, None) is None:
             await self._acquire(owner)  # the grant was taken back (see _reap): wait again
+
+    def _too_long(self, future: asyncio.Future[None]) -> None:
+        """A waiter past max_wait_s is refused: the waiting line is bounded in time, not only in length, so a
+        caller behind many others sending large messages (or struck, behind everyone) hears at once, not after
+        tens of seconds."""
+        if not future.done():
+            future.set_exception(
+                OverloadedError(
+                    f"server busy: no turn to send the request within {self.max_wait_s:g}s "
+                    f"({self._waiting_count} requests waiting to be received); retry later"
+                )
+            )
 
     def _below_cap(self, owner: str) -> bool:
         """Under its own per-owner cap; whether a slot is free is for the caller to check."""

@@ -118,6 +118,7 @@ class Engine:
             per_owner=max(1, slots // 2),
             max_waiting=4 * settings.max_streams,
             max_waiting_per_owner=settings.max_calls_per_connection,
+            max_wait_s=settings.read_wait_s,
         )
         self._accepting = True
         self._loop: asyncio.AbstractEventLoop | None = None
