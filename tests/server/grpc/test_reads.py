@@ -88,6 +88,26 @@ async def test_a_request_larger_than_any_share_of_the_budget_is_refused_at_once(
     assert "more than one caller may hold" in error.details()
 
 
+async def test_a_request_with_no_turn_to_be_received_within_the_read_wait_is_refused_then() -> None:
+    request = pb.ClassifyRequest(inputs=[image_input("cat.jpg")])
+    async with running_server(read_wait_s=0.3) as server:
+        gate = server.engine.read_gate
+        # Every slot taken (as by senders of large messages): the call waits its turn, holding nothing.
+        holders = [gate.slot(f"other-{i}") for i in range(gate.slots)]
+        for holder in holders:
+            await holder.__aenter__()
+        try:
+            error = await call_raw(server.port, CLASSIFY, request.SerializeToString())
+            assert gate.waiting == 0  # refused, not left in the line
+        finally:
+            for holder in holders:
+                await holder.__aexit__(None, None, None)
+        async with connect(server) as stub:  # a free slot: answered
+            assert (await stub.Classify(request, timeout=30)).results
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "no turn to send the request within 0.3s" in error.details()
+
+
 async def test_freed_heap_is_given_back_after_large_work(monkeypatch: pytest.MonkeyPatch) -> None:
     trimmed = asyncio.Event()
     monkeypatch.setattr(engine_module, "TRIM_CHECK_S", 0.01)

@@ -47,6 +47,26 @@ async def test_bodies_wait_for_a_read_slot_and_are_then_answered() -> None:
     assert response.status_code == 400 and "inputs[0]" in response.json()["error"]
 
 
+async def test_a_body_with_no_turn_to_be_received_within_the_read_wait_is_429() -> None:
+    async with running_server(http_port="auto", read_wait_s=0.3) as server:
+        gate = server.engine.read_gate
+        async with httpx.AsyncClient(base_url=url(server), timeout=60) as client:
+            holders = [gate.slot(f"other-{i}") for i in range(gate.slots)]
+            for holder in holders:
+                await holder.__aenter__()
+            try:
+                response = await client.post(f"/models/{MODEL}", content=COFFEE, headers={"content-type": "image/jpeg"})
+                assert gate.waiting == 0
+            finally:
+                for holder in holders:
+                    await holder.__aexit__(None, None, None)
+            answered = await client.post(f"/models/{MODEL}", content=COFFEE, headers={"content-type": "image/jpeg"})
+    assert response.status_code == 429, response.text
+    assert "no turn to send the request within 0.3s" in response.json()["error"]
+    assert response.headers["retry-after"]
+    assert answered.status_code == 200, answered.text
+
+
 async def test_a_huge_request_id_is_400_and_never_echoed_on_every_http_protocol() -> None:
     huge = "r" * 100_000
     image = base64.b64encode(COFFEE).decode()
