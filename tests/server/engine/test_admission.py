@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from imgcls.server.domain.errors import OverloadedError
@@ -121,20 +122,44 @@ async def test_a_waiter_past_its_max_wait_is_refused_and_leaves_no_trace() -> No
     assert gate.busy == 0 and gate.waiting == 0
 
 
-async def test_a_waiter_granted_its_slot_in_time_is_not_refused_later() -> None:
+async def test_a_waiters_timer_is_cancelled_when_it_is_granted_refused_or_gives_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     gate = ReadGate(1, per_owner=1, max_waiting=10, max_waiting_per_owner=10, max_wait_s=0.2)
+    timers: list[asyncio.TimerHandle] = []
+    loop = asyncio.get_running_loop()
+    real_call_at = loop.call_at
+
+    def recording_call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        handle = real_call_at(when, callback, *args, **kwargs)
+        if getattr(callback, "__name__", "") == "_too_long":
+            timers.append(handle)
+        return handle
+
+    monkeypatch.setattr(loop, "call_at", recording_call_at)
     release = asyncio.Event()
     order: list[str] = []
     holder = asyncio.create_task(hold(gate, "a", release, order))
     await settle()
-    waiter_release = asyncio.Event()
-    waiter = asyncio.create_task(hold(gate, "b", waiter_release, order))
+    # Granted in time.
+    granted_release = asyncio.Event()
+    granted = asyncio.create_task(hold(gate, "b", granted_release, order))
     await settle()
-    release.set()  # the slot is handed on well within 0.2 s
+    release.set()
     await holder
     await settle()
-    assert order == ["a", "b"]
-    await asyncio.sleep(0.3)  # past max_wait_s while holding: the timer was cancelled with the grant
-    waiter_release.set()
-    await waiter
-    assert gate.busy == 0 and gate.waiting == 0
+    assert order == ["a", "b"] and len(timers) == 1 and timers[0].cancelled()
+    # Refused at its deadline (its timer fired; nothing left to cancel).
+    with pytest.raises(OverloadedError, match="no turn to send"):
+        async with gate.slot("c"):
+            pass
+    # Gives up while waiting.
+    quitter = asyncio.create_task(hold(gate, "d", asyncio.Event(), order))
+    await settle()
+    quitter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await quitter
+    assert len(timers) == 3 and timers[2].cancelled()
+    granted_release.set()
+    await granted
+    assert gate.busy == 0 and gate.waiting == 0 and order == ["a", "b"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import threading
 from collections.abc import AsyncIterator, Iterator
 
 import numpy as np
@@ -26,6 +27,7 @@ from imgcls.server.engine.engine import Engine
 from imgcls.server.engine.model import decoded_bytes
 from PIL import Image
 from support.fake_backend import SAMPLE_SHAPE, fake_engine
+from support.waiting import poll_until
 
 MIB = 1 << 20
 
@@ -99,8 +101,9 @@ def classify(*inputs: object) -> ClassifyRequest:
 async def test_a_request_whose_decoding_does_not_fit_is_refused_before_anything_is_decoded(
     engine_with_budget: Engine, opened: list[int]
 ) -> None:
-    # 2000 x 2000 decodes to 24 MB: it fits the 64 MiB budget alone, not beside 40 MiB of other work.
-    image = encoded(2000, 2000)
+    # 3000 x 2000 decodes to 34 MiB: it fits the 64 MiB budget (56 MiB for large requests) alone, not beside
+    # 40 MiB of other work; counted twice (at admission and again when decoded) it would never fit.
+    image = encoded(3000, 2000)
     with engine_with_budget.budget.lease(40 * MIB):
         with pytest.raises(OverloadedError, match="server busy: 40 MiB of work in flight, budget 64 MiB"):
             await engine_with_budget.classify(classify(image))
@@ -114,7 +117,7 @@ async def test_a_request_whose_decoding_does_not_fit_is_refused_before_anything_
 async def test_an_image_whose_header_is_not_read_here_is_still_charged_when_it_is_decoded(
     engine_with_budget: Engine, opened: list[int]
 ) -> None:
-    image = encoded(2000, 2000, "TIFF", compression="tiff_deflate")
+    image = encoded(3000, 2000, "TIFF", compression="tiff_deflate")
     assert len(image.data) < MIB
     with engine_with_budget.budget.lease(40 * MIB):
         with pytest.raises(OverloadedError, match="server busy"):
@@ -123,6 +126,27 @@ async def test_an_image_whose_header_is_not_read_here_is_still_charged_when_it_i
         assert engine_with_budget.budget.used == 40 * MIB
     await engine_with_budget.classify(classify(image))
     assert engine_with_budget.budget.used == 0
+
+
+async def test_what_decoding_held_is_given_back_before_the_model_runs() -> None:
+    engine, backends = fake_engine(settings={"memory_budget_bytes": 64 * MIB})
+    engine.start(asyncio.get_running_loop())
+    backend = backends["fake"]
+    backend.gate = threading.Event()
+    try:
+        image = encoded(2000, 2000)
+        cost = engine.get("").request_cost((image,))
+        assert cost.decoding == decoded_bytes(2000, 2000)
+        answer = asyncio.create_task(engine.classify(classify(image)))
+        assert await poll_until(lambda: backend.runs_started == 1)
+        # Held while the model runs: the payload and the model input, not the decoded pixels.
+        assert engine.budget.used == cost.nbytes - cost.decoding
+        backend.gate.set()
+        await answer
+        assert engine.budget.used == 0
+    finally:
+        backend.gate.set()
+        await engine.stop(drain=False)
 
 
 @pytest.fixture

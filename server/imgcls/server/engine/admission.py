@@ -158,7 +158,7 @@ class ReadGate:
     def in_good_standing(self, owner: str) -> bool:
         return self.standing(owner) != _STRUCK
 
-    async def _acquire(self, owner: str) -> None:
+    async def _acquire(self, owner: str, deadline: float | None = None) -> None:
         if self._busy < self.slots and self._below_cap(owner) and not self._eligible_waiting():
             # A free slot nobody waiting may take (those waiting are at their own connection's cap).
             self._take(owner)
@@ -177,7 +177,9 @@ class ReadGate:
         self._check()
         self._arm_reaper()
         loop = asyncio.get_running_loop()
-        timer = None if self.max_wait_s is None else loop.call_later(self.max_wait_s, self._too_long, future)
+        if deadline is None and self.max_wait_s is not None:
+            deadline = loop.time() + self.max_wait_s  # once: a wait begun again (below) keeps its deadline
+        timer = None if deadline is None else loop.call_at(deadline, self._too_long, future)
         try:
             await future
         except BaseException:
@@ -192,7 +194,7 @@ class ReadGate:
                 timer.cancel()
         self._waiters.pop(future, None)
         if self._granted.pop(future, None) is None:
-            await self._acquire(owner)  # the grant was taken back (see _reap): wait again
+            await self._acquire(owner, deadline)  # the grant was taken back (see _reap): wait again
 
     def _too_long(self, future: asyncio.Future[None]) -> None:
         """A waiter past max_wait_s is refused: the waiting line is bounded in time, not only in length, so a

@@ -324,7 +324,7 @@ class Engine:
                     protocol=call.protocol,
                     method=call.method,
                     model=call.model,
-                    request_id=call.request_id,
+                    request_id=call.request_id[:MAX_REQUEST_ID_CHARS],  # capped when set too; this is the last line
                     inputs=call.inputs,
                     results=call.results,
                     outcome=outcome,

@@ -171,9 +171,10 @@ class ServedModel:
     def request_cost(self, inputs: Sequence[ImageInput]) -> RequestCost:
         """What a request holds from admission to answer: its payload as received and as converted (two
         copies), a model input per image, one more copy of a tensor (its rows stacked into a batch, or
-        converted to the model's dtype), and what decoding its images holds (see RequestCost.decode).
-        Counted from the bytes sent, never from the dims a caller claims: a tensor whose dims and data
-        disagree is refused by validation, not here."""
+        converted to the model's dtype), and, until its images are decoded, what decoding them holds (see
+        RequestCost). A tensor is counted from the bytes sent, never from the dims a caller claims (one whose
+        dims and data disagree is refused by validation, not here); an image's decoding from its header, an
+        estimate topped up when the image is decoded."""
         payload = tensors = images = 0
         decode: list[int] = []
         for item in inputs:
@@ -187,12 +188,12 @@ class ServedModel:
                 decode.append(self._decode_estimate(item))
         # A request's images are decoded at most decode_slots at a time (the pool's threads): the largest
         # that many are what its decoding can hold at once.
-        held_decoding = sum(sorted(decode, reverse=True)[: self._decode_slots])
-        return RequestCost(2 * payload + tensors + images * self.sample_bytes + held_decoding, tuple(decode))
+        decoding = sum(sorted(decode, reverse=True)[: self._decode_slots])
+        return RequestCost(2 * payload + tensors + images * self.sample_bytes + decoding, tuple(decode), decoding)
 
     def _decode_estimate(self, item: ImageInput) -> int:
         """What decoding an image will hold, from its header; 0 when the header does not say, or says an
-        image that decoding will refuse (an invalid request is refused as such, not as busy)."""
+        image over the pixel limit (refused as invalid, not as busy)."""
         if isinstance(item, RawImage):
             consistent = len(item.data) == item.width * item.height * item.format.channels
             size = (item.width, item.height) if consistent else None
@@ -353,7 +354,11 @@ class ServedModel:
                 job = self._pool.submit(self._image_sample, index, item, preprocessor, lease, counted)
                 results.append(asyncio.wrap_future(job))
         if images:
-            results = await _gather_all(results)
+            try:
+                results = await _gather_all(results)
+            finally:
+                if lease is not None and cost is not None:
+                    lease.shrink(cost.decoding)  # every image is decoded (or failed): its pixels are gone
         return [sample for result in results for sample in result]
 
     def _tensor_samples(self, index: int, item: TensorInput) -> list[np.ndarray]:
@@ -433,15 +438,16 @@ class ServedModel:
 
 @dataclass(frozen=True, slots=True)
 class RequestCost:
-    """What a request is charged to the memory budget when it is admitted.
+    """What a request is charged to the memory budget when it is admitted (ServedModel.request_cost).
 
     decode: per input, the bytes counted for decoding it (0 for tensors, and for images whose header
-    dimensions.py cannot read); only the largest few are in nbytes (see ServedModel.request_cost), since
-    a request's images are decoded a few at a time.
+    dimensions.py cannot read). decoding: the part of nbytes held for decoding, the largest few of those
+    (a request's images are decoded a few at a time), given back once its images are decoded.
     """
 
     nbytes: int
     decode: tuple[int, ...]
+    decoding: int = 0
 
 
 def decoded_bytes(width: int, height: int) -> int:

@@ -25,8 +25,11 @@ _MAX_JPEG_SEGMENTS = 256
 # The bytes read at most: JPEG's frame header follows its metadata segments (EXIF, ICC profiles), which
 # rarely pass 64 KiB; past that the image is charged when it is decoded.
 PEEK_BYTES = 64 * 1024
-# Of a base64 image, the bytes decoded first.
+# Of a base64 image, the bytes decoded first; how far a data: URL's header is looked at.
 _FIRST_BASE64_BYTES = 3 * 1024
+_MAX_DATA_URL_HEADER = 1024
+# Between two JPEG segments only fill bytes (0xFF) belong: a marker not found this soon is not looked for.
+_MAX_JPEG_GAP = 64
 _MARKER = re.compile(rb"\xff([^\xff])")  # the last of a run of 0xFF (fill bytes) and the marker after it
 
 Buffer = bytes | bytearray | memoryview
@@ -56,18 +59,23 @@ def peek_base64_size(text: str) -> tuple[int, int] | None:
     """peek_size of a base64 image (plain, URL-safe or a data: URL), decoding only its first bytes: a few KiB
     first (most headers are there), PEEK_BYTES only when those do not say (decoding 64 KiB of base64 takes
     ~0.25 ms, a cost per image on the event loop)."""
+    start = 0
     if text.startswith("data:"):
-        text = text.partition(",")[2]
+        # Only the header is searched (text.partition would copy the whole image, up to the message limit).
+        comma = text.find(",", 0, _MAX_DATA_URL_HEADER)
+        if comma < 0 or ";base64" not in text[:comma]:
+            return None  # decoding says what is wrong with it
+        start = comma + 1
     size = None
     for nbytes in (_FIRST_BASE64_BYTES, PEEK_BYTES):
         chars = nbytes // 3 * 4
-        prefix = "".join(text[:chars].split())
+        prefix = "".join(text[start : start + chars].split())
         prefix = prefix[: len(prefix) // 4 * 4].replace("-", "+").replace("_", "/")
         try:
             size = peek_size(base64.b64decode(prefix, validate=True))
         except (binascii.Error, ValueError):
             return None  # decoding says what is wrong with it
-        if size is not None or len(text) <= chars:
+        if size is not None or len(text) - start <= chars:
             break
     return size
 
@@ -80,8 +88,8 @@ def _jpeg(head: bytes) -> tuple[int, int] | None:
     """The last frame header's size before the scan data, as Pillow reads it (a file may carry several)."""
     pos, size = 2, None
     for _ in range(_MAX_JPEG_SEGMENTS):
-        # The next marker: bytes between segments and fill bytes skipped, as decoders do.
-        found = _MARKER.search(head, pos)
+        # The next marker, past fill bytes (and a few stray bytes, as decoders skip them): a bounded search.
+        found = _MARKER.search(head, pos, pos + _MAX_JPEG_GAP + 2)
         if found is None:
             break
         marker, pos = found[1][0], found.end()
