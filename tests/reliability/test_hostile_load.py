@@ -59,7 +59,7 @@ SETTLE_S = 15.0
 # anything else; but its message must be received first, and it may wait its turn for a read slot (two in
 # this configuration, each held while a 6 MB message arrives, cut after 2 s), at most --read-wait (5 s, the
 # default) before it is refused for that. So the bound is that wait and a second to receive and answer.
-# Measured at test scale: slowest refusals 0.3-1.4 s over 8 runs; before admission counted decoding, a request
+# Measured at test scale: slowest refusals 0.34-1.6 s over 6 runs; before admission counted decoding, a request
 # of many JPEGs was admitted to the decode queue and could be refused as each image was decoded: 0.4-3.7 s.
 # The "before": 21-28 s.
 AT_ONCE_S = 6.0
