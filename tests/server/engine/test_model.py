@@ -157,3 +157,15 @@ async def engine_with_budget() -> AsyncIterator[Engine]:
         yield engine
     finally:
         await engine.stop(drain=False)
+
+
+async def test_stream_frames_are_charged_their_decoding_only_as_it_happens() -> None:
+    engine, _ = fake_engine()
+    try:
+        model = engine.get("")
+        image = encoded(2000, 2000)
+        charged_now = model.request_cost((image,), decoding=False)
+        assert charged_now.decode == (0,) and charged_now.decoding == 0
+        assert model.request_cost((image,)).nbytes - charged_now.nbytes == decoded_bytes(2000, 2000)
+    finally:
+        await engine.stop(drain=False)

@@ -168,13 +168,16 @@ class ServedModel:
             known *= MAX_OVERRIDE_SIDE
         return known * self.backend.graph.input_dtype.itemsize
 
-    def request_cost(self, inputs: Sequence[ImageInput]) -> RequestCost:
+    def request_cost(self, inputs: Sequence[ImageInput], *, decoding: bool = True) -> RequestCost:
         """What a request holds from admission to answer: its payload as received and as converted (two
         copies), a model input per image, one more copy of a tensor (its rows stacked into a batch, or
         converted to the model's dtype), and, until its images are decoded, what decoding them holds (see
         RequestCost). A tensor is counted from the bytes sent, never from the dims a caller claims (one whose
         dims and data disagree is refused by validation, not here); an image's decoding from its header, an
-        estimate topped up when the image is decoded."""
+        estimate topped up when the image is decoded.
+
+        decoding=False: decoding is charged only as each image is decoded (stream frames: see streams.py).
+        """
         payload = tensors = images = 0
         decode: list[int] = []
         for item in inputs:
@@ -185,11 +188,11 @@ class ServedModel:
                 decode.append(0)
             else:
                 images += 1
-                decode.append(self._decode_estimate(item))
+                decode.append(self._decode_estimate(item) if decoding else 0)
         # A request's images are decoded at most decode_slots at a time (the pool's threads): the largest
         # that many are what its decoding can hold at once.
-        decoding = sum(sorted(decode, reverse=True)[: self._decode_slots])
-        return RequestCost(2 * payload + tensors + images * self.sample_bytes + decoding, tuple(decode), decoding)
+        held = sum(sorted(decode, reverse=True)[: self._decode_slots])
+        return RequestCost(2 * payload + tensors + images * self.sample_bytes + held, tuple(decode), held)
 
     def _decode_estimate(self, item: ImageInput) -> int:
         """What decoding an image will hold, from its header; 0 when the header does not say, or says an
