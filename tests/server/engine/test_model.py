@@ -25,6 +25,7 @@ from imgcls.server.domain.types import (
 from imgcls.server.engine import model as model_module
 from imgcls.server.engine.engine import Engine
 from imgcls.server.engine.model import decoded_bytes
+from imgcls.server.engine.streams import StreamFrame
 from PIL import Image
 from support.fake_backend import SAMPLE_SHAPE, fake_engine
 from support.waiting import poll_until
@@ -159,13 +160,23 @@ async def engine_with_budget() -> AsyncIterator[Engine]:
         await engine.stop(drain=False)
 
 
-async def test_stream_frames_are_charged_their_decoding_only_as_it_happens() -> None:
-    engine, _ = fake_engine()
-    try:
-        model = engine.get("")
-        image = encoded(2000, 2000)
-        charged_now = model.request_cost((image,), decoding=False)
-        assert charged_now.decode == (0,) and charged_now.decoding == 0
-        assert model.request_cost((image,)).nbytes - charged_now.nbytes == decoded_bytes(2000, 2000)
-    finally:
-        await engine.stop(drain=False)
+async def test_stream_frames_are_charged_their_decoding_only_as_it_happens(
+    engine_with_budget: Engine, opened: list[int]
+) -> None:
+    model = engine_with_budget.get("")
+    image = encoded(3000, 2000)
+    charged_now = model.request_cost((image,), decoding=False)
+    assert charged_now.decode == (0,) and charged_now.decoding == 0
+    assert model.request_cost((image,)).nbytes - charged_now.nbytes == decoded_bytes(3000, 2000)
+
+    async def one_frame() -> AsyncIterator[StreamFrame]:
+        yield StreamFrame(inputs=(image,), request_id="f")
+
+    # Beside 40 MiB of other work the frame's decoding does not fit: a stream frame is read and admitted, and
+    # refused busy only when its decoding is charged, as it is decoded (a unary request: before, see above).
+    with engine_with_budget.budget.lease(40 * MIB):
+        async with engine_with_budget.open_stream() as stream:
+            (result,) = [r async for r in stream.run(one_frame())]
+    assert isinstance(result.error, OverloadedError)
+    assert opened == [1]
+    assert engine_with_budget.budget.used == 0
