@@ -68,7 +68,12 @@ def fake_files(name: str = "fake") -> ModelFiles:
         variant="",
         labels=LABELS,
         # Images are resized to the graph's 4x4 and rescaled to 0..1, no normalization.
-        preprocessing={"do_resize": True, "size": {"height": 4, "width": 4}, "do_normalize": False},
+        preprocessing={
+            "image_processor_type": "ViTImageProcessor",
+            "do_resize": True,
+            "size": {"height": 4, "width": 4},
+            "do_normalize": False,
+        },
     )
 
 

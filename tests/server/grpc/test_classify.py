@@ -474,7 +474,10 @@ def overridden(overrides: dict[str, Any]) -> pb.ClassifyRequest:
     [
         # 112/0.5 = 224 shortest edge, then a 112x112 crop: a shape the 224x224 model cannot take.
         ({"crop_pct": 0.5, "size": {"shortest_edge": 112}}, "preprocessing would produce 112x112 images"),
-        ({"size": {"height": 300, "width": 300}}, "300x300"),
+        # ConvNext resizes by the shortest edge: from 384 on it warps to a square, and it takes no height/width.
+        ({"size": {"shortest_edge": 400}}, "preprocessing would produce 400x400 images"),
+        ({"size": {"height": 300, "width": 300}}, "ConvNextImageProcessor: size must be {shortest_edge}"),
+        ({"rescale_offset": True}, "ConvNextImageProcessor does not read 'rescale_offset'"),
         ({"bogus_key": 1}, "unknown key 'bogus_key'"),
         ({"do_resize": "yes"}, "do_resize must be bool, got str"),
         ({"size": "big"}, "size must be"),

@@ -315,7 +315,7 @@ async def test_request_parameters_mean_what_they_mean_in_imgcls_v1(
     assert three.shape == (1, 3) and parse(three[0])[0][2] == "Egyptian cat"
     logits = (await aio_client.infer("lite_image", cat, parameters={"function_to_apply": "none"})).as_numpy("scores")
     assert logits.max() > 1  # logits, not probabilities
-    overrides = json.dumps({"crop_pct": 1.0, "size": {"height": 224, "width": 224}})
+    overrides = json.dumps({"crop_pct": 1.0, "size": {"shortest_edge": 224}})
     changed = await aio_client.infer("lite_image", cat, parameters={"preprocessor_overrides": overrides})
     plain = await aio_client.infer("lite_image", cat)
     assert not np.array_equal(changed.as_numpy("scores"), plain.as_numpy("scores"))

@@ -59,7 +59,9 @@ def tiny_repo(
     base = {"architectures": ["ViTForImageClassification"], "id2label": {"0": "cat", "1": "dog"}}
     (root / "config.json").write_text(json.dumps(base if config is None else config))
     if preprocessor:
-        (root / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 8, "width": 8}}))
+        (root / "preprocessor_config.json").write_text(
+            json.dumps({"image_processor_type": "ViTImageProcessor", "size": {"height": 8, "width": 8}})
+        )
     files = onnx_files if onnx_files is not None else {"model.onnx": b"fp32-graph"}
     for name, data in files.items():
         (root / "onnx" / name).write_bytes(data)

@@ -95,7 +95,7 @@ def test_model_info_maps_the_description_field_by_field() -> None:
         layout="NCHW",
         output_name="logits",
         labels=("a", "b"),
-        preprocessing={"size": {"height": 224, "width": 224}},
+        preprocessing={"image_processor_type": "ViTImageProcessor", "size": {"height": 224, "width": 224}},
         default_function=FunctionToApply.SIGMOID,
         batching=BatchingDescription(max_batch_size=4, max_queue_delay_us=0, queue_limit=256, instances=2),
         runtime=RuntimeDescription(),
@@ -111,4 +111,7 @@ def test_model_info_maps_the_description_field_by_field() -> None:
     assert (info.is_default, info.ready, info.max_batch_size) == (True, True, 4)
     assert (info.stats.requests, info.stats.failed_requests, info.stats.inputs, info.stats.batches) == (3, 1, 5, 2)
     assert dict(info.stats.batch_size_counts) == {2: 1, 3: 1}
-    assert json_format.MessageToDict(info.preprocessing) == {"size": {"height": 224, "width": 224}}
+    assert json_format.MessageToDict(info.preprocessing) == {
+        "image_processor_type": "ViTImageProcessor",
+        "size": {"height": 224, "width": 224},
+    }

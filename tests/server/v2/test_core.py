@@ -244,7 +244,7 @@ async def test_text_elements_are_base64_or_data_urls(core: OpenInferenceCore) ->
 
 async def test_preprocessor_overrides_apply(core: OpenInferenceCore) -> None:
     plain = only(await core.infer(image_request(CAT))).data[0]
-    overrides = '{"crop_pct": 1.0, "size": {"height": 224, "width": 224}}'
+    overrides = '{"crop_pct": 1.0, "size": {"shortest_edge": 224}}'
     changed = only(await core.infer(image_request(CAT, parameters={"preprocessor_overrides": overrides}))).data[0]
     assert not np.array_equal(plain, changed)
     assert int(np.argmax(changed)) in (281, 282, 285)  # still a cat

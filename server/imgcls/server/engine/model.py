@@ -30,7 +30,7 @@ from imgcls.server.engine.batcher import BatchListener, CrashListener, DynamicBa
 from imgcls.server.engine.budget import Lease
 from imgcls.server.engine.description import BatchingDescription, ModelDescription, ModelStats, public_source
 from imgcls.server.engine.pool import PriorityPool
-from imgcls.server.images import decoding, dimensions
+from imgcls.server.images import decoding, dimensions, families
 from imgcls.server.images.postprocessing import default_function, rank, validate_options
 from imgcls.server.images.preprocessing import (
     MAX_OVERRIDE_SIDE,
@@ -222,8 +222,23 @@ class ServedModel:
         self.batcher.count_dropped(inputs)
 
     def _complete_preprocessing(self, config: dict[str, Any]) -> dict[str, Any]:
-        """The model's preprocessing, with the graph's fixed size and layout filled in where unsaid."""
+        """The model's preprocessing, with its processor (from config.json's model_type, as transformers'
+        AutoImageProcessor picks it), the graph's fixed size and layout filled in where unsaid."""
         config = {**config, "input_layout": self.layout}
+        if families.processor_name(config) is None:
+            by_model_type = families.processor_for_model_type(self.files.model_type)
+            if by_model_type is None:
+                what = (
+                    "its preprocessor config names no image_processor_type"
+                    if self.files.preprocessing
+                    else "it has no preprocessor_config.json"
+                )
+                raise ModelLoadError(
+                    f"{self.files.source}: {what}, and config.json's model_type {self.files.model_type!r} names no "
+                    "image processor imgcls reproduces, so its preprocessing is unknown; add a "
+                    "preprocessor_config.json with an image_processor_type, or serve it with a custom model spec"
+                )
+            config["image_processor_type"] = by_model_type
         height, width = self._graph_hw()
         if "size" not in config and height and width:
             config["size"] = {"height": height, "width": width}

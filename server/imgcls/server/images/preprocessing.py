@@ -17,15 +17,9 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 from imgcls.server.domain.errors import InvalidInputError
+from imgcls.server.images import families
 from imgcls.server.images.decoding import brief, load_pixels
 from PIL import Image, ImageOps
-
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
-IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
-IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # The largest side a request may ask preprocessing to produce; larger overrides
 # would let one caller allocate gigabytes.
@@ -38,22 +32,8 @@ MAX_OVERRIDE_SIDE = 2048
 # as transformers does, so ordinary images keep exact parity with it.
 MAX_RESIZED_PIXELS = 4 * MAX_OVERRIDE_SIDE * MAX_OVERRIDE_SIDE
 
-# Per processor type: (default_to_square for an int "size", default resample,
-# default mean, default std), as in transformers.
-_PROCESSOR_DEFAULTS: dict[str, tuple[bool, int, tuple[float, ...], tuple[float, ...]]] = {
-    "ViTImageProcessor": (True, 2, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD),
-    "ConvNextImageProcessor": (False, 2, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
-    "DeiTImageProcessor": (True, 3, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
-    "BeitImageProcessor": (True, 3, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD),
-    "CLIPImageProcessor": (False, 3, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
-    "BitImageProcessor": (False, 3, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
-    "MobileNetV1ImageProcessor": (False, 2, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD),
-    "MobileNetV2ImageProcessor": (False, 2, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD),
-    "EfficientNetImageProcessor": (True, 0, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD),
-}
-_FALLBACK_DEFAULTS = (True, 2, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD)
-
-# Keys a request may override, with the JSON types they take.
+# Keys a request may override (those its model's family reads: families.overridable_for), with the JSON
+# types they take.
 OVERRIDABLE_KEYS: dict[str, tuple[type, ...]] = {
     "do_resize": (bool,),
     "size": (dict, int, float),
@@ -66,7 +46,9 @@ OVERRIDABLE_KEYS: dict[str, tuple[type, ...]] = {
     "do_normalize": (bool,),
     "image_mean": (list, int, float),
     "image_std": (list, int, float),
-    "do_convert_rgb": (bool,),
+    "do_flip_channel_order": (bool,),
+    "rescale_offset": (bool,),
+    "include_top": (bool,),
 }
 
 
@@ -123,13 +105,21 @@ class Preprocessor:
 
     resize: ResizeSpec | None
     resample: int
-    crop: tuple[int, int] | None  # (height, width)
+    crops: tuple[tuple[int, int], ...]  # (height, width) center crops after the resize, in order
     scale: np.ndarray  # per channel, RGB order: x * scale + bias
     bias: np.ndarray
     bgr: bool
     nhwc: bool
     dtype: np.dtype[Any]
     jpeg_draft: JpegDraft
+    # Perceiver: before resizing, a center crop of (height, width) = (num/den * shorter side) per axis,
+    # as (num_h, den_h, num_w, den_w) (kept as integers to round exactly as transformers does).
+    crop_first: tuple[int, int, int, int] | None = None
+
+    @property
+    def crop(self) -> tuple[int, int] | None:
+        """The last center crop: the output size when there is one."""
+        return self.crops[-1] if self.crops else None
 
     @property
     def fixed_output_hw(self) -> tuple[int, int] | None:
@@ -149,7 +139,8 @@ class Preprocessor:
         Every image becomes RGB whatever do_convert_rgb says: the models take three channels.
         """
         margin = DRAFT_MARGINS.get(self.jpeg_draft)
-        if margin is not None and image.format == "JPEG" and self.resize is not None:
+        # (A crop before the resize makes the draft's target depend on the crop: decoded in full.)
+        if margin is not None and image.format == "JPEG" and self.resize is not None and self.crop_first is None:
             # Decode at a reduced scale (DCT scaling: 1/2, 1/4 or 1/8) when the target is far
             # smaller: most of the cost of a large JPEG is the full-size decode. The decoded image
             # stays at least `margin` x the target, so the resize still filters (DRAFT_MARGINS).
@@ -175,14 +166,19 @@ class Preprocessor:
                 image = ImageOps.exif_transpose(image)
         if image.mode != "RGB":
             image = _to_rgb(image)
+        if self.crop_first is not None:
+            num_h, den_h, num_w, den_w = self.crop_first
+            shorter = min(image.width, image.height)
+            image = _center_crop(image, int((num_h / den_h) * shorter), int((num_w / den_w) * shorter))
+        crops = self.crops
         if self.resize is not None:
             size = self.resize.output_size(image.width, image.height)
             if size[0] * size[1] > MAX_RESIZED_PIXELS:
-                return self._resize_huge(image, size)
-            if size != image.size:
+                image, crops = self._resize_huge(image, size), crops[1:]
+            elif size != image.size:
                 image = image.resize(size, resample=Image.Resampling(self.resample), reducing_gap=None)
-        if self.crop is not None:
-            image = _center_crop(image, *self.crop)
+        for crop in crops:
+            image = _center_crop(image, *crop)
         return image
 
     def _resize_huge(self, image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -193,12 +189,12 @@ class Preprocessor:
         may differ by one level: this path is for images whose full resize would be huge.
         """
         width, height = size
-        if self.crop is None:
+        if not self.crops:
             raise InvalidInputError(
                 f"resizing the {image.width}x{image.height} image would make it {width}x{height} = "
                 f"{width * height} pixels, over the limit of {MAX_RESIZED_PIXELS}"
             )
-        crop_height, crop_width = self.crop
+        crop_height, crop_width = self.crops[0]
         # The crop window in resized coordinates (may stick out of the image: then it is padded),
         # as in _center_crop.
         top, left = (height - crop_height) // 2, (width - crop_width) // 2
@@ -276,13 +272,19 @@ def _center_crop(image: Image.Image, crop_height: int, crop_width: int) -> Image
 
 
 def merge_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The model's config with a request's overrides merged over it (nested dicts replaced whole)."""
+    """The model's config with a request's overrides merged over it (nested dicts replaced whole).
+
+    Only keys the model's family reads may be overridden (crop_pct means nothing to ViT, and a key that
+    is silently ignored would be a confident wrong answer to whoever sent it).
+    """
+    family = families.family_for(families.processor_name(config))
+    allowed_keys = families.overridable_for(family)
     for key, value in overrides.items():
         allowed = OVERRIDABLE_KEYS.get(key)
-        if allowed is None:
-            raise InvalidInputError(
-                f"preprocessor_overrides: unknown key {brief(key)}; allowed: {', '.join(sorted(OVERRIDABLE_KEYS))}"
-            )
+        if allowed is None or key not in allowed_keys:
+            known = ", ".join(sorted(allowed_keys & OVERRIDABLE_KEYS.keys()))
+            reason = "unknown key" if allowed is None else f"{family.processor} does not read"
+            raise InvalidInputError(f"preprocessor_overrides: {reason} {brief(key)}; allowed: {known}")
         if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
             names = "/".join(t.__name__ for t in allowed)
             raise InvalidInputError(f"preprocessor_overrides: {key} must be {names}, got {type(value).__name__}")
@@ -290,15 +292,32 @@ def merge_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
 
 
 def _size_dict(value: Any, default_to_square: bool, key: str) -> dict[str, int]:
+    """A size as transformers' get_size_dict reads it: a number (square, or the shortest edge when the
+    family does not default to square), a [height, width] list, or a dict."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         side = _side(value, key)
         return {"height": side, "width": side} if default_to_square else {"shortest_edge": side}
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return {"height": _side(value[0], key), "width": _side(value[1], key)}
     if isinstance(value, Mapping):
-        if "height" in value and "width" in value:
+        if set(value) == {"height", "width"}:
             return {"height": _side(value["height"], key), "width": _side(value["width"], key)}
-        if "shortest_edge" in value:
+        if set(value) == {"shortest_edge"}:
             return {"shortest_edge": _side(value["shortest_edge"], key)}
+        if value.keys() & {"longest_edge", "max_height", "max_width"}:
+            raise InvalidInputError(
+                f"{key} {brief(value)}: a longest_edge or max_height/max_width size is not implemented; "
+                "use {height, width} or {shortest_edge}"
+            )
     raise InvalidInputError(f"{key} must be a number, {{height, width}} or {{shortest_edge}}; got {brief(value)}")
+
+
+def _number(value: Any, key: str, *, low: float = -math.inf, high: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidInputError(f"{key} must be a finite number, got {brief(value)}")
+    if not low < value <= high:
+        raise InvalidInputError(f"{key} must be in ({low:g}, {high:g}], got {brief(value)}")
+    return float(value)
 
 
 def _side(value: Any, key: str) -> int:
@@ -321,16 +340,18 @@ def _channels(value: Any, key: str) -> np.ndarray:
 
 
 def compile_preprocessor(
-    config: Mapping[str, Any], *, dtype: np.dtype[Any], jpeg_draft: bool | JpegDraft = DEFAULT_JPEG_DRAFT
+    config: Mapping[str, Any],
+    *,
+    dtype: np.dtype[Any],
+    jpeg_draft: bool | JpegDraft = DEFAULT_JPEG_DRAFT,
 ) -> Preprocessor:
-    """Turn a preprocessor_config.json-style dict into a Preprocessor; InvalidInputError when it is wrong.
+    """Turn a preprocessor_config.json-style dict into a Preprocessor that runs its family's steps
+    (images.families), in transformers' order; InvalidInputError when it is wrong or not reproduced.
 
     jpeg_draft: a JpegDraft mode; True is the default mode and False is "off".
     """
-    processor_type = str(config.get("image_processor_type") or config.get("feature_extractor_type") or "")
-    processor_type = processor_type.replace("FeatureExtractor", "ImageProcessor")
-    to_square, default_resample, default_mean, default_std = _PROCESSOR_DEFAULTS.get(processor_type, _FALLBACK_DEFAULTS)
-    resample = config.get("resample", default_resample)
+    family, settings = families.resolve(config)
+    resample = settings["resample"]
     if (
         isinstance(resample, bool)
         or not isinstance(resample, int | float)
@@ -338,65 +359,102 @@ def compile_preprocessor(
         or int(resample) not in range(6)
     ):
         raise InvalidInputError(f"resample must be a Pillow filter code 0-5, got {brief(resample)}")
-
+    to_square = bool(settings["default_to_square"])
     resize: ResizeSpec | None = None
-    crop: tuple[int, int] | None = None
-    if config.get("do_resize", True):
-        size = _size_dict(config.get("size", 224), to_square, "size")
-        if processor_type == "ConvNextImageProcessor" and "shortest_edge" in size:
-            shortest = size["shortest_edge"]
-            crop_pct = config.get("crop_pct", 224 / 256)
-            if isinstance(crop_pct, bool) or not isinstance(crop_pct, int | float) or not 0 < crop_pct <= 1:
-                raise InvalidInputError(f"crop_pct must be in (0, 1], got {brief(crop_pct)}")
-            if shortest < 384:
-                # transformers: resize the shortest edge to shortest/crop_pct, then crop a square.
-                # (A tiny crop_pct would overflow int(): check the side as a float first.)
-                resized = shortest / crop_pct
-                if resized > MAX_OVERRIDE_SIDE:
-                    raise InvalidInputError(
-                        f"crop_pct {brief(crop_pct)} would resize the shortest edge to {resized:.4g} pixels, "
-                        f"over the limit of {MAX_OVERRIDE_SIDE}"
-                    )
-                resize = ResizeSpec(shortest_edge=_side(int(resized), "size"))
-                crop = (shortest, shortest)
-            else:
-                resize = ResizeSpec(height=shortest, width=shortest)
-        else:
-            resize = ResizeSpec(**size)
-    if config.get("do_center_crop", False) and crop is None:
-        crop_size = _size_dict(config.get("crop_size", 224), True, "crop_size")
+    crops: list[tuple[int, int]] = []
+    crop_first: tuple[int, int, int, int] | None = None
+    size = _size_dict(settings["size"], to_square, "size") if settings["size"] is not None else None
+    if settings["do_resize"]:
+        if size is None:
+            raise InvalidInputError(f"{family.processor}: do_resize needs a size")
+        resize, crops = _resize_steps(family, size, settings)
+    if settings["do_center_crop"]:
+        if settings["crop_size"] is None:
+            raise InvalidInputError(f"{family.processor}: do_center_crop needs a crop_size")
+        crop_size = _size_dict(settings["crop_size"], True, "crop_size")
         if "shortest_edge" in crop_size:
             raise InvalidInputError("crop_size must be {height, width} or a number")
-        crop = (crop_size["height"], crop_size["width"])
+        if family.crop_first:
+            # Perceiver: the crop keeps size/crop_size of the shorter side, before the resize.
+            if size is None or "shortest_edge" in size:
+                raise InvalidInputError(f"{family.processor}: size must be {{height, width}}")
+            crop_first = (size["height"], crop_size["height"], size["width"], crop_size["width"])
+        else:
+            crops.append((crop_size["height"], crop_size["width"]))
 
-    rescale = config.get("rescale_factor", 1 / 255) if config.get("do_rescale", True) else 1.0
-    if isinstance(rescale, bool) or not isinstance(rescale, int | float) or not math.isfinite(rescale):
-        raise InvalidInputError(f"rescale_factor must be a finite number, got {brief(rescale)}")
-    if config.get("do_normalize", True):
-        mean = _channels(config.get("image_mean", default_mean), "image_mean")
-        std = _channels(config.get("image_std", default_std), "image_std")
+    rescale, offset = 1.0, 0.0
+    if settings["do_rescale"]:
+        rescale = _number(settings["rescale_factor"], "rescale_factor")
+        offset = 1.0 if settings.get("rescale_offset") else 0.0  # EfficientNet: x * factor - 1
+    mean, std = np.zeros(3), np.ones(3)
+    if family.normalizes and settings["do_normalize"]:
+        mean = _channels(settings["image_mean"], "image_mean")
+        std = _channels(settings["image_std"], "image_std")
         if np.any(std == 0):
             raise InvalidInputError("image_std must not contain 0")
-    else:
-        mean, std = np.zeros(3), np.ones(3)
-    channel_order = str(config.get("channel_order", "RGB")).upper()
-    layout = str(config.get("input_layout", "NCHW")).upper()
+    # EfficientNet's include_top divides by image_std once more, normalizing or not.
+    top = _channels(settings["image_std"], "image_std") if settings.get("include_top") else np.ones(3)
+    if np.any(top == 0):
+        raise InvalidInputError("image_std must not contain 0")
+    channel_order = str(settings.get("channel_order", "RGB")).upper()
+    layout = str(settings.get("input_layout", "NCHW")).upper()
     if channel_order not in ("RGB", "BGR") or layout not in ("NCHW", "NHWC"):
         raise InvalidInputError(
             "channel_order must be RGB or BGR and input_layout NCHW or NHWC, "
-            f"got {brief(config.get('channel_order'))} and {brief(config.get('input_layout'))}"
+            f"got {brief(settings.get('channel_order'))} and {brief(settings.get('input_layout'))}"
         )
     # mean and std are given in the model's channel order; keep them in RGB order here.
     if channel_order == "BGR":
-        mean, std = mean[::-1], std[::-1]
+        mean, std, top = mean[::-1], std[::-1], top[::-1]
+    flip = bool(settings.get("do_flip_channel_order"))  # MobileViT: RGB -> BGR after everything else
     return Preprocessor(
         resize=resize,
         resample=int(resample),
-        crop=crop,
-        scale=(rescale / std).astype(np.float32),
-        bias=(-mean / std).astype(np.float32),
-        bgr=channel_order == "BGR",
+        crops=tuple(crops),
+        scale=(rescale / std / top).astype(np.float32),
+        bias=((-offset - mean) / std / top).astype(np.float32),
+        bgr=(channel_order == "BGR") != flip,
         nhwc=layout == "NHWC",
         dtype=np.dtype(dtype),
         jpeg_draft=jpeg_draft_mode(jpeg_draft),
+        crop_first=crop_first,
     )
+
+
+def _resize_steps(
+    family: families.Family, size: dict[str, int], settings: Mapping[str, Any]
+) -> tuple[ResizeSpec, list[tuple[int, int]]]:
+    """The resize a family runs for a size, and the crop its resize itself makes (ConvNext)."""
+    rule = family.resize_rule
+    if rule == "levit" and "shortest_edge" in size:
+        return ResizeSpec(shortest_edge=_resized_side(256 / 224 * size["shortest_edge"])), []
+    if rule == "convnext":
+        if "shortest_edge" not in size:
+            raise InvalidInputError(f"{family.processor}: size must be {{shortest_edge}}, got {brief(size)}")
+        shortest = size["shortest_edge"]
+        if shortest >= 384:
+            return ResizeSpec(height=shortest, width=shortest), []  # warped, not cropped
+        crop_pct = _number(settings["crop_pct"], "crop_pct", low=0, high=1)
+        # Resize the shortest edge to shortest/crop_pct, then crop a square of shortest.
+        return ResizeSpec(shortest_edge=_resized_side(shortest / crop_pct, crop_pct)), [(shortest, shortest)]
+    if rule == "poolformer":
+        crop_pct = _number(settings["crop_pct"], "crop_pct", low=0, high=1)
+        if "shortest_edge" in size:
+            return ResizeSpec(shortest_edge=_resized_side(size["shortest_edge"] / crop_pct, crop_pct)), []
+        height, width = size["height"], size["width"]
+        if height == width:
+            return ResizeSpec(shortest_edge=_resized_side(height / crop_pct, crop_pct)), []
+        return ResizeSpec(
+            height=_resized_side(height / crop_pct, crop_pct), width=_resized_side(width / crop_pct, crop_pct)
+        ), []
+    return ResizeSpec(**size), []
+
+
+def _resized_side(side: float, crop_pct: float | None = None) -> int:
+    """int(side), as transformers truncates it, within the limit (a tiny crop_pct would overflow int())."""
+    if side > MAX_OVERRIDE_SIDE:
+        cause = f"crop_pct {brief(crop_pct)} would resize" if crop_pct is not None else "the resize would make"
+        raise InvalidInputError(
+            f"{cause} the shortest edge to {side:.4g} pixels, over the limit of {MAX_OVERRIDE_SIDE}"
+        )
+    return _side(int(side), "size")

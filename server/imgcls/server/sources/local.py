@@ -30,6 +30,7 @@ class ModelFiles:
     problem_type: str | None = None
     default_function: FunctionToApply | None = None  # None: the pipeline's choice from problem_type
     output_name: str | None = None
+    model_type: str | None = None  # config.json's; names the image processor when preprocessing does not
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -116,6 +117,7 @@ def load_hf_folder(folder: Path, dtype: str, *, source: str) -> ModelFiles:
         labels=labels,
         preprocessing=preprocessing,
         problem_type=config.get("problem_type"),
+        model_type=config.get("model_type") if isinstance(config.get("model_type"), str) else None,
     )
 
 
