@@ -87,7 +87,7 @@ class Family:
     """One transformers image processor class."""
 
     processor: str  # its class name, e.g. "ViTImageProcessor"
-    defaults: Mapping[str, Any]  # its class attributes, for keys a config leaves out or sets to null
+    defaults: Mapping[str, Any]  # its class attributes, for keys a config leaves out
     resize_rule: ResizeRule = "plain"
     crop_first: bool = False  # Perceiver: crop size/crop_size of the shorter side, then resize
     normalizes: bool = True  # MobileViT never normalizes, whatever do_normalize says
@@ -417,9 +417,9 @@ def family_for(name: str | None) -> Family:
 def resolve(config: Mapping[str, Any]) -> tuple[Family, dict[str, Any]]:
     """A config's family and its settings: the family's defaults with the config over them.
 
-    A null value means the family default, as in transformers. InvalidInputError for an unknown processor,
-    a key that means code of its own (auto_map), or a key the family reads at a value imgcls does not
-    implement.
+    A null value stays null, as in transformers (which refuses it where a step needs it). InvalidInputError
+    for an unknown processor, a key that means code of its own (auto_map), or a key the family reads at a
+    value imgcls does not implement.
     """
     family = family_for(processor_name(config))
     for key in FOREIGN_KEYS & config.keys():
@@ -434,8 +434,8 @@ def resolve(config: Mapping[str, Any]) -> tuple[Family, dict[str, Any]]:
                     f"{family.processor}: {key} {brief(value)} changes the result and imgcls does not implement it; "
                     f"{_SPEC_HINT}"
                 )
-        elif key in family.keys and value is not None:
-            settings[key] = value
+        elif key in family.keys:
+            settings[key] = value  # null too: transformers keeps it, and refuses it where a step needs it
         # Any other key is one this processor class never reads (transformers ignores it too).
     return family, settings
 
