@@ -253,7 +253,13 @@ async def test_extreme_aspect_ratio_does_not_build_a_huge_intermediate_image(
 
 def _box_path_cases() -> list[Any]:
     efficientnet = json.loads((EFFICIENTNET / "preprocessor_config.json").read_text())
-    padded = {"size": {"shortest_edge": 100}, "do_center_crop": True, "crop_size": 224}  # crop > resized: padding
+    # crop > resized: padding
+    padded = {
+        "image_processor_type": "BitImageProcessor",
+        "size": {"shortest_edge": 100},
+        "do_center_crop": True,
+        "crop_size": 224,
+    }
     return [
         pytest.param(efficientnet, "coffee.jpg", id="efficientnet-coffee"),
         pytest.param(efficientnet, "camera.png", id="efficientnet-camera"),
@@ -303,7 +309,7 @@ async def test_long_thin_image_through_the_box_path_keeps_its_colour() -> None:
 
 async def test_long_thin_image_with_no_crop_after_the_resize_is_refused() -> None:
     # Without a crop the resized image is the model input itself: refused, not built.
-    config = {"size": {"shortest_edge": 256}, "do_center_crop": False}
+    config = {"image_processor_type": "BitImageProcessor", "size": {"shortest_edge": 256}, "do_center_crop": False}
     preprocessor = compile_preprocessor(config, dtype=np.dtype(np.float32), jpeg_draft=True)
     image = open_image(corpus.solid(4000, 1), max_pixels=40_000_000)
     with pytest.raises(InvalidInputError) as raised:

@@ -774,3 +774,124 @@ def test_a_null_a_step_needs_is_refused_as_transformers_refuses_it(tmp_path: Pat
         reference_pixels(reference_processor(CASES[2], config, folder), photo("cat.jpg"))
     with pytest.raises(InvalidInputError, match=message):
         compile_preprocessor(config, dtype=np.dtype(np.float32), jpeg_draft=False)
+
+
+# -- graphs as exporters write them -----------------------------------------------------------------------
+
+
+def exported_graph(
+    *, batch: int | str = "batch_size", side: int | str = 8, outputs: tuple[str, ...] = ("logits",)
+) -> onnx.ModelProto:
+    """A classifier over the per-channel means (any height and width), with the output names an exporter gives:
+    a distilled DeiT's "logits" is the average of its "cls_logits" and "distillation_logits"."""
+    rng = np.random.default_rng(7)
+    cls_w, dist_w = (rng.standard_normal((3, CLASSES)).astype(np.float32) * 4 for _ in range(2))
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["pixel_values"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "Wc"], ["cls_logits"]),
+        helper.make_node("MatMul", ["flat", "Wd"], ["distillation_logits"]),
+        helper.make_node("Add", ["cls_logits", "distillation_logits"], ["summed"]),
+        helper.make_node("Mul", ["summed", "half"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "exported",
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, [batch, 3, side, side])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, CLASSES]) for name in outputs],
+        initializer=[
+            numpy_helper.from_array(cls_w, "Wc"),
+            numpy_helper.from_array(dist_w, "Wd"),
+            numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def exported_folder(root: Path, graph: onnx.ModelProto, preprocessor: Mapping[str, Any]) -> Path:
+    folder = _write(root, preprocessor, "deit")
+    onnx.save(graph, folder / "onnx" / "model.onnx")
+    return folder
+
+
+async def classify_all(folder: Path, names: tuple[str, ...] = PHOTOS, **settings: Any) -> list[list[tuple[str, float]]]:
+    models = [{"name": "m", "source": str(folder)}]
+    async with running_server(models=models, jpeg_draft=False, **settings) as server, connect(server) as stub:
+        calls = [stub.Classify(pb.ClassifyRequest(inputs=[pb.Input(image=(IMAGES / n).read_bytes())])) for n in names]
+        responses = await asyncio.gather(*calls)
+    return [[(label.label, label.score) for label in r.results[0].labels] for r in responses]
+
+
+def expected_top5(folder: Path, graph: onnx.ModelProto, output: str, names: tuple[str, ...] = PHOTOS) -> list[Any]:
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    answers = []
+    for name in names:
+        pixels = imgcls_pixels(folder, photo(name))
+        (logits,) = session.run([output], {"pixel_values": pixels[None]})
+        answers.append(top5(softmax(logits[0])))
+    return answers
+
+
+DEIT_8 = {"image_processor_type": "DeiTImageProcessor", "size": 10, "crop_size": 8, "do_center_crop": True}
+
+
+async def test_the_logits_output_is_read_among_several(tmp_path: Path) -> None:
+    """A distilled DeiT export: cls_logits, distillation_logits and logits (their average): logits is read."""
+    graph = exported_graph(outputs=("cls_logits", "distillation_logits", "logits"))
+    folder = exported_folder(tmp_path / "deit", graph, DEIT_8)
+    got = await classify_all(folder)
+    for answer, want, first in zip(
+        got, expected_top5(folder, graph, "logits"), expected_top5(folder, graph, "cls_logits"), strict=True
+    ):
+        assert_close(answer, want, "logits")
+        assert answer != first  # not the first output
+
+
+async def test_several_outputs_none_named_logits_is_refused(tmp_path: Path) -> None:
+    graph = exported_graph(outputs=("cls_logits", "distillation_logits"))
+    folder = exported_folder(tmp_path / "two", graph, DEIT_8)
+    with pytest.raises(Exception) as caught:
+        async with running_server(models=[{"name": "m", "source": str(folder)}]):
+            pass
+    assert type(caught.value).__name__ == "ModelLoadError"
+    assert "the graph has outputs ['cls_logits', 'distillation_logits'] and none is named 'logits'" in str(caught.value)
+
+
+async def test_a_fixed_batch_of_one_is_run_one_at_a_time_for_concurrent_callers(tmp_path: Path) -> None:
+    graph = exported_graph(batch=1)
+    folder = exported_folder(tmp_path / "one", graph, DEIT_8)
+    got = await classify_all(folder, PHOTOS * 3)
+    for answer, want in zip(got, expected_top5(folder, graph, "logits", PHOTOS * 3), strict=True):
+        assert_close(answer, want, "batch of one")
+
+
+async def test_symbolic_height_and_width_take_the_preprocessor_size(tmp_path: Path) -> None:
+    graph = exported_graph(side="height")
+    folder = exported_folder(tmp_path / "dynamic", graph, {**DEIT_8, "size": 40, "crop_size": 32})
+    assert imgcls_pixels(folder, photo("cat.jpg")).shape == (3, 32, 32)
+    got = await classify_all(folder)
+    for answer, want in zip(got, expected_top5(folder, graph, "logits"), strict=True):
+        assert_close(answer, want, "symbolic size")
+
+
+async def test_preprocessing_that_does_not_fit_the_graph_says_which_keys(tmp_path: Path) -> None:
+    """A Perceiver config (224x224 out) on a graph that takes 8x8: the message names the processor and its sizes."""
+    perceiver = {"image_processor_type": "PerceiverImageProcessor", "size": 224, "crop_size": 256}
+    folder = exported_folder(tmp_path / "perceiver", exported_graph(), perceiver)
+    with pytest.raises(Exception) as caught:
+        async with running_server(models=[{"name": "m", "source": str(folder)}]):
+            pass
+    assert type(caught.value).__name__ == "ModelLoadError"
+    assert (
+        "preprocessing would produce 224x224 images but model m takes 8x8 "
+        "(its PerceiverImageProcessor with size 224, crop_size 256)"
+    ) in str(caught.value)
+
+
+async def test_labels_that_do_not_match_the_graph_are_refused(tmp_path: Path) -> None:
+    folder = exported_folder(tmp_path / "labels", exported_graph(), DEIT_8)
+    (folder / "config.json").write_text(json.dumps({"model_type": "deit", "id2label": {"0": "a", "1": "b"}}))
+    with pytest.raises(Exception) as caught:
+        async with running_server(models=[{"name": "m", "source": str(folder)}]):
+            pass
+    assert f"2 labels but the model outputs {CLASSES} scores" in str(caught.value)

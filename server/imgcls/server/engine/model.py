@@ -255,8 +255,10 @@ class ServedModel:
         fixed = preprocessor.fixed_output_hw
         height, width = self._graph_hw()
         if fixed and ((height and fixed[0] != height) or (width and fixed[1] != width)):
+            steps = ", ".join(f"{key} {config[key]}" for key in ("size", "crop_size", "crop_pct") if key in config)
             raise InvalidInputError(
-                f"preprocessing would produce {fixed[0]}x{fixed[1]} images but model {self.name} takes {height}x{width}"
+                f"preprocessing would produce {fixed[0]}x{fixed[1]} images but model {self.name} takes "
+                f"{height}x{width} (its {families.processor_name(config)} with {steps or 'its defaults'})"
             )
         return preprocessor
 

@@ -86,7 +86,16 @@ class OnnxBackend:
             raise ModelLoadError(f"{path}: input {model_input.name} has shape {model_input.shape}; 4 dims needed")
         outputs = {o.name: o for o in self._session.get_outputs()}
         if output_name is None:
-            output = self._session.get_outputs()[0]
+            # Exporters name the scores "logits" (a distilled DeiT's are the average of its two heads, beside
+            # cls_logits and distillation_logits); a graph with several outputs and none of that name is
+            # ambiguous, and reading the first would be a guess.
+            if "logits" in outputs or len(outputs) == 1:
+                output = outputs.get("logits") or self._session.get_outputs()[0]
+            else:
+                raise ModelLoadError(
+                    f"{path}: the graph has outputs {list(outputs)} and none is named 'logits'; name the one that "
+                    "holds the scores with a custom model spec's output"
+                )
         elif output_name in outputs:
             output = outputs[output_name]
         else:
