@@ -40,7 +40,8 @@ DEFAULT_MEAN, DEFAULT_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 HALF = [0.5, 0.5, 0.5]
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 RESCALE = 0.00392156862745098
-PHOTOS = ("cat.jpg", "coffee.jpg", "astronaut.jpg", "rocket.jpg", "camera.png")
+# coffee_1920x1280.jpg: large enough for JPEG draft decoding, which the served test has on.
+PHOTOS = ("cat.jpg", "coffee.jpg", "astronaut.jpg", "rocket.jpg", "camera.png", "coffee_1920x1280.jpg")
 CLASSES = 10
 
 

@@ -64,7 +64,7 @@ _READ_SLOT_SHARE = 4
 
 
 def onnx_backend(files: ModelFiles, options: RuntimeOptions) -> Backend:
-    return OnnxBackend(files.onnx_path, options, files.output_name)
+    return OnnxBackend(files.onnx_path, options, files.output_name, first_by_default=files.first_output_by_default)
 
 
 @dataclass(slots=True)

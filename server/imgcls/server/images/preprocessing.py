@@ -85,6 +85,23 @@ DEFAULT_JPEG_DRAFT: JpegDraft = "faithful"
 # DCT scale for most sizes). Below 1x the resize would no longer filter (astronaut.jpg at 1.0x: a
 # different top-1).
 DRAFT_MARGINS: dict[JpegDraft, float] = {"faithful": 2.0, "fast": 1.25}
+# "faithful" per resampling filter, measured per family against transformers (tests/server/images/
+# test_families.py, coffee_1920x1280.jpg, tiny classifiers that weigh every pixel independently, the most
+# sensitive kind): bicubic and Lanczos keep the detail a draft decode blurs (ConvNext at 2x: 0.013), so they
+# need 3x; nearest samples single pixels where a draft decode averages blocks (EfficientNet at 2x: 0.034),
+# so it never drafts.
+_FAITHFUL_MARGINS: dict[int, float | None] = {
+    int(Image.Resampling.NEAREST): None,
+    int(Image.Resampling.BICUBIC): 3.0,
+    int(Image.Resampling.LANCZOS): 3.0,
+}
+
+
+def draft_margin(mode: JpegDraft, resample: int) -> float | None:
+    """How much larger than the resize target a JPEG is decoded in this mode; None: in full."""
+    if mode == "faithful":
+        return _FAITHFUL_MARGINS.get(resample, DRAFT_MARGINS["faithful"])
+    return DRAFT_MARGINS.get(mode)
 
 
 def jpeg_draft_mode(value: bool | str) -> JpegDraft:
@@ -138,7 +155,7 @@ class Preprocessor:
 
         Every image becomes RGB whatever do_convert_rgb says: the models take three channels.
         """
-        margin = DRAFT_MARGINS.get(self.jpeg_draft)
+        margin = draft_margin(self.jpeg_draft, self.resample)
         # (A crop before the resize makes the draft's target depend on the crop: decoded in full.)
         if margin is not None and image.format == "JPEG" and self.resize is not None and self.crop_first is None:
             # Decode at a reduced scale (DCT scaling: 1/2, 1/4 or 1/8) when the target is far

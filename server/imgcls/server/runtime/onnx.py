@@ -36,7 +36,9 @@ def _dim(value: Any) -> int | None:
 class OnnxBackend:
     """One ONNX Runtime InferenceSession; run() takes a stacked batch and returns (N, classes) scores."""
 
-    def __init__(self, path: Path, options: RuntimeOptions, output_name: str | None = None) -> None:
+    def __init__(
+        self, path: Path, options: RuntimeOptions, output_name: str | None = None, *, first_by_default: bool = False
+    ) -> None:
         self.providers = select_providers(options.providers)
         self._session = self._open(path, options, options.intra_op_threads)
         self._solo_session = (
@@ -45,7 +47,7 @@ class OnnxBackend:
             else None
         )
         self.options = options
-        self.graph = self._inspect(path, output_name)
+        self.graph = self._inspect(path, output_name, first_by_default)
 
     def _open(self, path: Path, options: RuntimeOptions, intra_op_threads: int) -> ort.InferenceSession:
         session_options = ort.SessionOptions()
@@ -72,7 +74,7 @@ class OnnxBackend:
             solo_intra_op_threads=self.options.solo_intra_op_threads if self.has_solo_session else None,
         )
 
-    def _inspect(self, path: Path, output_name: str | None) -> GraphInfo:
+    def _inspect(self, path: Path, output_name: str | None, first_by_default: bool) -> GraphInfo:
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
             names = [i.name for i in inputs]
@@ -89,8 +91,10 @@ class OnnxBackend:
             # Exporters name the scores "logits" (a distilled DeiT's are the average of its two heads, beside
             # cls_logits and distillation_logits); a graph with several outputs and none of that name is
             # ambiguous, and reading the first would be a guess.
-            if "logits" in outputs or len(outputs) == 1:
-                output = outputs.get("logits") or self._session.get_outputs()[0]
+            if first_by_default or len(outputs) == 1:
+                output = self._session.get_outputs()[0]
+            elif "logits" in outputs:
+                output = outputs["logits"]
             else:
                 raise ModelLoadError(
                     f"{path}: the graph has outputs {list(outputs)} and none is named 'logits'; name the one that "

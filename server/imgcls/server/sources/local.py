@@ -30,6 +30,9 @@ class ModelFiles:
     problem_type: str | None = None
     default_function: FunctionToApply | None = None  # None: the pipeline's choice from problem_type
     output_name: str | None = None
+    # With no output_name: exporters name the scores "logits", so a graph with several outputs needs one of
+    # that name (False); a custom model spec documents "the first" as its default (True).
+    first_output_by_default: bool = False
     model_type: str | None = None  # config.json's; names the image processor when preprocessing does not
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -168,6 +171,7 @@ def load_spec(spec_path: Path) -> ModelFiles:
         preprocessing=spec_preprocessing(spec, spec_path),
         default_function=FunctionToApply(spec.function_to_apply) if spec.function_to_apply else None,
         output_name=spec.output,
+        first_output_by_default=True,
     )
 
 
