@@ -87,6 +87,16 @@ SERVE_FLAGS: tuple[SettingFlag, ...] = (
         "HTTP port (Open Inference Protocol REST, the Hugging Face API, imgcls.v1 as JSON); 0: off, auto: a free port",
         parse=_port_or_word,
     ),
+    SettingFlag(
+        ("--http-max-connections",),
+        "http_max_connections",
+        "HTTP connections held at once (idle ones are closed first to make room)",
+    ),
+    SettingFlag(
+        ("--max-json-bytes",),
+        "max_json_bytes",
+        "largest JSON body parsed (HTTP); larger: use binary tensor data or raw image bytes",
+    ),
     SettingFlag(("--default-model",), "default_model", "name of the default model", default_text="the first model"),
     SettingFlag(
         ("--max-batch-size",), "batching.max_batch_size", "largest batch one ONNX Runtime run takes (1 = no batching)"

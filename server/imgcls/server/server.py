@@ -17,7 +17,7 @@ from imgcls.server.engine.engine import Engine
 from imgcls.server.grpc.door import GrpcFrontDoor
 from imgcls.server.http.door import HttpFrontDoor
 from imgcls.server.metrics import Metrics
-from imgcls.server.runtime import memory
+from imgcls.server.runtime import files, memory
 from imgcls.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -201,8 +201,21 @@ MALLOC_ARENAS = 4
 async def serve(settings: ServerSettings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     memory.limit_arenas(MALLOC_ARENAS)
+    # Here, not at import: only a serving process needs room for thousands of connections.
+    soft, hard = files.raise_open_file_limit(settings.http_max_connections + files.RESERVED_FDS)
     running = await start_server(settings)
     log_startup_summary(running)
+    http = running.http
+    log.info(
+        "open-file limit %d (hard %d): HTTP holds up to %d connections%s",
+        soft,
+        hard,
+        http.limits.max_connections if http is not None else 0,
+        ""
+        if http is None or http.limits.max_connections >= settings.http_max_connections
+        else f" (http_max_connections {settings.http_max_connections} does not fit: raise the hard limit, ulimit -Hn)",
+        extra={"open_file_limit": soft, "open_file_hard_limit": hard},
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -162,6 +162,15 @@ class ServerSettings(_Frozen):
     # HTTP front door (Open Inference Protocol REST, the Hugging Face API, imgcls.v1 as JSON) on the same
     # host: 0 turns it off; "auto" binds a free port (tests), reported by the running server.
     http_port: Annotated[int, Field(ge=0, le=65535)] | Literal["auto"] = 8000
+    # HTTP connections held at once. An idle one costs a file descriptor and a few KB, so thousands are held
+    # (imgcls serve raises its open-file limit to fit, and holds fewer when the hard limit is lower); at the
+    # cap, connections doing nothing (never sent a request, idle keep-alive, then slow headers) are closed,
+    # oldest first, before a new one is refused (503).
+    http_max_connections: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Largest JSON body (HTTP) parsed into Python objects: JSON numbers cost ~30 bytes each once parsed and
+    # parsing holds the interpreter, so past this a request is refused (413) with a pointer to the binary
+    # tensor data extension or raw image bytes, which carry the same data without the parse.
+    max_json_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     tls: TlsSettings | None = None
     auth_tokens: tuple[str, ...] = Field(default=(), repr=False)
     auth_open_health: bool = True  # health and reflection answer without a token

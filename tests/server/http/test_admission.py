@@ -27,7 +27,7 @@ async def test_a_body_larger_than_one_connections_share_is_413_while_it_arrives(
 
 async def test_bodies_wait_for_a_read_slot_and_are_then_answered() -> None:
     async with running_server(http_port="auto") as server:
-        gate = server.engine.read_gate
+        gate = server.engine.small_read_gate  # a small body's slots
         async with httpx.AsyncClient(base_url=url(server), timeout=60) as client:
             # Every slot taken (as by slow senders): a request waits, holding nothing, until one frees.
             holders = [gate.slot(f"other-{i}") for i in range(gate.slots)]
@@ -49,7 +49,7 @@ async def test_bodies_wait_for_a_read_slot_and_are_then_answered() -> None:
 
 async def test_a_body_with_no_turn_to_be_received_within_the_read_wait_is_429() -> None:
     async with running_server(http_port="auto", read_wait_s=0.3) as server:
-        gate = server.engine.read_gate
+        gate = server.engine.small_read_gate
         async with httpx.AsyncClient(base_url=url(server), timeout=60) as client:
             holders = [gate.slot(f"other-{i}") for i in range(gate.slots)]
             for holder in holders:
@@ -65,6 +65,32 @@ async def test_a_body_with_no_turn_to_be_received_within_the_read_wait_is_429() 
     assert "no turn to send the request within 0.3s" in response.json()["error"]
     assert response.headers["retry-after"]
     assert answered.status_code == 200, answered.text
+
+
+async def test_a_small_body_never_waits_behind_large_ones() -> None:
+    async with running_server(http_port="auto") as server:
+        gate = server.engine.read_gate
+        async with httpx.AsyncClient(base_url=url(server), timeout=60) as client:
+            # Every slot for large bodies taken (as by slow senders of big ones): a small body is still answered
+            # at once; a large one waits for a large slot.
+            holders = [gate.slot(f"other-{i}") for i in range(gate.slots)]
+            for holder in holders:
+                await holder.__aenter__()
+            try:
+                large = asyncio.create_task(
+                    client.post(f"/models/{MODEL}", content=bytes(2 << 20), headers={"content-type": "image/jpeg"})
+                )
+                small = await client.post(f"/models/{MODEL}", content=COFFEE, headers={"content-type": "image/jpeg"})
+                async with asyncio.timeout(10):
+                    while gate.waiting == 0:
+                        await asyncio.sleep(0.005)
+                assert not large.done()
+            finally:
+                for holder in holders:
+                    await holder.__aexit__(None, None, None)
+            refused = await large
+    assert small.status_code == 200, small.text
+    assert refused.status_code == 400 and "inputs[0]" in refused.json()["error"]
 
 
 async def test_a_huge_request_id_is_400_and_never_echoed_on_every_http_protocol() -> None:

@@ -214,18 +214,68 @@ async def test_431_for_huge_headers(monkeypatch: pytest.MonkeyPatch) -> None:
         connection.close()
 
 
-async def test_503_past_the_connection_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+async def test_at_the_cap_an_idle_connection_makes_room_for_a_request(monkeypatch: pytest.MonkeyPatch) -> None:
     async with server_with(monkeypatch, http_limits={"max_connections": 3}) as server:
+        protocol = server.http.protocol  # type: ignore[union-attr]
+        idle = [await Connection.open(server) for _ in range(2)]
+        used = await Connection.open(server)  # idle between two requests (keep-alive)
+        await until(lambda: len(protocol.quiet) == 3)
+        await used.send(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert (await used.response())[0] == 200
+        extra = await Connection.open(server)
+        await extra.send(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+        status, _, _ = await extra.response()
+        assert status == 200
+        # The oldest that never sent a byte made room; the others are still open.
+        assert await idle[0].closed_by_server() and protocol.evicted == [1]
+        await used.send(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert (await used.response())[0] == 200
+        for connection in [*idle, used, extra]:
+            connection.close()
+
+
+async def test_503_past_the_connection_cap_when_every_connection_is_sending_a_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(door, "PARTIAL_HEADERS_GRACE_S", 60.0)
+    async with server_with(monkeypatch, http_limits={"max_connections": 3}) as server:
+        protocol = server.http.protocol  # type: ignore[union-attr]
         held = [await Connection.open(server) for _ in range(3)]
-        await asyncio.sleep(0.1)
+        for connection in held:
+            await connection.send(b"GET /v2/health/live HTTP/1.1\r\n")  # part-way through its headers
+        await until(lambda: len(protocol.partial) == 3)
         extra = await Connection.open(server)
         status, headers, body = await extra.response()
         assert status == 503 and headers["retry-after"] == "1" and b"too many connections" in body
-        held[0].close()
-        await asyncio.sleep(0.2)
+        await held[0].send(b"Host: test\r\n\r\n")
+        assert (await held[0].response())[0] == 200  # now idle between requests: room for the next
         again = await Connection.open(server)
         await again.send(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
         status, _, _ = await again.response()
-        assert status == 200
-        for connection in [*held[1:], extra, again]:
+        assert status == 200 and await held[0].closed_by_server()
+        for connection in [*held, extra, again]:
+            connection.close()
+
+
+async def test_at_the_cap_headers_slower_than_the_grace_are_cut_with_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(door, "PARTIAL_HEADERS_GRACE_S", 0.0)
+    async with server_with(monkeypatch, http_limits={"max_connections": 2}) as server:
+        protocol = server.http.protocol  # type: ignore[union-attr]
+        slow = [await Connection.open(server) for _ in range(2)]
+        for connection in slow:
+            await connection.send(b"GET /v2/health/live HTTP/1.1\r\nX-Slow: ")
+        await until(lambda: len(protocol.partial) == 2)
+        extra = await Connection.open(server)
+        await extra.send(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert (await extra.response())[0] == 200
+        status, headers, body = await slow[0].response()
+        assert status == 408 and b"request headers were too slow while the server was full" in body
+        assert headers["connection"] == "close"
+        for connection in [*slow, extra]:
             connection.close()

@@ -61,6 +61,7 @@ MAX_REQUEST_ID_CHARS = 256
 # Bytes a message being received may hold, per slot of the read gate, as a share of the memory budget:
 # the number of messages received at once is the budget over this many maximum-size messages.
 _READ_SLOT_SHARE = 4
+SMALL_READ_SLOTS = 16
 
 
 def onnx_backend(files: ModelFiles, options: RuntimeOptions) -> Backend:
@@ -116,6 +117,16 @@ class Engine:
         self.read_gate = ReadGate(
             slots,
             per_owner=max(1, slots // 2),
+            max_waiting=4 * settings.max_streams,
+            max_waiting_per_owner=settings.max_calls_per_connection,
+            max_wait_s=settings.read_wait_s,
+        )
+        # Messages that declare themselves small before they arrive (an HTTP Content-Length) are received in
+        # slots of their own, so they never wait behind large or slow ones: SMALL_READ_SLOTS x
+        # LIGHT_MESSAGE_BYTES at most, and counted in the budget as they arrive as any other.
+        self.small_read_gate = ReadGate(
+            SMALL_READ_SLOTS,
+            per_owner=max(1, SMALL_READ_SLOTS // 4),
             max_waiting=4 * settings.max_streams,
             max_waiting_per_owner=settings.max_calls_per_connection,
             max_wait_s=settings.read_wait_s,

@@ -15,6 +15,7 @@ from imgcls.server.engine.engine import Engine
 from imgcls.server.http import hf, v1, v2
 from imgcls.server.http.errors import error_body, error_headers
 from imgcls.server.http.guard import Guard, HttpLimits
+from imgcls.server.http.json_bodies import JsonParsing
 from imgcls.server.settings import ServerSettings
 from imgcls.server.v2.core import server_version
 from starlette.exceptions import HTTPException
@@ -34,8 +35,8 @@ def is_health_or_docs(path: str) -> bool:
     return path.startswith("/v2/models/") and path.endswith("/ready") and path.count("/") in (4, 6)
 
 
-def build_app(engine: Engine, settings: ServerSettings, limits: HttpLimits) -> Any:
-    """The whole HTTP API as one ASGI app: the guard around FastAPI."""
+def build_app(engine: Engine, settings: ServerSettings, limits: HttpLimits, parsing: JsonParsing) -> Any:
+    """The whole HTTP API as one ASGI app: the guard around FastAPI; large JSON bodies parsed by parsing."""
     app = FastAPI(
         title="imgcls",
         version=server_version(),
@@ -49,9 +50,9 @@ def build_app(engine: Engine, settings: ServerSettings, limits: HttpLimits) -> A
         docs_url=DOCS_URL,
         redoc_url=None,
     )
-    app.include_router(v2.router(engine, limits))
-    app.include_router(hf.router(engine, limits))
-    app.include_router(v1.router(engine, limits))
+    app.include_router(v2.router(engine, limits, parsing))
+    app.include_router(hf.router(engine, limits, parsing))
+    app.include_router(v1.router(engine, limits, parsing))
     app.add_exception_handler(HTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation_error)
     tokens = settings.auth_tokens

@@ -5,7 +5,11 @@ which would install its own SIGINT/SIGTERM handlers over the server's. The liste
 here, so a taken port fails in one line (as the gRPC door does) and port "auto" reports the port it got.
 
 Connections are bounded where uvicorn leaves them open: httptools has no limit on header size and
-uvicorn no timeout for a request's headers, so the protocol below adds both, and caps connections.
+uvicorn no timeout for a request's headers, so the protocol below adds both, and caps connections. An idle
+connection costs a file descriptor and a few KB, so the cap is high (http_max_connections, 10000 by
+default, within the open-file limit); at the cap, the connection doing the least is closed to make room
+(the oldest that never sent a byte or sits idle between requests, else the oldest still sending its
+headers), so a flood of idle sockets cannot shut out a caller that sends a request.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import logging
 import math
 import socket
 import ssl
-from typing import Any
+import time
+from collections import OrderedDict
+from typing import Any, ClassVar
 
 import uvicorn
 from imgcls.server.domain.errors import ConfigError
@@ -23,16 +29,25 @@ from imgcls.server.engine.engine import Engine
 from imgcls.server.http.app import build_app
 from imgcls.server.http.errors import error_body
 from imgcls.server.http.guard import HttpLimits
+from imgcls.server.http.json_bodies import JsonParsing
+from imgcls.server.runtime import files
 from imgcls.server.settings import ServerSettings, TlsSettings
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger(__name__)
 
 BACKLOG = 2048
+# A connection part-way through its headers is closed to make room only after this long: one that sends a
+# request at an ordinary pace is past its headers by then.
+PARTIAL_HEADERS_GRACE_S = 1.0
 
 
 def default_limits(settings: ServerSettings) -> HttpLimits:
-    return HttpLimits(max_body_bytes=settings.max_message_bytes)
+    return HttpLimits(
+        max_body_bytes=settings.max_message_bytes,
+        max_connections=files.connection_room(settings.http_max_connections),
+        max_json_bytes=settings.max_json_bytes,
+    )
 
 
 def ssl_context(tls: TlsSettings) -> ssl.SSLContext:
@@ -55,7 +70,13 @@ def ssl_context(tls: TlsSettings) -> ssl.SSLContext:
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a cap on connections, header bytes and the time headers may take."""
 
-    limits: HttpLimits  # set on the subclass protocol_class() makes
+    # Set on the subclass protocol_class() makes, one per door: its limits, and its connections that are
+    # doing nothing useful, oldest first: quiet (no byte of a request yet: new, or idle between requests)
+    # and partial (part-way through a request's headers, since when).
+    limits: HttpLimits
+    quiet: ClassVar[OrderedDict[BoundedHttpToolsProtocol, None]]
+    partial: ClassVar[OrderedDict[BoundedHttpToolsProtocol, float]]
+    evicted: ClassVar[list[int]]  # [count], for the log and the tests
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._header_bytes = 0
@@ -64,16 +85,39 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._lingering = False
         self._lingered = 0
         self._linger_timer: asyncio.TimerHandle | None = None
-        if len(self.connections) >= self.limits.max_connections:
+        if len(self.connections) >= self.limits.max_connections and not self._make_room():
             # Answered, not just dropped, so a client knows to back off and retry.
             self.transport = transport
             # Closed at once, no lingering: under a flood of connections each refused one must cost nothing.
             self._refuse(503, "too many connections; retry later", retry=True, linger=False)
             return
         super().connection_made(transport)
+        self.quiet[self] = None
         self._arm_header_timer()
 
+    def _make_room(self) -> bool:
+        """Close the connection doing the least (see the module's doc); False when every one is working."""
+        while self.quiet:
+            victim, _ = self.quiet.popitem(last=False)
+            if not victim.transport.is_closing():
+                victim.transport.close()
+                self.evicted[0] += 1
+                return True
+        now = time.monotonic()
+        while self.partial:
+            victim, since = next(iter(self.partial.items()))
+            if now - since < PARTIAL_HEADERS_GRACE_S:
+                return False
+            del self.partial[victim]
+            if not victim.transport.is_closing():
+                victim._refuse(408, "the request headers were too slow while the server was full", linger=False)
+                self.evicted[0] += 1
+                return True
+        return False
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self.quiet.pop(self, None)
+        self.partial.pop(self, None)
         self._cancel_header_timer()
         if self._linger_timer is not None:
             self._linger_timer.cancel()
@@ -87,6 +131,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if self._lingered > self.limits.linger_bytes:
                 self.transport.close()
             return
+        if self in self.quiet:  # a request begins: partial until its headers are complete
+            del self.quiet[self]
+            self.partial[self] = time.monotonic()
         super().data_received(data)
         if self._awaiting_headers and self.parser is not None and not self.transport.is_closing():
             self._header_bytes += len(data)
@@ -102,10 +149,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
+        self.partial.pop(self, None)
         self._cancel_header_timer()
         super().on_headers_complete()
         if self.cycle is not None and not isinstance(self.cycle.transport, _LingeringClose):
             self.cycle.transport = _LingeringClose(self, self.transport)  # type: ignore[assignment]
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.timeout_keep_alive_task is not None:
+            self.quiet[self] = None  # idle between requests: the keep-alive timer runs
 
     def linger(self) -> None:
         """Close after a response; if the request's body is still arriving, half-close and drop it for a while
@@ -182,7 +235,11 @@ _REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503:
 
 
 def protocol_class(limits: HttpLimits) -> type[BoundedHttpToolsProtocol]:
-    return type("ImgclsHttpProtocol", (BoundedHttpToolsProtocol,), {"limits": limits})
+    return type(
+        "ImgclsHttpProtocol",
+        (BoundedHttpToolsProtocol,),
+        {"limits": limits, "quiet": OrderedDict(), "partial": OrderedDict(), "evicted": [0]},
+    )
 
 
 def bind(host: str, port: int) -> list[socket.socket]:
@@ -221,7 +278,10 @@ class HttpFrontDoor:
         self.limits = limits or default_limits(settings)
         # Read the TLS files first: a bad path fails before anything binds.
         self._ssl = ssl_context(settings.tls) if settings.tls is not None else None
-        self.app = build_app(engine, settings, self.limits)
+        self._parsing = JsonParsing()
+        self.app = build_app(engine, settings, self.limits, self._parsing)
+        # Its connections' bookkeeping (quiet, partial, evicted) is the door's own, observable in tests.
+        self.protocol = protocol_class(self.limits)
         self.port = 0
         self._server: uvicorn.Server | None = None
         self._sockets: list[socket.socket] = []
@@ -241,7 +301,7 @@ class HttpFrontDoor:
         config = uvicorn.Config(
             self.app,
             lifespan="off",
-            http=protocol_class(self.limits),
+            http=self.protocol,
             ws="none",
             log_config=None,
             access_log=False,
@@ -282,6 +342,7 @@ class HttpFrontDoor:
         server.config.timeout_graceful_shutdown = max(grace, 0.0)  # type: ignore[assignment]
         await server.shutdown(sockets=self._sockets)
         self._close_sockets()
+        self._parsing.close()
 
     def _close_sockets(self) -> None:
         for sock in self._sockets:

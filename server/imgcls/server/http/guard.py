@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from imgcls.server.domain.errors import ErrorKind, InvalidInputError, RequestError, TooLargeError
+from imgcls.server.engine.admission import LIGHT_MESSAGE_BYTES, ReadGate
 from imgcls.server.engine.budget import Lease
 from imgcls.server.engine.engine import Engine
 from imgcls.server.engine.tokens import TokenCheck
+from imgcls.server.http import json_bodies
 from imgcls.server.http.errors import HttpError, send_error
 from starlette.requests import Request
 
@@ -27,6 +29,11 @@ ASGIApp = Callable[[dict[str, Any], Any, Any], Any]
 
 # Where the guard leaves what it learnt from the headers, for read_body and the error responses.
 SCOPE_KEY = "imgcls.body"
+# Bodies of at most this Content-Length are received in the engine's small read slots (read_body).
+SMALL_BODY_BYTES = LIGHT_MESSAGE_BYTES
+# A body's rate is judged after this long in its slot, checked at least this often while others wait.
+RATE_GRACE_S = 1.0
+RATE_CHECK_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +48,15 @@ class HttpLimits:
     # A body must keep arriving: at most this long between two chunks, and all of it within body_timeout_s.
     body_idle_timeout_s: float = 15.0
     body_timeout_s: float = 120.0
+    # While others wait for a read slot, a body slower than this (bytes a second, after RATE_GRACE_S), or too
+    # slow to arrive within body_timeout_s at its rate, is cut (408) and its connection served last for a while.
+    min_body_rate: int = 16 * 1024
     # An idle keep-alive connection is closed after this long (longer than clients' own pool expiry, so a
     # client never sends on a connection the server is closing: aiohttp 15 s, httpx 5 s).
     keep_alive_s: float = 30.0
-    max_connections: int = 1024
+    max_connections: int = 10_000
+    # Largest JSON body a route parses (max_json_bytes).
+    max_json_bytes: int = 16 << 20
     # A request refused before its body was read keeps its connection when the rest of the body is at most
     # this long (the server reads and drops it); a longer or chunked body closes the connection instead.
     drain_bytes: int = 1 << 20
@@ -142,7 +154,7 @@ def body_state(request: Request) -> BodyState:
     return state if isinstance(state, BodyState) else BodyState(0, "", read=True)
 
 
-async def read_body(request: Request, limits: HttpLimits, engine: Engine | None = None) -> bytes:
+async def read_body(request: Request, limits: HttpLimits, engine: Engine | None = None, *, json: bool = False) -> bytes:
     """The whole (decoded) body, at most limits.max_body_bytes of it, or an error naming why not.
 
     TooLargeError (413) as soon as the count passes the limit, before the rest arrives; HttpError 408
@@ -150,37 +162,86 @@ async def read_body(request: Request, limits: HttpLimits, engine: Engine | None 
     engine, the body is received as a gRPC message is: only in a slot of the engine's read gate (until
     then it waits with the sender: uvicorn stops reading a connection whose body is not being read), and
     its bytes count in the memory budget while they arrive (the engine charges the request from there).
+    json: the body is JSON to parse, limited to limits.max_json_bytes (json_bodies).
     """
     state = body_state(request)
     if state.read:
         return b""
     if engine is None:
-        return await _receive_body(request, limits, state, None)
+        return await _receive_body(request, limits, state, None, json)
     owner = owner_of(request)
-    async with engine.read_gate.slot(owner):
+    # A body that says it is small is received in a slot reserved for small ones: never behind large or slow
+    # ones, which cannot take those slots.
+    small = state.length is not None and state.length <= SMALL_BODY_BYTES
+    gate = engine.small_read_gate if small else engine.read_gate
+    async with gate.slot(owner):
         with engine.budget.lease(0, owner) as lease:
-            return await _receive_body(request, limits, state, lease)
+            try:
+                return await _receive_body(request, limits, state, lease, json, gate)
+            except HttpError as exc:
+                if exc.status == 408:
+                    gate.strike(owner)  # served after everyone else for a while, as a gRPC message that timed out
+                raise
 
 
-async def _receive_body(request: Request, limits: HttpLimits, state: BodyState, lease: Lease | None) -> bytes:
-    limit = limits.max_body_bytes
+def _hopeless(limits: HttpLimits, state: BodyState, received: int, started: float, now: float, ends: float) -> str:
+    """Why the body, at the rate it is arriving, should give up its slot to those waiting; "" if it should not.
+
+    After RATE_GRACE_S: slower than limits.min_body_rate, or (with a Content-Length) too slow to be all there
+    by its timeout.
+    """
+    elapsed = now - started
+    if elapsed < RATE_GRACE_S:
+        return ""
+    rate = received / elapsed
+    if rate < limits.min_body_rate:
+        return f"{rate:.0f} B/s, under the {limits.min_body_rate} B/s the server requires while others wait"
+    if state.length is not None and (state.length - received) > rate * (ends - now):
+        return f"{rate:.0f} B/s, too slow for its {state.length} bytes to arrive within {limits.body_timeout_s:g}s"
+    return ""
+
+
+async def _receive_body(
+    request: Request,
+    limits: HttpLimits,
+    state: BodyState,
+    lease: Lease | None,
+    json: bool,
+    gate: ReadGate | None = None,
+) -> bytes:
+    limit = limits.max_json_bytes if json else limits.max_body_bytes
     decoder = _DECODERS[state.encoding]() if state.encoding else None
     chunks: list[bytes] = []
     size = 0
-    ends = time.monotonic() + limits.body_timeout_s
+    received = 0  # on the wire (before decoding)
+    started = last = time.monotonic()
+    ends = started + limits.body_timeout_s
     try:
         while True:
-            wait = min(limits.body_idle_timeout_s, ends - time.monotonic())
+            now = time.monotonic()
+            wait = min(last + limits.body_idle_timeout_s, ends) - now
+            if gate is not None:
+                wait = min(wait, RATE_CHECK_S)  # wake to check the rate even when nothing arrives
             try:
                 async with asyncio.timeout(max(wait, 0.0)):
                     message = await request.receive()
             except TimeoutError:
-                state.broken = True
-                raise HttpError(408, "the request body did not arrive in time") from None
+                now = time.monotonic()
+                if now >= min(last + limits.body_idle_timeout_s, ends):
+                    state.broken = True
+                    raise HttpError(408, "the request body did not arrive in time") from None
+                waiting = gate is not None and gate.waiting > 0
+                why = _hopeless(limits, state, received, started, now, ends) if waiting else ""
+                if why:
+                    state.broken = True
+                    raise HttpError(408, f"the request body is arriving at {why}; send it faster") from None
+                continue
+            last = time.monotonic()
             if message["type"] == "http.disconnect":
                 raise HttpError(499, "the client went away before sending its body", kind=ErrorKind.CANCELLED)
             chunk = message.get("body", b"")
             more = message.get("more_body", False)
+            received += len(chunk)
             if decoder is not None:
                 # Never more out than the limit allows: a small compressed body cannot expand into a huge one.
                 chunk = decoder.decompress(chunk, limit - size + 1)
@@ -191,6 +252,8 @@ async def _receive_body(request: Request, limits: HttpLimits, state: BodyState, 
             size += len(chunk)
             if size > limit:
                 state.broken = True
+                if json:
+                    raise json_bodies.too_large(None, limit)
                 raise TooLargeError(f"request body is over the limit of {limit} bytes")
             if lease is not None:
                 try:
@@ -201,6 +264,11 @@ async def _receive_body(request: Request, limits: HttpLimits, state: BodyState, 
             chunks.append(chunk)
             if not more:
                 break
+            if gate is not None and gate.waiting:
+                why = _hopeless(limits, state, received, started, last, ends)
+                if why:
+                    state.broken = True
+                    raise HttpError(408, f"the request body is arriving at {why}; send it faster")
     except zlib.error as exc:
         raise InvalidInputError(f"request body: cannot {state.encoding}-decode it ({exc})") from None
     state.read = True

@@ -19,6 +19,7 @@ from imgcls.server.domain.types import Base64Image, ClassifyOptions, ClassifyReq
 from imgcls.server.engine.engine import Engine
 from imgcls.server.http.common import JSONResponse, answer_errors, deadline_of, parse_json
 from imgcls.server.http.guard import HttpLimits, owner_of, read_body
+from imgcls.server.http.json_bodies import JsonParsing, json_cost, refuse_declared, too_large
 from pydantic import BaseModel
 
 PROTOCOL = "hf-http"
@@ -32,7 +33,7 @@ class LabelScore(BaseModel):
     score: float
 
 
-def router(engine: Engine, limits: HttpLimits) -> APIRouter:
+def router(engine: Engine, limits: HttpLimits, parsing: JsonParsing) -> APIRouter:
     routes = APIRouter(tags=["Hugging Face Inference API"])
 
     @routes.post(
@@ -48,19 +49,38 @@ def router(engine: Engine, limits: HttpLimits) -> APIRouter:
         with engine.observe(PROTOCOL, METHOD, model, request_id, 1, owner=owner_of(request)) as call:
             engine.get(model)  # an unknown model is answered before the body is read
             deadline = deadline_of(request)
-            body = await read_body(request, limits, engine)
-            domain = classify_request(model, body, request.headers.get("content-type", ""), request.query_params)
+            content_type = request.headers.get("content-type", "")
+            declared_json = is_json(content_type)
+            if declared_json:
+                refuse_declared(request, limits.max_json_bytes)
+            body = await read_body(request, limits, engine, json=declared_json)
+            if not (declared_json or _looks_like_json(body)):
+                domain = classify_request(model, body, content_type, request.query_params)
+            else:
+                if len(body) > limits.max_json_bytes:
+                    raise too_large(len(body), limits.max_json_bytes)
+                with engine.budget.lease(json_cost(body), call.owner):
+                    domain = await parsing.run(body, classify_request, model, body, content_type, request.query_params)
             answer = await engine.classify(domain, deadline=deadline, call=call)
         return JSONResponse([{"label": s.label, "score": s.score} for s in answer.rankings[0]])
 
     return routes
 
 
+def is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _looks_like_json(body: bytes) -> bool:
+    # No image format starts with "{": curl -d '{...}' without a Content-Type is JSON too.
+    return body.lstrip()[:1] == b"{"
+
+
 def classify_request(model: str, body: bytes, content_type: str, query: Any) -> ClassifyRequest:
     media = content_type.split(";", 1)[0].strip().lower()
     parameters: dict[str, Any] = {k: query[k] for k in PARAMETERS if k in query}
-    if media == "application/json" or media.endswith("+json") or body.lstrip()[:1] == b"{":
-        # No image format starts with "{": curl -d '{...}' without a Content-Type is JSON too.
+    if is_json(content_type) or _looks_like_json(body):
         document = parse_json(body)
         if not isinstance(document, dict) or not isinstance(document.get("inputs"), str):
             raise InvalidInputError('inputs: expected {"inputs": "<base64 image or data: URL>", "parameters": {...}}')

@@ -20,13 +20,14 @@ from imgcls.server.domain.errors import InvalidInputError
 from imgcls.server.engine.engine import Engine
 from imgcls.server.http.common import JSONResponse, answer_errors, deadline_of
 from imgcls.server.http.guard import HttpLimits, owner_of, read_body
+from imgcls.server.http.json_bodies import JsonParsing, json_cost, refuse_declared
 from imgcls.server.v1.converters import model_info_to_pb, request_from_pb, results_to_pb
 from imgcls.v1 import classifier_pb2 as pb
 
 PROTOCOL = "v1-http"
 
 
-def router(engine: Engine, limits: HttpLimits) -> APIRouter:
+def router(engine: Engine, limits: HttpLimits, parsing: JsonParsing) -> APIRouter:
     routes = APIRouter(tags=["imgcls.v1"])
 
     @routes.post(
@@ -39,7 +40,10 @@ def router(engine: Engine, limits: HttpLimits) -> APIRouter:
     async def classify(request: Request) -> JSONResponse:
         with engine.observe(PROTOCOL, "Classify", "", owner=owner_of(request)) as call:
             deadline = deadline_of(request)
-            message = parse(await read_body(request, limits, engine), pb.ClassifyRequest())
+            refuse_declared(request, limits.max_json_bytes)
+            body = await read_body(request, limits, engine, json=True)
+            with engine.budget.lease(json_cost(body), call.owner):
+                message = await parsing.run(body, parse, body, pb.ClassifyRequest())
             call.model = engine.model_label(message.model)
             call.set_request_id(message.request_id)  # known only now, from the body
             call.inputs = len(message.inputs)

@@ -26,6 +26,7 @@ from imgcls.server.domain.errors import InvalidInputError
 from imgcls.server.engine.engine import Engine
 from imgcls.server.http.common import JSONResponse, answer_errors, deadline_of, parse_json
 from imgcls.server.http.guard import HttpLimits, owner_of, read_body
+from imgcls.server.http.json_bodies import JsonParsing, json_cost, refuse_declared, too_large
 from imgcls.server.images.decoding import brief
 from imgcls.server.v2 import (
     REST_EXTENSIONS,
@@ -43,7 +44,7 @@ HEADER_LENGTH = "inference-header-content-length"
 _TRANSPORT_PARAMETERS = ("binary_data_output", "timeout", "priority")
 
 
-def router(engine: Engine, limits: HttpLimits) -> APIRouter:
+def router(engine: Engine, limits: HttpLimits, parsing: JsonParsing) -> APIRouter:
     core = OpenInferenceCore(engine, extensions=REST_EXTENSIONS)
     routes = APIRouter(tags=["Open Inference Protocol (KServe v2)"])
     guarded = answer_errors(limits)
@@ -96,12 +97,19 @@ def router(engine: Engine, limits: HttpLimits) -> APIRouter:
         with engine.observe(PROTOCOL, "ModelInfer", core.engine_model(name), owner=owner_of(request)) as call:
             core.view(name, version)  # an unknown model is answered before the body is read
             deadline = deadline_of(request)
-            body = await read_body(request, limits, engine)
+            all_json = request.headers.get(HEADER_LENGTH) is None
+            if all_json:
+                refuse_declared(request, limits.max_json_bytes)
+            body = await read_body(request, limits, engine, json=all_json)
             header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
-            # Parsed JSON is Python objects, several times its text (a number "0.1," is 4 bytes of text and a
-            # 24-byte float in a list): counted while the request lives, beside the engine's own lease.
-            with engine.budget.lease(JSON_EXPANSION * len(header), call.owner):
-                infer_request, binary_outputs, timeout_us = parse_infer(name, version, header, binary)
+            if len(header) > limits.max_json_bytes:
+                raise too_large(len(header), limits.max_json_bytes)
+            # Parsed JSON is Python objects, several times its text: counted while the request lives, beside
+            # the engine's own lease.
+            with engine.budget.lease(json_cost(header), call.owner):
+                infer_request, binary_outputs, timeout_us = await parsing.run(
+                    header, parse_infer, name, version, header, binary
+                )
                 call.set_request_id(infer_request.id)  # known only now, from the body
                 if timeout_us is not None:
                     by_parameter = time.monotonic() + timeout_us / 1e6
@@ -145,10 +153,6 @@ def _endpoint(handler: Any, versioned: bool, guarded: Any) -> Any:
 
 
 # -- REST <-> the core's types --------------------------------------------------------------------------
-# Bytes of Python objects per byte of JSON text, at most, for a tensor's data written as JSON numbers.
-JSON_EXPANSION = 8
-
-
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     """The JSON header and the binary tensor data after it: the whole body is JSON without the header."""
     if header_length is None:
