@@ -42,7 +42,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         caller = NormalCaller(server.target, server.http_address, SECRET).start()
         reports = []
         try:
-            caller.wait_answered(doors=2, after=0.0)
+            caller.wait_answered(doors=4, after=0.0)
             await warm_up(Target(server, SECRET))
             idle = server.status()
             print(f"server idle: {idle.rss // MIB} MiB, {idle.threads} threads, {idle.fds} fds", file=sys.stderr)

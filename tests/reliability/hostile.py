@@ -424,6 +424,15 @@ async def warm_up(target: Target, rounds: int = 3) -> None:
     async with channel(target) as ch:
         for _ in range(rounds):
             await asyncio.gather(*(unary(ch, CLASSIFY, payload, target=target, timeout=60) for _ in range(16)))
+    if target.server.http_port:  # and a JSON tensor, large enough for the thread JSON is parsed on
+        body = _json_tensor(1, 4)
+        head = _http_head(
+            target,
+            "/v2/models/efficientnet-lite0/infer",
+            {"content-type": "application/json", "content-length": str(len(body))},
+        )
+        status = await _post_until_answered(target, head, body, 60)
+        assert status == "HTTP 200", status
 
 
 def _classify_payload(inputs: list[Any], **fields: Any) -> bytes:
@@ -905,30 +914,6 @@ async def http_huge_headers(target: Target, p: dict[str, Any]) -> Outcomes:
     return outcomes
 
 
-async def http_idle_connections(target: Target, p: dict[str, Any]) -> Outcomes:
-    """Many connections that send nothing, or half a request line, and wait."""
-    outcomes = Outcomes()
-    started = time.monotonic()
-    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    failed = 0
-    for i in range(p["connections"]):
-        try:
-            reader, writer = await _connect(target)
-        except OSError:
-            failed += 1
-            continue
-        if i % 2:
-            writer.write(b"POST /models/efficientnet-lite0 HT")
-        opened.append((reader, writer))
-    statuses = await asyncio.gather(*(_read_status(r, p["hold"] - (time.monotonic() - started)) for r, _ in opened))
-    for status in statuses:
-        outcomes.add(status if status != "none" else "still open (attacker left)", time.monotonic() - started)
-    if failed:
-        outcomes.add("connect failed", 0.0)
-    await asyncio.gather(*(_close(w) for _, w in opened))
-    return outcomes
-
-
 async def http_body_over_limit(target: Target, p: dict[str, Any]) -> Outcomes:
     """Bodies over the limit: a Content-Length that says so, a chunked body that grows past it, and a
     gzip body that expands past it."""
@@ -1051,6 +1036,165 @@ async def http_tokenless_gzip(target: Target, p: dict[str, Any]) -> Outcomes:
     return outcomes
 
 
+def _room_for(connections: int) -> int:
+    """Raise this process's open-file soft limit to hold `connections` sockets; how many it may open."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        top = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return connections if soft == resource.RLIM_INFINITY else min(connections, soft - 256)
+
+
+async def _hold_idle(port: int, p: dict[str, Any], partial: bytes) -> Outcomes:
+    """p["connections"] TCP connections to port: even ones send nothing, odd ones `partial`; held p["hold"] s."""
+    outcomes = Outcomes()
+    started = time.monotonic()
+    count = _room_for(p["connections"])
+    outcomes.extra["connections"] = count
+    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    failed = 0
+    for i in range(count):
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            failed += 1
+            continue
+        if i % 2:
+            writer.write(partial)
+        opened.append((reader, writer))
+    outcomes.extra["opened_s"] = round(time.monotonic() - started, 2)
+    statuses = await asyncio.gather(*(_read_status(r, p["hold"] - (time.monotonic() - started)) for r, _ in opened))
+    for status in statuses:
+        outcomes.add(status if status != "none" else "still open (attacker left)", time.monotonic() - started)
+    if failed:
+        outcomes.add("connect failed", 0.0)
+    await asyncio.gather(*(_close(w) for _, w in opened))
+    return outcomes
+
+
+async def http_idle_connections(target: Target, p: dict[str, Any]) -> Outcomes:
+    """Many connections that send nothing, or half a request line, and wait."""
+    return await _hold_idle(target.server.http_port, p, b"POST /models/efficientnet-lite0 HT")
+
+
+async def grpc_idle_connections(target: Target, p: dict[str, Any]) -> Outcomes:
+    """Many connections to the gRPC port that send nothing, or half the HTTP/2 preface, and wait."""
+    return await _hold_idle(target.server.grpc_port, p, b"PRI * HTTP/2.0\r\n")
+
+
+async def _post_until_answered(target: Target, head: bytes, body: bytes, timeout: float) -> str:
+    """Send head and body (as a client reading its answer while it sends would); the status."""
+    reader, writer = await _connect(target)
+    try:
+        writer.write(head)
+        status_task = asyncio.create_task(_read_status(reader, timeout))
+        view = memoryview(body)
+        for offset in range(0, len(body), 1 << 20):
+            if status_task.done():
+                break
+            try:
+                writer.write(view[offset : offset + (1 << 20)])
+                await writer.drain()
+            except (ConnectionError, OSError):
+                break
+        return await status_task
+    finally:
+        await _close(writer)
+
+
+async def http_trickled_bodies(target: Target, p: dict[str, Any]) -> Outcomes:
+    """Bodies that promise claim_mib and trickle rate_kib a second."""
+    outcomes = Outcomes()
+    head = _http_head(
+        target,
+        "/models/efficientnet-lite0",
+        {"content-type": "image/jpeg", "content-length": str(p["claim_mib"] * MIB)},
+    )
+    piece = b"\xff" * (p["rate_kib"] * 1024)
+
+    async def one() -> None:
+        started = time.monotonic()
+        reader, writer = await _connect(target)
+        try:
+            writer.write(head)
+            status_task = asyncio.create_task(_read_status(reader, p["hold"]))
+            while not status_task.done():
+                with contextlib.suppress(ConnectionError, OSError):
+                    writer.write(piece)
+                    await writer.drain()
+                await asyncio.wait({status_task}, timeout=1.0)
+            outcomes.add(await status_task, time.monotonic() - started)
+        finally:
+            await _close(writer)
+
+    await asyncio.gather(*(one() for _ in range(p["connections"])))
+    return outcomes
+
+
+def _json_tensor(batch: int, digits: int) -> bytes:
+    import numpy as np
+
+    values = np.random.default_rng(batch).random(batch * 3 * 224 * 224).round(digits)
+    # The text a client's json.dumps writes for these floats; built by hand, as json.dumps takes seconds.
+    data = ",".join(np.char.mod(f"%.{digits}f", values))
+    tensor = f'{{"name":"pixel_values","shape":[{batch},3,224,224],"datatype":"FP32","data":[{data}]}}'
+    return f'{{"inputs":[{tensor}]}}'.encode()
+
+
+async def http_json_numbers(target: Target, p: dict[str, Any]) -> Outcomes:
+    """v2 JSON requests whose tensor is written as JSON numbers: `calls` over the JSON limit (batch big_batch),
+    as many under it (batch small_batch), at once."""
+    outcomes = Outcomes()
+    path = "/v2/models/efficientnet-lite0/infer"
+    bodies = {"over": _json_tensor(p["big_batch"], 7), "under": _json_tensor(p["small_batch"], 4)}
+    outcomes.extra["mb"] = {k: round(len(v) / 1e6, 1) for k, v in bodies.items()}
+
+    async def one(kind: str) -> None:
+        body = bodies[kind]
+        head = _http_head(target, path, {"content-type": "application/json", "content-length": str(len(body))})
+        started = time.monotonic()
+        status = await _post_until_answered(target, head, body, p["timeout"])
+        outcomes.add(f"{kind}: {status}", time.monotonic() - started)
+
+    await asyncio.gather(*(one(kind) for _ in range(p["calls"]) for kind in bodies))
+    return outcomes
+
+
+async def http_json_base64(target: Target, p: dict[str, Any]) -> Outcomes:
+    """HF-route JSON requests carrying base64_mb of base64 (as a chunked body: no Content-Length to judge by),
+    and as many with a Content-Length."""
+    import base64
+
+    outcomes = Outcomes()
+    text = base64.b64encode(bytes(p["base64_mb"] * 750_000))
+    body = b'{"inputs":"' + text + b'"}'
+    path = "/models/efficientnet-lite0"
+
+    async def declared() -> None:
+        head = _http_head(target, path, {"content-type": "application/json", "content-length": str(len(body))})
+        started = time.monotonic()
+        status = await _post_until_answered(target, head, body, p["timeout"])
+        outcomes.add(f"declared: {status}", time.monotonic() - started)
+
+    async def chunked() -> None:
+        head = _http_head(target, path, {"content-type": "application/json", "transfer-encoding": "chunked"})
+        framed = b"".join(
+            b"%x\r\n" % len(body[i : i + (1 << 20)]) + body[i : i + (1 << 20)] + b"\r\n"
+            for i in range(0, len(body), 1 << 20)
+        )
+        started = time.monotonic()
+        status = await _post_until_answered(target, head, framed + b"0\r\n\r\n", p["timeout"])
+        outcomes.add(f"chunked: {status}", time.monotonic() - started)
+
+    await asyncio.gather(*((chunked if i % 2 else declared)() for i in range(p["calls"])))
+    return outcomes
+
+
 # --- the table ----------------------------------------------------------------------------------------
 
 ROWS: dict[str, Row] = {
@@ -1166,10 +1310,38 @@ ROWS: dict[str, Row] = {
         ),
         Row(
             "http_idle_connections",
-            "HTTP: many connections that send nothing or half a request line",
+            "HTTP: 3000 idle TCP connections that never send a byte, or half a request line",
             http_idle_connections,
-            test={"connections": 300, "hold": 4.0},
-            full={"connections": 2000, "hold": 30.0},
+            test={"connections": 3000, "hold": 4.0},
+            full={"connections": 12_000, "hold": 30.0},
+        ),
+        Row(
+            "grpc_idle_connections",
+            "gRPC: 3000 idle TCP connections that never send a byte, or half the HTTP/2 preface",
+            grpc_idle_connections,
+            test={"connections": 3000, "hold": 4.0},
+            full={"connections": 12_000, "hold": 30.0},
+        ),
+        Row(
+            "http_trickled_bodies",
+            "HTTP: 400 bodies promising 50 MB, each trickling 1 KB a second",
+            http_trickled_bodies,
+            test={"connections": 100, "claim_mib": 50, "rate_kib": 1, "hold": 5.0},
+            full={"connections": 400, "claim_mib": 50, "rate_kib": 1, "hold": 30.0},
+        ),
+        Row(
+            "http_json_numbers",
+            "HTTP: 24 v2 JSON requests of 16x3x224x224 floats as JSON numbers (39 MB of text), and 24 of 2x3x224x224",
+            http_json_numbers,
+            test={"calls": 6, "big_batch": 16, "small_batch": 2, "timeout": 30.0},
+            full={"calls": 24, "big_batch": 16, "small_batch": 2, "timeout": 60.0},
+        ),
+        Row(
+            "http_json_base64",
+            "HTTP: 32 JSON requests carrying 40 MB of base64 (half chunked)",
+            http_json_base64,
+            test={"calls": 8, "base64_mb": 40, "timeout": 30.0},
+            full={"calls": 32, "base64_mb": 40, "timeout": 60.0},
         ),
         Row(
             "http_body_over_limit",

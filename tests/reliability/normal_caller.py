@@ -3,7 +3,9 @@
     python tests/reliability/normal_caller.py --grpc 127.0.0.1:PORT [--http 127.0.0.1:PORT] [--token T]
 
 Each door gets its own thread and its own connection (one gRPC channel, one keep-alive HTTP connection),
-so the latency it sees is the server's, not the attackers' (who run in another process). It sends cat.jpg
+so the latency it sees is the server's, not the attackers' (who run in another process). Two more doors,
+"grpc-new" and "http-new", open a fresh connection for every call, as a short-lived client, a health check
+or a load balancer does: the ones a flood of idle connections would shut out. It sends cat.jpg
 every --interval seconds (the next call waits for the last one: one call in flight per door) and writes
 one JSON line per call to stdout: ``{"door", "start", "seconds", "code", "top1"}``, start on the
 monotonic clock (system-wide on Linux, so the parent can match calls to its own time windows). It stops
@@ -56,29 +58,40 @@ def report(door: str, start: float, code: str, top1: Any = None, details: str = 
         sys.stdout.flush()
 
 
-def grpc_caller(target: str, token: str | None, interval: float, stop: threading.Event) -> None:
+def grpc_caller(target: str, token: str | None, interval: float, stop: threading.Event, fresh: bool = False) -> None:
     metadata = [("authorization", f"Bearer {token}")] if token else None
     request = pb.ClassifyRequest(inputs=[pb.Input(image=IMAGE)], parameters=pb.Parameters(top_k=1))
-    with grpc.insecure_channel(target) as channel:
-        stub = pb_grpc.ImageClassifierServiceStub(channel)
-        due = time.monotonic()
-        sent = 0
-        while not stop.is_set():
-            start = time.monotonic()
-            sent += 1
-            request.request_id = f"normal-{sent}"  # the server's debug line for it tells its own time
-            try:
-                response = stub.Classify(request, timeout=CALL_TIMEOUT_S, metadata=metadata)
-                report("grpc", start, "OK", response.results[0].labels[0].index, request_id=request.request_id)
-            except grpc.RpcError as exc:
-                details = (exc.details() or "")[:200]  # type: ignore[attr-defined]
-                report("grpc", start, exc.code().name, details=details, request_id=request.request_id)
-            due += interval
-            stop.wait(max(0.0, due - time.monotonic()))
+    door = "grpc-new" if fresh else "grpc"
+    # A fresh channel per call: its own subchannel and TCP connection (no sharing with the others).
+    options = [("grpc.use_local_subchannel_pool", 1)] if fresh else []
+    kept = None if fresh else grpc.insecure_channel(target)
+    due = time.monotonic()
+    sent = 0
+    while not stop.is_set():
+        start = time.monotonic()
+        sent += 1
+        request.request_id = f"{door}-{sent}"  # the server's debug line for it tells its own time
+        channel = kept or grpc.insecure_channel(target, options=options)
+        try:
+            response = pb_grpc.ImageClassifierServiceStub(channel).Classify(
+                request, timeout=CALL_TIMEOUT_S, metadata=metadata
+            )
+            report(door, start, "OK", response.results[0].labels[0].index, request_id=request.request_id)
+        except grpc.RpcError as exc:
+            details = (exc.details() or "")[:200]  # type: ignore[attr-defined]
+            report(door, start, exc.code().name, details=details, request_id=request.request_id)
+        finally:
+            if kept is None:
+                channel.close()
+        due += interval
+        stop.wait(max(0.0, due - time.monotonic()))
+    if kept is not None:
+        kept.close()
 
 
-def http_caller(address: str, token: str | None, interval: float, stop: threading.Event) -> None:
+def http_caller(address: str, token: str | None, interval: float, stop: threading.Event, fresh: bool = False) -> None:
     host, _, port = address.rpartition(":")
+    door = "http-new" if fresh else "http"
     headers = {"content-type": "image/jpeg", "x-request-id": "normal"}
     if token:
         headers["authorization"] = f"Bearer {token}"
@@ -93,14 +106,14 @@ def http_caller(address: str, token: str | None, interval: float, stop: threadin
             response = connection.getresponse()
             body = response.read()
             if response.status == 200:
-                report("http", start, "OK", json.loads(body)[0]["label"])
+                report(door, start, "OK", json.loads(body)[0]["label"])
             else:
-                report("http", start, f"HTTP {response.status}", details=body[:200].decode(errors="replace"))
-            if response.getheader("connection", "").lower() == "close":
+                report(door, start, f"HTTP {response.status}", details=body[:200].decode(errors="replace"))
+            if fresh or response.getheader("connection", "").lower() == "close":
                 connection.close()
                 connection = None
         except (OSError, http.client.HTTPException) as exc:
-            report("http", start, type(exc).__name__)
+            report(door, start, type(exc).__name__, details=str(exc)[:200])
             if connection is not None:
                 connection.close()
             connection = None
@@ -119,10 +132,15 @@ def main() -> int:
     args = parser.parse_args()
     stop = threading.Event()
     threads = []
-    if args.grpc:
-        threads.append(threading.Thread(target=grpc_caller, args=(args.grpc, args.token, args.interval, stop)))
-    if args.http:
-        threads.append(threading.Thread(target=http_caller, args=(args.http, args.token, args.interval, stop)))
+    for fresh in (False, True):
+        if args.grpc:
+            threads.append(
+                threading.Thread(target=grpc_caller, args=(args.grpc, args.token, args.interval, stop, fresh))
+            )
+        if args.http:
+            threads.append(
+                threading.Thread(target=http_caller, args=(args.http, args.token, args.interval, stop, fresh))
+            )
     for thread in threads:
         thread.start()
     sys.stdin.read()  # until the parent closes it

@@ -64,6 +64,9 @@ SETTLE_S = 15.0
 # The issue's "before": 21-28 s.
 AT_ONCE_S = 6.0
 NORMAL_P99_S = 5.0
+HTTP_MAX_CONNECTIONS = 2000
+# What 3000 idle gRPC connections may add to RSS: gRPC core's buffers for each.
+GRPC_IDLE_GROWTH = 256 * MIB
 NORMAL_P99_TOKENLESS_S = 2.0
 
 
@@ -82,10 +85,12 @@ async def hostile(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hos
     tokens.write_text(SECRET + "\n")
     flags = ["--auth-token-file", str(tokens), "--memory-budget", str(BUDGET)]
     flags += ["--message-timeout", str(MESSAGE_TIMEOUT_S)]
+    # Under the idle-connection rows' 3000, so the HTTP door reaches its cap and makes room by closing idle ones.
+    flags += ["--http-max-connections", str(HTTP_MAX_CONNECTIONS)]
     server = ChildServer(folder / "server.log", *flags).start()
     caller = NormalCaller(server.target, server.http_address, SECRET).start()
     try:
-        await asyncio.to_thread(caller.wait_answered, 2, 0.0)
+        await asyncio.to_thread(caller.wait_answered, 4, 0.0)
         target = Target(server, SECRET)
         await warm_up(target)
         yield Hostile(server, caller, target, server.status())
@@ -292,8 +297,53 @@ async def test_http_huge_headers(hostile: Hostile) -> None:
 async def test_http_many_idle_connections(hostile: Hostile) -> None:
     report = await run(hostile, "http_idle_connections")
     assert report.growth <= 64 * MIB, f"RSS grew {mib(report.growth)} MiB"
-    # closed after the header timeout (10 s) or still open when the attacker left; never refused for memory
-    assert_codes(report, {"still open (attacker left)", "closed", "HTTP 408"})
+    # still open when the attacker left, closed to make room at the cap (never sent a byte: closed; half a
+    # request line for over a second: 408), or past the header timeout (408); never a refusal for memory
+    assert_codes(report, {"still open (attacker left)", "closed", "reset", "HTTP 408"})
+    codes = report.outcomes.codes
+    assert report.outcomes.extra["connections"] > HTTP_MAX_CONNECTIONS, "the row never reached the cap"
+    assert codes["closed"] + codes["reset"] + codes["HTTP 408"] > 0, "nothing was closed to make room"
+    assert_normal_served(report)  # the new connections of "http-new" among them
+    await assert_back_to_idle(hostile, report.row)
+
+
+async def test_grpc_many_idle_connections(hostile: Hostile) -> None:
+    report = await run(hostile, "grpc_idle_connections")
+    assert report.growth <= GRPC_IDLE_GROWTH, f"RSS grew {mib(report.growth)} MiB"
+    assert_codes(report, {"still open (attacker left)", "closed", "reset"})
+    assert_normal_served(report)  # a fresh channel every call ("grpc-new") among them
+    await assert_back_to_idle(hostile, report.row)
+
+
+async def test_http_bodies_trickled_at_1_kb_a_second(hostile: Hostile) -> None:
+    report = await run(hostile, "http_trickled_bodies")
+    assert_bounded(hostile, report)
+    # cut from its slot for its rate while others wait (408); no turn within the read wait (429); still
+    # waiting its turn when the attacker left (holding nothing but its connection)
+    assert_codes(report, {"HTTP 408", "HTTP 429", "none"})
+    assert report.outcomes.codes["HTTP 408"] > 0, "no slow sender was cut for its rate"
+    assert_normal_served(report)
+    await assert_back_to_idle(hostile, report.row)
+
+
+async def test_http_json_numbers_over_and_under_the_json_limit(hostile: Hostile) -> None:
+    report = await run(hostile, "http_json_numbers")
+    assert_bounded(hostile, report)
+    calls = ROWS["http_json_numbers"].test["calls"]
+    assert report.outcomes.codes["over: HTTP 413"] == calls, dict(report.outcomes.codes)
+    assert_at_once(report, "over: HTTP 413")
+    assert_codes(report, {"over: HTTP 413", "under: HTTP 200", "under: HTTP 429"})
+    assert report.outcomes.codes["under: HTTP 200"] > 0, "no JSON tensor under the limit was answered"
+    assert_normal_served(report)
+    await assert_back_to_idle(hostile, report.row)
+
+
+async def test_http_json_carrying_40_mb_of_base64(hostile: Hostile) -> None:
+    report = await run(hostile, "http_json_base64")
+    assert_bounded(hostile, report)
+    assert_codes(report, {"declared: HTTP 413", "chunked: HTTP 413"})
+    assert_at_once(report, "declared: HTTP 413")
+    assert_at_once(report, "chunked: HTTP 413")
     assert_normal_served(report)
     await assert_back_to_idle(hostile, report.row)
 

@@ -202,7 +202,7 @@ async def serve(settings: ServerSettings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     memory.limit_arenas(MALLOC_ARENAS)
     # Here, not at import: only a serving process needs room for thousands of connections.
-    soft, hard = files.raise_open_file_limit(settings.http_max_connections + files.RESERVED_FDS)
+    soft, hard = files.raise_open_file_limit(files.MOST_FDS)
     running = await start_server(settings)
     log_startup_summary(running)
     http = running.http

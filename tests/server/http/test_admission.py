@@ -6,6 +6,7 @@ import asyncio
 import base64
 
 import httpx2 as httpx
+from imgcls.client import AsyncClient
 from server.http.helpers import MODEL, url
 from support.inputs import COFFEE
 from support.servers import running_server
@@ -27,7 +28,7 @@ async def test_a_body_larger_than_one_connections_share_is_413_while_it_arrives(
 
 async def test_bodies_wait_for_a_read_slot_and_are_then_answered() -> None:
     async with running_server(http_port="auto") as server:
-        gate = server.engine.small_read_gate  # a small body's slots
+        gate = server.engine.small_body_gate  # a small body's slots
         async with httpx.AsyncClient(base_url=url(server), timeout=60) as client:
             # Every slot taken (as by slow senders): a request waits, holding nothing, until one frees.
             holders = [gate.slot(f"other-{i}") for i in range(gate.slots)]
@@ -49,7 +50,7 @@ async def test_bodies_wait_for_a_read_slot_and_are_then_answered() -> None:
 
 async def test_a_body_with_no_turn_to_be_received_within_the_read_wait_is_429() -> None:
     async with running_server(http_port="auto", read_wait_s=0.3) as server:
-        gate = server.engine.small_read_gate
+        gate = server.engine.small_body_gate
         async with httpx.AsyncClient(base_url=url(server), timeout=60) as client:
             holders = [gate.slot(f"other-{i}") for i in range(gate.slots)]
             for holder in holders:
@@ -69,7 +70,7 @@ async def test_a_body_with_no_turn_to_be_received_within_the_read_wait_is_429() 
 
 async def test_a_small_body_never_waits_behind_large_ones() -> None:
     async with running_server(http_port="auto") as server:
-        gate = server.engine.read_gate
+        gate = server.engine.body_gate
         async with httpx.AsyncClient(base_url=url(server), timeout=60) as client:
             # Every slot for large bodies taken (as by slow senders of big ones): a small body is still answered
             # at once; a large one waits for a large slot.
@@ -91,6 +92,36 @@ async def test_a_small_body_never_waits_behind_large_ones() -> None:
             refused = await large
     assert small.status_code == 200, small.text
     assert refused.status_code == 400 and "inputs[0]" in refused.json()["error"]
+
+
+async def test_http_bodies_waiting_for_a_slot_never_delay_a_grpc_message() -> None:
+    async with running_server(http_port="auto") as server:
+        engine = server.engine
+        gates = (engine.body_gate, engine.small_body_gate)
+        holders = [gate.slot(f"other-{i}") for gate in gates for i in range(gate.slots)]
+        for holder in holders:
+            await holder.__aenter__()
+        try:
+            async with (
+                httpx.AsyncClient(base_url=url(server), timeout=60) as http,
+                AsyncClient(f"127.0.0.1:{server.port}", timeout=10) as grpc_client,
+            ):
+                waiting = asyncio.create_task(
+                    http.post(f"/models/{MODEL}", content=COFFEE, headers={"content-type": "image/jpeg"})
+                )
+                async with asyncio.timeout(10):
+                    while engine.small_body_gate.waiting == 0:
+                        await asyncio.sleep(0.005)
+                prediction = await grpc_client.classify(COFFEE)
+                assert not waiting.done() and engine.read_gate.waiting == 0
+                for holder in holders:
+                    await holder.__aexit__(None, None, None)
+                holders = []
+                answered = await waiting
+        finally:
+            for holder in holders:
+                await holder.__aexit__(None, None, None)
+    assert prediction[0].label == "espresso" and answered.status_code == 200
 
 
 async def test_a_huge_request_id_is_400_and_never_echoed_on_every_http_protocol() -> None:

@@ -225,14 +225,14 @@ async def test_at_the_cap_an_idle_connection_makes_room_for_a_request(monkeypatc
         protocol = server.http.protocol  # type: ignore[union-attr]
         idle = [await Connection.open(server) for _ in range(2)]
         used = await Connection.open(server)  # idle between two requests (keep-alive)
-        await until(lambda: len(protocol.quiet) == 3)
+        await until(lambda: len(protocol.fresh) == 3)
         await used.send(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
         assert (await used.response())[0] == 200
         extra = await Connection.open(server)
         await extra.send(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
         status, _, _ = await extra.response()
         assert status == 200
-        # The oldest that never sent a byte made room; the others are still open.
+        # The oldest that never sent a byte made room, not the one a client has used; the others are still open.
         assert await idle[0].closed_by_server() and protocol.evicted == [1]
         await used.send(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
         assert (await used.response())[0] == 200
@@ -263,19 +263,77 @@ async def test_503_past_the_connection_cap_when_every_connection_is_sending_a_re
             connection.close()
 
 
-async def test_at_the_cap_headers_slower_than_the_grace_are_cut_with_408(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_at_the_cap_headers_slower_than_the_grace_are_cut_with_408_before_a_pooled_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(door, "PARTIAL_HEADERS_GRACE_S", 0.0)
-    async with server_with(monkeypatch, http_limits={"max_connections": 2}) as server:
+    async with server_with(monkeypatch, http_limits={"max_connections": 3}) as server:
         protocol = server.http.protocol  # type: ignore[union-attr]
+        pooled = await Connection.open(server)
+        await pooled.send(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert (await pooled.response())[0] == 200
         slow = [await Connection.open(server) for _ in range(2)]
         for connection in slow:
             await connection.send(b"GET /v2/health/live HTTP/1.1\r\nX-Slow: ")
-        await until(lambda: len(protocol.partial) == 2)
+        await until(lambda: len(protocol.partial) == 2 and len(protocol.idle) == 1)
         extra = await Connection.open(server)
         await extra.send(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
         assert (await extra.response())[0] == 200
         status, headers, body = await slow[0].response()
         assert status == 408 and b"request headers were too slow while the server was full" in body
         assert headers["connection"] == "close"
-        for connection in [*slow, extra]:
+        await pooled.send(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert (await pooled.response())[0] == 200  # the client's pooled connection was kept
+        for connection in [pooled, *slow, extra]:
             connection.close()
+
+
+# -- slow senders yield their read slot to those waiting --------------------------------------------------
+async def test_a_body_slower_than_the_minimum_rate_is_cut_with_408_while_others_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    big = 2 << 20  # over the small-body size: received in the shared read slots
+    async with running_server(http_port="auto", max_message_bytes=4 << 20) as server:
+        gate = server.engine.body_gate
+        holders = [gate.slot(f"other-{i}") for i in range(gate.slots - 1)]
+        for holder in holders:
+            await holder.__aenter__()
+        try:
+            slow = await Connection.open(server)
+            await slow.send(head(HF, f"Content-Length: {big}") + bytes(1000))
+            answer = asyncio.create_task(slow.response())
+            async with asyncio.timeout(10):
+                while gate.busy < gate.slots:  # the slow body holds the last slot
+                    await asyncio.sleep(0.005)
+            waiting = await Connection.open(server)
+            await waiting.send(head(HF, f"Content-Length: {big}"))  # waits for that slot
+            while not answer.done():  # 1 KB a tick: far under the 16 KiB/s the server requires
+                await slow.send(bytes(1000))
+                await asyncio.wait({answer}, timeout=0.1)
+            status, headers, body = await answer
+            assert status == 408 and headers["connection"] == "close"
+            assert b"under the 16384 B/s the server requires while others wait" in body
+            # The waiting one got the slot: it is received, and answered (zeros are no image).
+            await waiting.send(bytes(big))
+            status, _, body = await waiting.response()
+            assert status == 400 and b"inputs[0]" in body
+        finally:
+            for holder in holders:
+                await holder.__aexit__(None, None, None)
+        for connection in (slow, waiting):
+            connection.close()
+
+
+async def test_a_slow_body_keeps_its_slot_while_nobody_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with server_with(monkeypatch) as server:
+        connection = await Connection.open(server)
+        await connection.send(head(HF, f"Content-Length: {len(COFFEE)}"))
+        started = time.monotonic()
+        view = memoryview(COFFEE)
+        for offset in range(0, len(COFFEE), len(COFFEE) // 15):  # ~2 s at a few KB a second
+            await connection.send(view[offset : offset + len(COFFEE) // 15])
+            await asyncio.sleep(0.12)
+        status, _, body = await connection.response()
+        assert time.monotonic() - started > 1.5  # past the grace the rate is judged after
+        assert status == 200 and b"espresso" in body, body
+        connection.close()

@@ -61,7 +61,7 @@ MAX_REQUEST_ID_CHARS = 256
 # Bytes a message being received may hold, per slot of the read gate, as a share of the memory budget:
 # the number of messages received at once is the budget over this many maximum-size messages.
 _READ_SLOT_SHARE = 4
-SMALL_READ_SLOTS = 16
+SMALL_BODY_SLOTS = 16
 
 
 def onnx_backend(files: ModelFiles, options: RuntimeOptions) -> Backend:
@@ -112,25 +112,26 @@ class Engine:
         self._pool = pool
         self.budget = MemoryBudget(settings.resolved_memory_budget)
         slots = max(2, self.budget.limit // (_READ_SLOT_SHARE * settings.max_message_bytes))
+
         # Waiting costs next to nothing (the bytes stay with the sender), so the caps are generous: as many
         # calls as one connection may have open, and four times the open streams in all.
-        self.read_gate = ReadGate(
-            slots,
-            per_owner=max(1, slots // 2),
-            max_waiting=4 * settings.max_streams,
-            max_waiting_per_owner=settings.max_calls_per_connection,
-            max_wait_s=settings.read_wait_s,
-        )
-        # Messages that declare themselves small before they arrive (an HTTP Content-Length) are received in
-        # slots of their own, so they never wait behind large or slow ones: SMALL_READ_SLOTS x
-        # LIGHT_MESSAGE_BYTES at most, and counted in the budget as they arrive as any other.
-        self.small_read_gate = ReadGate(
-            SMALL_READ_SLOTS,
-            per_owner=max(1, SMALL_READ_SLOTS // 4),
-            max_waiting=4 * settings.max_streams,
-            max_waiting_per_owner=settings.max_calls_per_connection,
-            max_wait_s=settings.read_wait_s,
-        )
+        def gate(slots: int, per_owner: int) -> ReadGate:
+            return ReadGate(
+                slots,
+                per_owner=per_owner,
+                max_waiting=4 * settings.max_streams,
+                max_waiting_per_owner=settings.max_calls_per_connection,
+                max_wait_s=settings.read_wait_s,
+            )
+
+        # gRPC unary messages (their size is known only once they are in).
+        self.read_gate = gate(slots, max(1, slots // 2))
+        # HTTP bodies, in gates of their own, so a line of HTTP bodies never stands before a gRPC message (or
+        # the other way round): their bytes are counted in the budget as they arrive, so these slots bound
+        # turns, not memory. Bodies that declare themselves small (a Content-Length of at most
+        # LIGHT_MESSAGE_BYTES) have slots of their own, so they never wait behind large or slow ones.
+        self.body_gate = gate(slots, max(1, slots // 2))
+        self.small_body_gate = gate(SMALL_BODY_SLOTS, max(1, SMALL_BODY_SLOTS // 4))
         self._accepting = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._trimmer: asyncio.Task[None] | None = None

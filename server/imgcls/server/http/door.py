@@ -7,9 +7,11 @@ here, so a taken port fails in one line (as the gRPC door does) and port "auto" 
 Connections are bounded where uvicorn leaves them open: httptools has no limit on header size and
 uvicorn no timeout for a request's headers, so the protocol below adds both, and caps connections. An idle
 connection costs a file descriptor and a few KB, so the cap is high (http_max_connections, 10000 by
-default, within the open-file limit); at the cap, the connection doing the least is closed to make room
-(the oldest that never sent a byte or sits idle between requests, else the oldest still sending its
-headers), so a flood of idle sockets cannot shut out a caller that sends a request.
+default, within the open-file limit); at the cap, the connection doing the least is closed to make room:
+the oldest that never sent a byte, else the oldest that has been sending its headers for over
+PARTIAL_HEADERS_GRACE_S (408), else the oldest idle between requests (a client's pooled connection, the
+last to go: a client that used it will likely use it again). So a flood of idle sockets cannot shut out a
+caller that sends a request; only when every connection is working is a new one refused (503).
 """
 
 from __future__ import annotations
@@ -71,11 +73,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a cap on connections, header bytes and the time headers may take."""
 
     # Set on the subclass protocol_class() makes, one per door: its limits, and its connections that are
-    # doing nothing useful, oldest first: quiet (no byte of a request yet: new, or idle between requests)
-    # and partial (part-way through a request's headers, since when).
+    # doing nothing useful, oldest first: fresh (never sent a byte), partial (part-way through a request's
+    # headers, since when) and idle (between requests, on keep-alive).
     limits: HttpLimits
-    quiet: ClassVar[OrderedDict[BoundedHttpToolsProtocol, None]]
+    fresh: ClassVar[OrderedDict[BoundedHttpToolsProtocol, None]]
     partial: ClassVar[OrderedDict[BoundedHttpToolsProtocol, float]]
+    idle: ClassVar[OrderedDict[BoundedHttpToolsProtocol, None]]
     evicted: ClassVar[list[int]]  # [count], for the log and the tests
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -92,13 +95,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(503, "too many connections; retry later", retry=True, linger=False)
             return
         super().connection_made(transport)
-        self.quiet[self] = None
+        self.fresh[self] = None
         self._arm_header_timer()
 
     def _make_room(self) -> bool:
         """Close the connection doing the least (see the module's doc); False when every one is working."""
-        while self.quiet:
-            victim, _ = self.quiet.popitem(last=False)
+        while self.fresh:
+            victim, _ = self.fresh.popitem(last=False)
             if not victim.transport.is_closing():
                 victim.transport.close()
                 self.evicted[0] += 1
@@ -107,17 +110,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         while self.partial:
             victim, since = next(iter(self.partial.items()))
             if now - since < PARTIAL_HEADERS_GRACE_S:
-                return False
+                break
             del self.partial[victim]
             if not victim.transport.is_closing():
                 victim._refuse(408, "the request headers were too slow while the server was full", linger=False)
                 self.evicted[0] += 1
                 return True
+        while self.idle:
+            victim, _ = self.idle.popitem(last=False)
+            if not victim.transport.is_closing():
+                victim.transport.close()
+                self.evicted[0] += 1
+                return True
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.quiet.pop(self, None)
+        self.fresh.pop(self, None)
         self.partial.pop(self, None)
+        self.idle.pop(self, None)
         self._cancel_header_timer()
         if self._linger_timer is not None:
             self._linger_timer.cancel()
@@ -131,8 +141,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if self._lingered > self.limits.linger_bytes:
                 self.transport.close()
             return
-        if self in self.quiet:  # a request begins: partial until its headers are complete
-            del self.quiet[self]
+        if self in self.fresh or self in self.idle:  # a request begins: partial until its headers are complete
+            self.fresh.pop(self, None)
+            self.idle.pop(self, None)
             self.partial[self] = time.monotonic()
         super().data_received(data)
         if self._awaiting_headers and self.parser is not None and not self.transport.is_closing():
@@ -158,7 +169,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing() and self.timeout_keep_alive_task is not None:
-            self.quiet[self] = None  # idle between requests: the keep-alive timer runs
+            self.idle[self] = None  # between requests: the keep-alive timer runs
 
     def linger(self) -> None:
         """Close after a response; if the request's body is still arriving, half-close and drop it for a while
@@ -238,7 +249,7 @@ def protocol_class(limits: HttpLimits) -> type[BoundedHttpToolsProtocol]:
     return type(
         "ImgclsHttpProtocol",
         (BoundedHttpToolsProtocol,),
-        {"limits": limits, "quiet": OrderedDict(), "partial": OrderedDict(), "evicted": [0]},
+        {"limits": limits, "fresh": OrderedDict(), "partial": OrderedDict(), "idle": OrderedDict(), "evicted": [0]},
     )
 
 
@@ -280,7 +291,7 @@ class HttpFrontDoor:
         self._ssl = ssl_context(settings.tls) if settings.tls is not None else None
         self._parsing = JsonParsing()
         self.app = build_app(engine, settings, self.limits, self._parsing)
-        # Its connections' bookkeeping (quiet, partial, evicted) is the door's own, observable in tests.
+        # Its connections' bookkeeping (fresh, partial, idle, evicted) is the door's own, observable in tests.
         self.protocol = protocol_class(self.limits)
         self.port = 0
         self._server: uvicorn.Server | None = None

@@ -29,7 +29,7 @@ ASGIApp = Callable[[dict[str, Any], Any, Any], Any]
 
 # Where the guard leaves what it learnt from the headers, for read_body and the error responses.
 SCOPE_KEY = "imgcls.body"
-# Bodies of at most this Content-Length are received in the engine's small read slots (read_body).
+# Bodies of at most this Content-Length are received in the engine's small body slots (read_body).
 SMALL_BODY_BYTES = LIGHT_MESSAGE_BYTES
 # A body's rate is judged after this long in its slot, checked at least this often while others wait.
 RATE_GRACE_S = 1.0
@@ -159,7 +159,7 @@ async def read_body(request: Request, limits: HttpLimits, engine: Engine | None 
 
     TooLargeError (413) as soon as the count passes the limit, before the rest arrives; HttpError 408
     when the body stalls for body_idle_timeout_s or is not all there after body_timeout_s. With the
-    engine, the body is received as a gRPC message is: only in a slot of the engine's read gate (until
+    engine, the body is received as a gRPC message is: only in a slot of one of the engine's body gates (until
     then it waits with the sender: uvicorn stops reading a connection whose body is not being read), and
     its bytes count in the memory budget while they arrive (the engine charges the request from there).
     json: the body is JSON to parse, limited to limits.max_json_bytes (json_bodies).
@@ -173,7 +173,7 @@ async def read_body(request: Request, limits: HttpLimits, engine: Engine | None 
     # A body that says it is small is received in a slot reserved for small ones: never behind large or slow
     # ones, which cannot take those slots.
     small = state.length is not None and state.length <= SMALL_BODY_BYTES
-    gate = engine.small_read_gate if small else engine.read_gate
+    gate = engine.small_body_gate if small else engine.body_gate
     async with gate.slot(owner):
         with engine.budget.lease(0, owner) as lease:
             try:

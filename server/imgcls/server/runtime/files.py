@@ -2,8 +2,9 @@
 
 Shells and service managers often start a process with a soft limit of 1024 although its hard limit is far
 higher; at the soft limit accept() fails (EMFILE) and asyncio stops accepting for a second at a time, which
-shuts out every new caller. ``imgcls serve`` raises the soft limit towards the hard limit at start, and the
-HTTP door holds no more connections than the limit leaves room for (connection_room).
+shuts out every new caller. ``imgcls serve`` raises the soft limit to the hard limit at start (as Go's
+runtime does for every program: gRPC connections are not capped by count, so they need the room too), and
+the HTTP door holds no more connections than the limit leaves room for (connection_room).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import resource
 # Descriptors kept for everything but HTTP connections: model files, pipes, threads' eventfds, gRPC
 # connections and its own listeners.
 RESERVED_FDS = 1024
+# The most a serving process asks for: the kernel's usual per-process ceiling (fs.nr_open).
+MOST_FDS = 1 << 20
 
 
 def open_file_limit() -> tuple[int, int]:

@@ -1,0 +1,108 @@
+"""Big JSON costs what it weighs: over max_json_bytes refused (413) with a pointer to the binary forms,
+under it charged to the budget by its parsed size and parsed off the event loop."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import AsyncIterator
+
+import httpx2 as httpx
+import numpy as np
+import pytest
+from imgcls.server.http import json_bodies
+from imgcls.server.http.json_bodies import JsonParsing, json_cost
+from server.http.helpers import MODEL, url
+from support.inputs import COFFEE
+from support.servers import running_server
+
+LIMIT = 1 << 20
+
+
+def numbers_request(shape: tuple[int, ...]) -> dict[str, object]:
+    data = np.random.default_rng(0).random(int(np.prod(shape)), dtype=np.float32).round(4).tolist()
+    return {"inputs": [{"name": "pixel_values", "shape": list(shape), "datatype": "FP32", "data": data}]}
+
+
+def test_json_cost_counts_every_value_and_long_strings_by_length() -> None:
+    numbers = json.dumps([0.5] * 1000).encode()
+    assert json_cost(numbers) >= len(numbers) + 32 * 1000
+    text = json.dumps({"inputs": "A" * 100_000}).encode()
+    assert 100_000 <= json_cost(text) < 100_200
+
+
+async def test_large_json_is_parsed_on_the_json_thread_and_small_json_in_place() -> None:
+    parsing = JsonParsing()
+    try:
+        small = await parsing.run(b"{}", lambda: threading.current_thread().name)
+        large = await parsing.run(bytes(json_bodies.SMALL_JSON_BYTES + 1), lambda: threading.current_thread().name)
+    finally:
+        parsing.close()
+    assert small == threading.current_thread().name and large.startswith("imgcls-json")
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_v2_json_numbers_over_the_limit_are_413_naming_the_binary_extension(chunked: bool) -> None:
+    body = json.dumps(numbers_request((1, 3, 224, 224))).encode()  # ~1.2 MB of text
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), 65536):
+            yield body[i : i + 65536]
+
+    content: object = pieces() if chunked else body
+    async with (
+        running_server(http_port="auto", max_json_bytes=LIMIT) as server,
+        httpx.AsyncClient(base_url=url(server), timeout=60) as client,
+    ):
+        response = await client.post(
+            f"/v2/models/{MODEL}/infer", content=content, headers={"content-type": "application/json"}
+        )
+        assert server.engine.budget.used == 0
+    assert response.status_code == 413, response.text
+    error = response.json()["error"]
+    assert f"over the limit of {LIMIT} bytes for JSON (max_json_bytes)" in error
+    assert "binary tensor data extension (Inference-Header-Content-Length)" in error
+
+
+async def test_base64_json_over_the_limit_is_413_naming_raw_bytes_on_the_hf_and_v1_routes() -> None:
+    image = base64.b64encode(bytes(LIMIT)).decode()
+    async with (
+        running_server(http_port="auto", max_json_bytes=LIMIT) as server,
+        httpx.AsyncClient(base_url=url(server), timeout=60) as client,
+    ):
+        hf = await client.post(f"/models/{MODEL}", json={"inputs": image})
+        v1 = await client.post("/v1/classify", json={"inputs": [{"image_base64": image}]})
+        # The same image as raw bytes is not JSON: only the body limit applies.
+        raw = await client.post(f"/models/{MODEL}", content=COFFEE, headers={"content-type": "image/jpeg"})
+    for response in (hf, v1):
+        assert response.status_code == 413, response.text
+        error = response.json()["error"]
+        assert "bytes is over the limit of 1048576 bytes for JSON" in error and "Content-Type: image/jpeg" in error
+    assert raw.status_code == 200
+
+
+async def test_json_under_the_limit_is_answered_and_charged_by_its_parsed_size() -> None:
+    body = json.dumps(numbers_request((1, 3, 224, 224))).encode()
+    peaks: list[int] = []
+    async with (
+        running_server(http_port="auto") as server,
+        httpx.AsyncClient(base_url=url(server), timeout=60) as client,
+    ):
+        budget = server.engine.budget
+        original = budget.lease
+
+        def watched(nbytes: int, owner: str) -> object:
+            peaks.append(nbytes)
+            return original(nbytes, owner)
+
+        server.engine.budget.lease = watched  # type: ignore[method-assign]
+        try:
+            response = await client.post(
+                f"/v2/models/{MODEL}/infer", content=body, headers={"content-type": "application/json"}
+            )
+        finally:
+            server.engine.budget.lease = original  # type: ignore[method-assign]
+        assert budget.used == 0
+    assert response.status_code == 200, response.text
+    assert json_cost(body) in peaks and json_cost(body) > len(body) + 32 * 3 * 224 * 224
