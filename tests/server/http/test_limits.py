@@ -9,6 +9,7 @@ import gzip
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -337,3 +338,28 @@ async def test_a_slow_body_keeps_its_slot_while_nobody_waits(monkeypatch: pytest
         assert time.monotonic() - started > 1.5  # past the grace the rate is judged after
         assert status == 200 and b"espresso" in body, body
         connection.close()
+
+
+def test_lingering_after_a_refusal_when_the_client_is_already_gone_just_closes() -> None:
+    """write_eof on a socket whose peer reset it raises ENOTCONN (seen under the trickled-bodies attack):
+    the connection is closed, no traceback."""
+
+    class GoneTransport:
+        closed = False
+
+        def is_closing(self) -> bool:
+            return False
+
+        def can_write_eof(self) -> bool:
+            return True
+
+        def write_eof(self) -> None:
+            raise OSError(107, "Transport endpoint is not connected")
+
+        def close(self) -> None:
+            self.closed = True
+
+    transport = GoneTransport()
+    protocol = SimpleNamespace(transport=transport, _lingering=False)
+    door.BoundedHttpToolsProtocol._drop_the_rest_then_close(protocol)  # type: ignore[arg-type]
+    assert transport.closed and not protocol._lingering

@@ -185,8 +185,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if transport.is_closing() or not transport.can_write_eof():  # TLS cannot half-close
             transport.close()
             return
+        try:
+            transport.write_eof()
+        except OSError:  # the client is gone already (ENOTCONN): nothing to linger for
+            transport.close()
+            return
         self._lingering = True
-        transport.write_eof()
         if self.flow is not None:
             self.flow.resume_reading()
         self._linger_timer = self.loop.call_later(self.limits.linger_s, transport.close)
