@@ -8,17 +8,37 @@ function python(script, ...args) {
   return execFileSync(PYTHON, ['-c', script, ...args], { cwd: REPO, maxBuffer: 256 * 1024 * 1024 });
 }
 
-/** {file: [{label, score}]} from the Python client against target, for the image files given. */
-function pythonLabels(target, files, { topK = 5, model = '' } = {}) {
+/**
+ * {file: [{label, score}]} from the Python client against target, for the image files given; options as the
+ * Python client's (topK, threshold, functionToApply, preprocessorOverrides, model).
+ */
+function pythonLabels(target, files, { topK = 5, model = '', threshold = null, functionToApply = null, preprocessorOverrides = null } = {}) {
   const script = [
     'import json, sys',
     'from imgcls.client import Client',
-    'target, top_k, model, *files = sys.argv[1:]',
+    'target, options, *files = sys.argv[1:]',
+    'o = json.loads(options)',
+    'kw = dict(top_k=o["topK"], model=o["model"], threshold=o["threshold"], function_to_apply=o["functionToApply"], preprocessor_overrides=o["preprocessorOverrides"])',
     'with Client(target) as client:',
-    '    out = {f: [{"label": p.label, "score": p.score} for p in client.classify(f, top_k=int(top_k), model=model)] for f in files}',
+    '    out = {f: [{"label": p.label, "score": p.score} for p in client.classify(f, **kw)] for f in files}',
     'print(json.dumps(out))',
   ].join('\n');
-  return JSON.parse(python(script, target, String(topK), model, ...files).toString());
+  const options = JSON.stringify({ topK, model, threshold, functionToApply, preprocessorOverrides });
+  return JSON.parse(python(script, target, options, ...files).toString());
+}
+
+/** [{label, score}] from the Python client for a float32 tensor of `dims` filled with `value`. */
+function pythonTensorLabels(target, dims, value) {
+  const script = [
+    'import json, sys',
+    'import numpy as np',
+    'from imgcls.client import Client',
+    'target, dims, value = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])',
+    'with Client(target) as client:',
+    '    out = [{"label": p.label, "score": p.score} for p in client.classify(np.full(dims, value, np.float32))]',
+    'print(json.dumps(out))',
+  ].join('\n');
+  return JSON.parse(python(script, target, JSON.stringify(dims), String(value)).toString());
 }
 
 /** {width, height, data} of an image decoded to RGB (or RGBA) by Pillow. */
@@ -35,4 +55,4 @@ function decoded(file, mode = 'RGB') {
   return { width, height, data: out.subarray(newline + 1) };
 }
 
-module.exports = { pythonLabels, decoded };
+module.exports = { pythonLabels, pythonTensorLabels, decoded };
