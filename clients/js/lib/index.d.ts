@@ -87,6 +87,8 @@ export interface ClientOptions {
   clientCert?: { cert: Buffer | string; key: Buffer | string };
   /** Largest message sent or received (default 64 MiB, the server's default). */
   maxMessageBytes?: number;
+  /** Calls made while the server cannot be reached wait for it (until their deadline) instead of failing UNAVAILABLE. */
+  waitForReady?: boolean;
   /** Extra @grpc/grpc-js channel options. */
   channelOptions?: ChannelOptions;
 }

@@ -120,12 +120,14 @@ class Client {
   /**
    * target: host:port (or any gRPC target, e.g. dns:///name:50051). Options: timeoutMs (default 60000, null:
    * no deadline) for unary calls, token (bearer), tls, rootCertificates (PEM), clientCert {cert, key} (PEM, mTLS),
-   * maxMessageBytes, channelOptions (extra grpc-js channel options).
+   * maxMessageBytes, channelOptions (extra grpc-js channel options), waitForReady (calls made while the server
+   * cannot be reached wait for it, until their deadline, instead of failing at once with UNAVAILABLE).
    */
   constructor(target = DEFAULT_TARGET, options = {}) {
     this.target = target;
     this.timeoutMs = options.timeoutMs === undefined ? 60000 : options.timeoutMs;
     this.token = options.token || null;
+    this._waitForReady = Boolean(options.waitForReady);
     const max = options.maxMessageBytes || DEFAULT_MAX_MESSAGE_BYTES;
     const channelOptions = {
       'grpc.max_receive_message_length': max,
@@ -147,7 +149,7 @@ class Client {
   }
 
   _metadata() {
-    const metadata = new grpc.Metadata();
+    const metadata = new grpc.Metadata(this._waitForReady ? { waitForReady: true } : undefined);
     if (this.token) metadata.set('authorization', `Bearer ${this.token}`);
     return metadata;
   }

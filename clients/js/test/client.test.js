@@ -204,6 +204,23 @@ describe('imgcls-client', function () {
       }
     });
 
+    it('waitForReady: a call made while the server restarts is answered once it is back', async function () {
+      this.timeout(120000);
+      const patient = new Client(server.target, { timeoutMs: 90000, waitForReady: true, channelOptions: { 'grpc.initial_reconnect_backoff_ms': 200, 'grpc.max_reconnect_backoff_ms': 1000 } });
+      try {
+        assert.strictEqual((await patient.classify(fs.readFileSync(CAT)))[0].label, reference[CAT][0].label);
+        await server.stop();
+        const call = patient.classify(fs.readFileSync(CAT));
+        await expectError(client.classify(fs.readFileSync(CAT), { timeoutMs: 2000 }), status.UNAVAILABLE, '');
+        await server.restart();
+        assertClose(await call, reference[CAT]);
+        await client.waitForReady(30000); // the shared client, in its reconnect backoff meanwhile
+        assertClose(await client.classify(fs.readFileSync(CAT)), reference[CAT]);
+      } finally {
+        patient.close();
+      }
+    });
+
     it('a server that is not there is UNAVAILABLE', async function () {
       const nowhere = new Client('127.0.0.1:1', { timeoutMs: 3000 });
       try {
@@ -260,7 +277,7 @@ describe('imgcls-client security', function () {
 
   it('without a client certificate, or trusting another CA, no call gets through', async function () {
     const other = makeCerts(tempDir());
-    for (const client of [secure({ token: TOKEN }), new Client(server.target, { timeoutMs: 5000, token: TOKEN, rootCertificates: pem(other.ca), clientCert: { cert: pem(other.clientCert), key: pem(other.clientKey) } })]) {
+    for (const client of [secure({ token: TOKEN }), new Client(server.target, { timeoutMs: 5000, token: TOKEN, channelOptions: named, rootCertificates: pem(other.ca), clientCert: { cert: pem(other.clientCert), key: pem(other.clientKey) } })]) {
       try {
         await assert.rejects(client.classify(fs.readFileSync(CAT)), (err) => err instanceof ClientError && err.code === status.UNAVAILABLE);
       } finally {

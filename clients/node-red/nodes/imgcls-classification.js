@@ -28,6 +28,7 @@ module.exports = function register(RED) {
     // dtype and modelType are the server's to choose (its --dtype / --model): kept for the editor only.
     node.dtype = config.dtype;
     node.modelType = config.modelType;
+    const pending = new Set();
 
     if (!node.server) {
       node.status({ fill: 'red', shape: 'ring', text: 'no server' });
@@ -63,7 +64,7 @@ module.exports = function register(RED) {
         return;
       }
       const batch = isBatch(value);
-      node.server
+      const call = node.server
         .run((client) => client.classifyBatch(batch ? value : [value], options))
         .then((results) => {
           msg.payload = batch ? results.map(labels) : labels(results[0]);
@@ -76,9 +77,18 @@ module.exports = function register(RED) {
           node.status({ fill: 'red', shape: 'ring', text: (err.codeName || err.message).slice(0, 60) });
           done(err);
         });
+      pending.add(call);
+      call.finally(() => pending.delete(call));
     });
 
-    node.on('close', () => node.status({}));
+    // On redeploy, the messages being classified are answered (sent on, or their error reported) before the node
+    // is gone; Node-RED waits for this (up to its nodeCloseTimeout, 15 s by default).
+    node.on('close', (removed, closed) => {
+      Promise.all([...pending]).then(() => {
+        node.status({});
+        closed();
+      });
+    });
   }
 
   RED.nodes.registerType('imgcls-classification', ImgclsClassificationNode);

@@ -36,6 +36,8 @@ module.exports = function register(RED) {
         rootCertificates: readPem(config.caFile, 'CA certificate'),
         clientCert: cert ? { cert, key } : undefined,
         channelOptions: CHANNEL_OPTIONS,
+        // A message that arrives while the server restarts waits for it (up to the timeout) instead of failing.
+        waitForReady: true,
       });
     } catch (err) {
       this.setupError = err;

@@ -12,33 +12,33 @@ function python(script, ...args) {
  * {file: [{label, score}]} from the Python client against target, for the image files given; options as the
  * Python client's (topK, threshold, functionToApply, preprocessorOverrides, model).
  */
-function pythonLabels(target, files, { topK = 5, model = '', threshold = null, functionToApply = null, preprocessorOverrides = null } = {}) {
+function pythonLabels(target, files, { topK = 5, model = '', threshold = null, functionToApply = null, preprocessorOverrides = null, token = null } = {}) {
   const script = [
     'import json, sys',
     'from imgcls.client import Client',
     'target, options, *files = sys.argv[1:]',
     'o = json.loads(options)',
     'kw = dict(top_k=o["topK"], model=o["model"], threshold=o["threshold"], function_to_apply=o["functionToApply"], preprocessor_overrides=o["preprocessorOverrides"])',
-    'with Client(target) as client:',
+    'with Client(target, token=o["token"]) as client:',
     '    out = {f: [{"label": p.label, "score": p.score} for p in client.classify(f, **kw)] for f in files}',
     'print(json.dumps(out))',
   ].join('\n');
-  const options = JSON.stringify({ topK, model, threshold, functionToApply, preprocessorOverrides });
+  const options = JSON.stringify({ topK, model, threshold, functionToApply, preprocessorOverrides, token });
   return JSON.parse(python(script, target, options, ...files).toString());
 }
 
 /** [{label, score}] from the Python client for a float32 tensor of `dims` filled with `value`. */
-function pythonTensorLabels(target, dims, value) {
+function pythonTensorLabels(target, dims, value, { token = '' } = {}) {
   const script = [
     'import json, sys',
     'import numpy as np',
     'from imgcls.client import Client',
-    'target, dims, value = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])',
-    'with Client(target) as client:',
+    'target, dims, value, token = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3]), sys.argv[4] or None',
+    'with Client(target, token=token) as client:',
     '    out = [{"label": p.label, "score": p.score} for p in client.classify(np.full(dims, value, np.float32))]',
     'print(json.dumps(out))',
   ].join('\n');
-  return JSON.parse(python(script, target, JSON.stringify(dims), String(value)).toString());
+  return JSON.parse(python(script, target, JSON.stringify(dims), String(value), token).toString());
 }
 
 /** {width, height, data} of an image decoded to RGB (or RGBA) by Pillow. */
