@@ -25,7 +25,9 @@ def install(package: str) -> None:
     if (folder / "node_modules" / ".package-lock.json").exists():
         return
     assert NPM is not None, "npm is required (CI installs Node.js)"
-    done = subprocess.run([NPM, "ci", "--no-audit", "--no-fund"], cwd=folder, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [NPM, "ci", "--no-audit", "--no-fund"], cwd=folder, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, f"npm ci in clients/{package} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
 
@@ -36,7 +38,9 @@ def test_mocha_suite(package: str) -> None:
         install(needed)
     assert NPM is not None
     env = {**without_server_variables(), "IMGCLS_PYTHON": sys.executable}
-    run = subprocess.run([NPM, "test"], cwd=ROOT / "clients" / package, capture_output=True, text=True, env=env, timeout=840)
+    run = subprocess.run(
+        [NPM, "test"], cwd=ROOT / "clients" / package, capture_output=True, text=True, env=env, timeout=840
+    )
     output = run.stdout + run.stderr
     assert run.returncode == 0, f"clients/{package}: npm test failed:\n{output[-8000:]}"
     assert " passing" in output and " failing" not in output, output[-4000:]

@@ -163,3 +163,27 @@ async def test_a_waiters_timer_is_cancelled_when_it_is_granted_refused_or_gives_
     granted_release.set()
     await granted
     assert gate.busy == 0 and gate.waiting == 0 and order == ["a", "b"]
+
+
+async def test_free_slots_go_to_light_and_new_owners_before_heavy_ones_and_struck_ones_last() -> None:
+    gate = ReadGate(1, per_owner=1, max_waiting=100, max_waiting_per_owner=100)
+    # Standing earned the way callers earn it: a prompt message of 2 MiB, a prompt small one, a strike.
+    for owner, nbytes in (("heavy", 2 << 20), ("light", 1000)):
+        async with gate.slot(owner) as ticket:
+            ticket.nbytes = nbytes
+    gate.strike("struck")
+    holder = asyncio.Event()
+    order: list[str] = []
+    first = asyncio.create_task(hold(gate, "holder", holder, order))
+    await settle()
+    releases = {owner: asyncio.Event() for owner in ("struck", "heavy", "new", "light")}
+    waiters = [asyncio.create_task(hold(gate, owner, release, order)) for owner, release in releases.items()]
+    await settle()
+    assert gate.waiting == 4
+    holder.set()
+    for owner in ("light", "new", "heavy", "struck"):
+        await settle()
+        assert order[-1] == owner, order
+        releases[owner].set()
+    await asyncio.gather(first, *waiters)
+    assert order == ["holder", "light", "new", "heavy", "struck"]

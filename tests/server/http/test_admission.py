@@ -4,12 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import AsyncIterator
 
 import httpx2 as httpx
 from imgcls.client import AsyncClient
+from imgcls.server.engine.admission import ReadGate
 from server.http.helpers import MODEL, url
 from support.inputs import COFFEE
 from support.servers import running_server
+
+
+async def until_waiting(gate: ReadGate) -> None:
+    async with asyncio.timeout(10):
+        while gate.waiting == 0:
+            await asyncio.sleep(0.005)
+
+
+def in_two_parts(data: bytes) -> tuple[AsyncIterator[bytes], dict[str, str], asyncio.Event]:
+    """data as a body whose rest is sent only once `go` is set: a body still arriving when the server takes it
+    up (one that came whole with its headers needs no turn). With its Content-Length."""
+    go = asyncio.Event()
+
+    async def parts() -> AsyncIterator[bytes]:
+        yield data[:10]
+        await go.wait()
+        yield data[10:]
+
+    return parts(), {"content-type": "image/jpeg", "content-length": str(len(data))}, go
 
 
 async def test_a_body_larger_than_one_connections_share_is_413_while_it_arrives() -> None:
@@ -35,12 +56,10 @@ async def test_bodies_wait_for_a_read_slot_and_are_then_answered() -> None:
             for holder in holders:
                 await holder.__aenter__()
             pending = asyncio.create_task(client.get("/v1/models"))  # no body: never waits
-            posted = asyncio.create_task(
-                client.post(f"/models/{MODEL}", content=b"not an image", headers={"content-type": "image/jpeg"})
-            )
-            async with asyncio.timeout(10):
-                while gate.waiting == 0:
-                    await asyncio.sleep(0.005)
+            body, headers, go = in_two_parts(b"not an image at all")
+            posted = asyncio.create_task(client.post(f"/models/{MODEL}", content=body, headers=headers))
+            await until_waiting(gate)
+            go.set()
             assert (await pending).status_code == 200 and not posted.done()
             for holder in holders:
                 await holder.__aexit__(None, None, None)
@@ -56,7 +75,11 @@ async def test_a_body_with_no_turn_to_be_received_within_the_read_wait_is_429() 
             for holder in holders:
                 await holder.__aenter__()
             try:
-                response = await client.post(f"/models/{MODEL}", content=COFFEE, headers={"content-type": "image/jpeg"})
+                body, headers, go = in_two_parts(COFFEE)
+                posted = asyncio.create_task(client.post(f"/models/{MODEL}", content=body, headers=headers))
+                await until_waiting(gate)
+                go.set()
+                response = await posted
                 assert gate.waiting == 0
             finally:
                 for holder in holders:
@@ -106,12 +129,10 @@ async def test_http_bodies_waiting_for_a_slot_never_delay_a_grpc_message() -> No
                 httpx.AsyncClient(base_url=url(server), timeout=60) as http,
                 AsyncClient(f"127.0.0.1:{server.port}", timeout=10) as grpc_client,
             ):
-                waiting = asyncio.create_task(
-                    http.post(f"/models/{MODEL}", content=COFFEE, headers={"content-type": "image/jpeg"})
-                )
-                async with asyncio.timeout(10):
-                    while engine.small_body_gate.waiting == 0:
-                        await asyncio.sleep(0.005)
+                body, headers, go = in_two_parts(COFFEE)
+                waiting = asyncio.create_task(http.post(f"/models/{MODEL}", content=body, headers=headers))
+                await until_waiting(engine.small_body_gate)
+                go.set()
                 prediction = await grpc_client.classify(COFFEE)
                 assert not waiting.done() and engine.read_gate.waiting == 0
                 for holder in holders:
@@ -122,6 +143,28 @@ async def test_http_bodies_waiting_for_a_slot_never_delay_a_grpc_message() -> No
             for holder in holders:
                 await holder.__aexit__(None, None, None)
     assert prediction[0].label == "espresso" and answered.status_code == 200
+
+
+async def test_a_small_body_that_came_whole_with_its_headers_takes_no_turn() -> None:
+    async with running_server(http_port="auto") as server:
+        gate = server.engine.small_body_gate
+        holders = [gate.slot(f"other-{i}") for i in range(gate.slots)]
+        for holder in holders:
+            await holder.__aenter__()
+        try:
+            async with httpx.AsyncClient(base_url=url(server), timeout=60) as client:
+                # A fresh connection each time, as a short-lived client's: answered though every slot is held.
+                for _ in range(3):
+                    response = await client.post(
+                        f"/models/{MODEL}",
+                        content=COFFEE,
+                        headers={"content-type": "image/jpeg", "connection": "close"},
+                    )
+                    assert response.status_code == 200, response.text
+            assert gate.waiting == 0 and server.engine.budget.used == 0
+        finally:
+            for holder in holders:
+                await holder.__aexit__(None, None, None)
 
 
 async def test_a_huge_request_id_is_400_and_never_echoed_on_every_http_protocol() -> None:

@@ -15,8 +15,12 @@ cannot keep others out for longer than that. Free slots go first to owners whose
 within its patience (a caller that keeps its connection and sends promptly), then to owners not seen yet
 (a new connection), last to owners that were cut or whose message timed out (``strike``), for `STRIKE_S`
 after that: so a caller that has been sending ordinary messages is not stuck behind a flood of new
-connections that stall, which would each hold a slot for `patience_s`. Within the same standing, owners
-whose last message was small (LIGHT_MESSAGE_BYTES) come before those sending large ones.
+connections that stall, which would each hold a slot for `patience_s`. Before standing comes size: owners
+whose last message was small (LIGHT_MESSAGE_BYTES), and new ones (nothing known: a short-lived client, a
+health check, a caller on a fresh connection per request), go before those sending large ones, so a
+caller with one ordinary image is not refused after waiting behind a few connections streaming large
+messages promptly (seen: a fresh connection per call refused after --read-wait during the large-frames
+attack). Owners struck stay last whatever they send.
 """
 
 from __future__ import annotations
@@ -245,7 +249,7 @@ class ReadGate:
             if not eligible:
                 return
             # min() keeps the first of equals: the owner waiting longest
-            owner = min(eligible, key=lambda o: (self._active.get(o, 0), self.standing(o), self._heavy.get(o, False)))
+            owner = min(eligible, key=self._turn)
             queue = self._waiting[owner]
             future = queue.popleft()
             self._waiting_count -= 1
@@ -260,6 +264,11 @@ class ReadGate:
             self._take(owner)
             self._granted[future] = (owner, waiter[1] if waiter is not None else None)
             future.set_result(None)
+
+    def _turn(self, owner: str) -> tuple[int, bool, bool, int]:
+        """Who gets a free slot first (the least): see the module's doc."""
+        standing = self.standing(owner)
+        return (self._active.get(owner, 0), standing == _STRUCK, self._heavy.get(owner, False), standing)
 
     def _arm_reaper(self) -> None:
         if self._reaper is None and (self._busy or self._waiting_count):

@@ -30,7 +30,7 @@ from imgcls.server.domain.errors import ConfigError
 from imgcls.server.engine.engine import Engine
 from imgcls.server.http.app import build_app
 from imgcls.server.http.errors import error_body
-from imgcls.server.http.guard import HttpLimits
+from imgcls.server.http.guard import BODY_COMPLETE_KEY, HttpLimits
 from imgcls.server.http.json_bodies import JsonParsing
 from imgcls.server.runtime import files
 from imgcls.server.settings import ServerSettings, TlsSettings
@@ -165,6 +165,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not None and not isinstance(self.cycle.transport, _LingeringClose):
             self.cycle.transport = _LingeringClose(self, self.transport)  # type: ignore[assignment]
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self.cycle is not None:
+            self.cycle.scope[BODY_COMPLETE_KEY] = True  # type: ignore[literal-required]  # read_body needs no turn for it
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

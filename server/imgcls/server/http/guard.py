@@ -29,6 +29,8 @@ ASGIApp = Callable[[dict[str, Any], Any, Any], Any]
 
 # Where the guard leaves what it learnt from the headers, for read_body and the error responses.
 SCOPE_KEY = "imgcls.body"
+# Set in the scope (by the door's protocol) once the whole body has been read off the socket.
+BODY_COMPLETE_KEY = "imgcls.body_complete"
 # Bodies of at most this Content-Length are received in the engine's small body slots (read_body).
 SMALL_BODY_BYTES = LIGHT_MESSAGE_BYTES
 # A body's rate is judged after this long in its slot, checked at least this often while others wait.
@@ -173,6 +175,11 @@ async def read_body(request: Request, limits: HttpLimits, engine: Engine | None 
     # A body that says it is small is received in a slot reserved for small ones: never behind large or slow
     # ones, which cannot take those slots.
     small = state.length is not None and state.length <= SMALL_BODY_BYTES
+    if small and request.scope.get(BODY_COMPLETE_KEY):
+        # It came with its headers and is in memory already: receiving it takes no turn (a caller on a fresh
+        # connection per request is not queued behind slow senders).
+        with engine.budget.lease(0, owner) as lease:
+            return await _receive_body(request, limits, state, lease, json)
     gate = engine.small_body_gate if small else engine.body_gate
     async with gate.slot(owner):
         with engine.budget.lease(0, owner) as lease:
