@@ -118,6 +118,11 @@ class Window:
         end = self.closed_at if self.closed_at is not None else time.perf_counter()
         return max(end - self.opens, 1e-9)
 
+    def wall(self) -> dict[str, float]:
+        """The window on the wall clock (time.time), as the harness samples the server's CPU."""
+        offset = time.time() - time.perf_counter()
+        return {"window_wall_start": self.opens + offset, "window_wall_end": self.opens + self.seconds() + offset}
+
 
 async def model_stats(stub: pb_grpc.ImageClassifierServiceAsyncStub) -> dict[str, Any]:
     info = (await stub.GetModel(pb.GetModelRequest(), timeout=30)).model
@@ -178,6 +183,7 @@ async def run_unary(
         "images_per_s": window.count * images_per_request / seconds,
         "latency_ms": summarize(window.latencies),
         "errors": dict(errors),
+        **window.wall(),
     }
 
 
@@ -231,6 +237,7 @@ async def run_stream(
         "images_per_s": window.count / seconds,
         "latency_ms": summarize(window.latencies),
         "errors": dict(errors),
+        **window.wall(),
     }
 
 
@@ -290,6 +297,7 @@ async def run_v2_unary(channel: grpc.aio.Channel, request: Any, level: dict[str,
         "images_per_s": window.count / seconds,
         "latency_ms": summarize(window.latencies),
         "errors": dict(errors),
+        **window.wall(),
     }
 
 
@@ -358,6 +366,7 @@ async def run_http_unary(
         "images_per_s": window.count / seconds,
         "latency_ms": summarize(window.latencies),
         "errors": dict(errors),
+        **window.wall(),
     }
 
 

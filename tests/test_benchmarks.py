@@ -180,3 +180,48 @@ def test_target_is_missed_when_batching_on_is_slower() -> None:
     target = next(t for t in report.evaluate_targets(results) if t["name"].startswith("batching on"))
     assert target["met"] is False
     assert target["ratio"] == pytest.approx(0.9)
+
+
+def test_overhead_mode_reports_server_cpu_beside_raw_and_records_a_flame_graph(tmp_path: Path) -> None:
+    """benchmarks.overhead: one row per door and input kind, with the raw figure it compares against; --flame
+    leaves a py-spy SVG of the server's own Python under that load."""
+    out = tmp_path / "overhead.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.overhead",
+            "--doors",
+            "imgcls.v1,hf-http",
+            "--kinds",
+            "tensor,jpeg_small",
+            "--seconds",
+            "1",
+            "--concurrency",
+            "2",
+            "--flame",
+            str(tmp_path / "flames"),
+            "--out",
+            str(out),
+            "--images",
+            str(IMAGES),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = {(r["door"], r["kind"]): r for r in result["rows"]}
+    # hf-http carries images only: its tensor row is skipped, said so on stderr.
+    assert set(rows) == {("imgcls.v1", "tensor"), ("imgcls.v1", "jpeg_small"), ("hf-http", "jpeg_small")}
+    assert "skipping hf-http tensor" in completed.stderr
+    for row in rows.values():
+        assert row["images_per_s"] > 0 and not row["errors"]
+        assert row["server_cpu_ms_per_image"] > 0 and row["raw_cpu_ms_per_image"] > 0
+        assert math.isclose(row["overhead_ms_per_image"], row["server_cpu_ms_per_image"] - row["raw_cpu_ms_per_image"])
+        svg = Path(row["flame"]).read_text()
+        assert svg.startswith("<?xml") and "imgcls" in svg
+    assert "| imgcls.v1 | tensor |" in completed.stdout

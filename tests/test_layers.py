@@ -55,3 +55,29 @@ def test_engine_modules_do_not_import_grpc() -> None:
         if "\nimport grpc" in text or "\nfrom grpc" in text:
             offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+def test_the_no_cycles_contract_catches_a_cycle(tmp_path: Path) -> None:
+    """The same kind of contract as pyproject.toml's, on a package with one: reported broken."""
+    package = tmp_path / "cyclic"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    # A type-checking import counts: a cycle for the reader, and one import away from a runtime one.
+    (package / "first.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from cyclic import second\n"
+    )
+    (package / "second.py").write_text("from cyclic import first\n")
+    config = tmp_path / "cycles.toml"
+    config.write_text(
+        '[tool.importlinter]\nroot_packages = ["cyclic"]\n'
+        '[[tool.importlinter.contracts]]\nname = "no cycles"\ntype = "acyclic_siblings"\nancestors = ["cyclic"]\n'
+    )
+    result = subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(config), "--no-cache"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)},
+    )
+    assert result.returncode != 0 and "BROKEN" in result.stdout, result.stdout + result.stderr

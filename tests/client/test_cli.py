@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from imgcls import cli
+from imgcls.cli import common, serve_flags, stream
 from imgcls.server.server import RunningServer
 from imgcls.v1 import classifier_pb2 as pb
 from support.environment import without_server_variables
@@ -536,7 +537,7 @@ def test_every_setting_has_a_serve_flag() -> None:
 
     def leaves(model: Any, prefix: str = "") -> Iterator[str]:
         for name, info in model.model_fields.items():
-            nested = cli._model_class(info.annotation)
+            nested = serve_flags._model_class(info.annotation)
             if nested is not None and name != "models":
                 yield from leaves(nested, f"{prefix}{name}.")
             else:
@@ -588,9 +589,9 @@ async def test_a_source_failing_mid_stream_is_one_line_after_the_frames_before_i
     # the command as its own message (not UNKNOWN "Exception iterating requests!", not a hang).
     def frames(report: Callable[[str, str], None]) -> Iterator[pb.ClassifyStreamRequest]:
         yield pb.ClassifyStreamRequest(inputs=[pb.Input(image=COFFEE.read_bytes())], request_id="clip.mp4#0")
-        raise cli.SourceError("clip.mp4: cannot decode frame 1: Invalid data found when processing input")
+        raise common.SourceError("clip.mp4: cannot decode frame 1: Invalid data found when processing input")
 
-    monkeypatch.setattr(cli, "stream_source", lambda source: cli._Source(source, None, frames))
+    monkeypatch.setattr(stream, "stream_source", lambda source: stream.Source(source, None, frames))
     code = await asyncio.wait_for(run_cli("stream", "clip.mp4", "--server", address(server)), timeout=60)
     captured = capsys.readouterr()
     assert code == 1
@@ -598,3 +599,10 @@ async def test_a_source_failing_mid_stream_is_one_line_after_the_frames_before_i
     assert captured.out.startswith("clip.mp4#0  ") and captured.out.rstrip().endswith("espresso")
     assert "imgcls stream: clip.mp4: cannot decode frame 1: Invalid data" in captured.err
     assert "UNKNOWN" not in captured.err and "Traceback" not in captured.err
+
+
+def test_the_cli_is_a_package_of_small_modules_one_per_command() -> None:
+    package = Path(cli.__file__).parent
+    sizes = {path.name: len(path.read_text().splitlines()) for path in package.glob("*.py")}
+    assert {"serve.py", "classify.py", "stream.py", "models.py", "common.py"} <= set(sizes)
+    assert max(sizes.values()) <= 300, sizes

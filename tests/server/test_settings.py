@@ -410,6 +410,12 @@ SETTABLE: dict[str, tuple[list[str], dict[str, str] | None, Any]] = {
     ),
     "metrics_port": (["--metrics-port", "9091"], {"IMGCLS_METRICS_PORT": "9091"}, 9091),
     "http_port": (["--http-port", "8081"], {"IMGCLS_HTTP_PORT": "8081"}, 8081),
+    "http_max_connections": (
+        ["--http-max-connections", "2000"],
+        {"IMGCLS_HTTP_MAX_CONNECTIONS": "2000"},
+        2000,
+    ),
+    "max_json_bytes": (["--max-json-bytes", "4096"], {"IMGCLS_MAX_JSON_BYTES": "4096"}, 4096),
     "tls.cert_file": (
         ["--tls-cert", "c.pem", "--tls-key", "k.pem"],
         {"IMGCLS_TLS__CERT_FILE": "c.pem", "IMGCLS_TLS__KEY_FILE": "k.pem"},

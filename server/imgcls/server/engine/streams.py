@@ -17,15 +17,24 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from imgcls.server.domain.errors import InferenceError, InvalidInputError, RequestError
 from imgcls.server.domain.types import ClassifyOptions, ImageInput, Ranking
 
 if TYPE_CHECKING:
-    from imgcls.server.engine.budget import Lease
-    from imgcls.server.engine.engine import Engine
+    from imgcls.server.engine.budget import Lease, MemoryBudget
     from imgcls.server.engine.model import RequestCost, ServedModel
+
+
+class StreamEngine(Protocol):
+    """What a stream needs of the engine (engine.Engine is one): its models and its memory budget. A protocol,
+    not the Engine, so this module does not import the one that imports it."""
+
+    budget: MemoryBudget
+
+    def get(self, name: str) -> ServedModel: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +96,7 @@ class FrameStream:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: StreamEngine,
         max_in_flight: int,
         on_result: Callable[[FrameResult, int], None] | None = None,
         owner: str = "",

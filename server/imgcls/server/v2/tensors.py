@@ -6,16 +6,21 @@ Every error is an InvalidInputError whose message names the input (``input 'imag
 from __future__ import annotations
 
 import math
-import struct
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from imgcls.server.domain.errors import InvalidInputError
 from imgcls.server.images.decoding import brief
-from imgcls.server.v2.types import NUMPY_OF_DATATYPE, InputTensor
+from imgcls.server.v2.types import BYTES_LENGTH, NUMPY_OF_DATATYPE, InputTensor, encode_bytes_elements
 
-_LENGTH = struct.Struct("<I")
+__all__ = [
+    "bytes_elements",
+    "decode_bytes_elements",
+    "element_count",
+    "encode_bytes_elements",
+    "named",
+    "numeric_array",
+]
 
 
 def named(tensor: InputTensor | str) -> str:
@@ -28,15 +33,6 @@ def element_count(tensor: InputTensor) -> int:
     if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in tensor.shape):
         raise InvalidInputError(f"{named(tensor)}: shape {brief(list(tensor.shape))} must be non-negative integers")
     return math.prod(tensor.shape)
-
-
-def encode_bytes_elements(elements: Sequence[bytes]) -> bytes:
-    """BYTES elements in binary form: each a 4-byte little-endian length, then its bytes."""
-    parts = []
-    for element in elements:
-        parts.append(_LENGTH.pack(len(element)))
-        parts.append(element)
-    return b"".join(parts)
 
 
 def decode_bytes_elements(raw: bytes | memoryview, count: int, name: str) -> list[bytes]:
@@ -55,7 +51,7 @@ def decode_bytes_elements(raw: bytes | memoryview, count: int, name: str) -> lis
                 f"{named(name)}: element {len(elements)} is truncated: {len(view) - offset} bytes left where a "
                 "4-byte little-endian length prefix was expected"
             )
-        (length,) = _LENGTH.unpack_from(view, offset)
+        (length,) = BYTES_LENGTH.unpack_from(view, offset)
         offset += 4
         if offset + length > len(view):
             raise InvalidInputError(

@@ -8,11 +8,25 @@ the gRPC messages with their field names kept (so ``json_format.ParseDict`` read
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+# BYTES elements in binary form: each a 4-byte little-endian length, then its bytes.
+BYTES_LENGTH = struct.Struct("<I")
+
+
+def encode_bytes_elements(elements: Sequence[bytes]) -> bytes:
+    """BYTES elements in binary form: each a 4-byte little-endian length, then its bytes."""
+    parts = []
+    for element in elements:
+        parts.append(BYTES_LENGTH.pack(len(element)))
+        parts.append(element)
+    return b"".join(parts)
+
 
 # Datatypes the protocol names (the tensor data types table); imgcls reads FP32, FP16 and BYTES.
 DATATYPES: tuple[str, ...] = (
@@ -80,8 +94,6 @@ class OutputTensor:
         """The protocol's binary form: little-endian values, or length-prefixed BYTES elements."""
         if isinstance(self.data, np.ndarray):
             return np.ascontiguousarray(self.data, dtype=NUMPY_OF_DATATYPE[self.datatype]).tobytes()
-        from imgcls.server.v2.tensors import encode_bytes_elements
-
         return encode_bytes_elements(self.data)
 
     def json_data(self) -> list[Any]:

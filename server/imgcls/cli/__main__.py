@@ -1,0 +1,5 @@
+"""python -m imgcls.cli: the imgcls command."""
+
+from imgcls.cli import run
+
+run()
