@@ -1,4 +1,5 @@
-"""The README is the front door: its commands and examples must stay true."""
+"""The README is the front door and the docs pages the rest of the house: their commands and examples must stay
+true. Every code block of the README is one of the docs pages' (so the tests of those pages run it too)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from pathlib import Path
 
 from google.protobuf import json_format
 from imgcls.v1 import classifier_pb2 as pb
+from support import docs
 from support.environment import without_server_variables
 from support.paths import IMAGES, ROOT
 from support.serve_process import ServeProcess
 from support.servers import connect, running_server
 
 README = (ROOT / "README.md").read_text()
+IMGCLS_V1 = docs.page("doors/imgcls-v1.md")
 
 
 def test_ci_runs_the_readme_test_command() -> None:
@@ -64,18 +67,30 @@ async def test_grpcurl_example_json_gives_the_documented_answer() -> None:
 
 
 def section(title: str) -> str:
-    start = README.index(f"### {title}\n")
-    end = README.find("\n### ", start + 1)
-    end = README.find("\n## ", start + 1) if end < 0 else min(end, README.find("\n## ", start + 1))
-    return README[start:end]
+    return docs.section(IMGCLS_V1, title)
 
 
 def code_blocks(text: str, language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.+?)\n```", text, re.S)
+    return docs.code_blocks(text, language)
+
+
+def test_the_readme_reads_in_a_minute_and_its_examples_are_the_docs_pages() -> None:
+    assert len(README.splitlines()) < 150
+    pages = "\n".join(path.read_text() for path in docs.DOCS.rglob("*.md"))
+    for language in ("sh", "python", "json"):
+        for block in code_blocks(README, language):
+            if block.startswith(("python3 -m venv", 'grpcurl -plaintext -d \'{"inputs"')):
+                continue  # the set-up commands (tested above) and the grpcurl call (tested against a server below)
+            assert block in pages, f"a README example that no docs page has (and so no test runs):\n{block}"
+
+
+def test_the_readme_links_resolve() -> None:
+    for target in re.findall(r"\]\(((?!https?:)[^)#]+)\)", README):
+        assert (ROOT / target).exists(), target
 
 
 def test_examples_use_files_of_the_clone() -> None:
-    calling = README[README.index("## Calling it") : README.index("## The contract")]
+    calling = IMGCLS_V1[: IMGCLS_V1.index("## The contract")]
     paths = set(re.findall(r"examples/images/[\w.-]+", calling))
     assert paths >= {"examples/images/cat.jpg", "examples/images/coffee.jpg"}
     assert all((ROOT / p).is_file() for p in paths), paths
@@ -155,7 +170,8 @@ def test_command_line_examples_run_from_the_clone_root(tmp_path: Path) -> None:
 def test_readme_shows_the_jpeg_draft_modes_the_server_has() -> None:
     from imgcls.server.images.preprocessing import DEFAULT_JPEG_DRAFT, DRAFT_MARGINS, JPEG_DRAFT_MODES
 
-    table = README[README.index("**JPEG draft decoding.**") :]
+    models = docs.page("models.md")
+    table = models[models.index("**JPEG draft decoding.**") :]
     rows = re.findall(r"^\| `(\w+)`(?: \(default\))?[^|]*\| ([^|]+) \|", table, re.M)
     assert [mode for mode, _ in rows] == list(JPEG_DRAFT_MODES)
     assert f"| `{DEFAULT_JPEG_DRAFT}` (default) |" in table

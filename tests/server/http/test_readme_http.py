@@ -1,4 +1,4 @@
-"""The README's HTTP examples paste and run from the clone root, and give the answers it shows."""
+"""The HTTP page's examples (docs/doors/http.md) paste and run from the clone root, and give the answers it shows."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 from server.http.helpers import needs_curl
+from support import docs
 from support.paths import ROOT
 from support.servers import running_server
 
-README = (ROOT / "README.md").read_text()
-SECTION = README[README.index("### HTTP: ") : README.index("\n## ", README.index("### HTTP: "))]
+SECTION = docs.page("doors/http.md")
 DOCUMENTED = "127.0.0.1:8000"
 
 
