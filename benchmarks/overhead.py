@@ -12,7 +12,8 @@ answered in it; the raw figure is ``time.process_time`` of ONNX Runtime runs in 
 own backend and settings, at the average batch size the server ran (GetModel's batch statistics), rounded to
 a measured size. "Overhead" is the difference: what gRPC, HTTP, parsing, batching and Python cost per image on
 top of the model. py-spy records the server as its child process (no ptrace of an unrelated process), at 200
-samples a second, idle threads left out.
+samples a second without pausing it (--nonblocking), idle threads left out; --folded writes folded stacks
+(one line per stack and its sample count) to aggregate by function instead of an SVG.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -73,7 +75,20 @@ class ProfiledServer(ServerProcess):
         command = super().command()
         if self.flame is None:
             return command
-        return [PY_SPY, "record", "--rate", "200", "--format", "flamegraph", "-o", str(self.flame), "--", *command]
+        form = "raw" if self.flame.suffix == ".txt" else "flamegraph"  # raw: folded stacks, one per line
+        return [
+            PY_SPY,
+            "record",
+            "--rate",
+            "200",
+            "--nonblocking",
+            "--format",
+            form,
+            "-o",
+            str(self.flame),
+            "--",
+            *command,
+        ]
 
     def stop(self) -> None:
         # The server first: py-spy writes its flame graph once its child has exited.
@@ -82,6 +97,10 @@ class ProfiledServer(ServerProcess):
 
             for child in psutil.Process(self.pid).children():
                 child.terminate()
+            try:  # py-spy writes once the server is gone, then exits by itself
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                log(f"py-spy did not exit after the server; {self.flame} may be missing")
         super().stop()
 
     def server_pid(self) -> int:
@@ -100,7 +119,8 @@ class ProfiledServer(ServerProcess):
 
 
 def measure(door: str, kind: str, args: argparse.Namespace, folder: Path, payloads: dict[str, Any]) -> dict[str, Any]:
-    flame = args.flame / f"flame-{door}-{kind}.svg" if args.flame else None
+    suffix = ".txt" if args.folded else ".svg"
+    flame = args.flame / f"flame-{door}-{kind}{suffix}" if args.flame else None
     server = ProfiledServer(f"{door}-{kind}", folder / "server.log", flame)
     server.start()
     sampler = Sampler({"on": server.server_pid()})
@@ -173,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="calls in flight (streams: frames in flight)")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured window per load")
     parser.add_argument("--flame", type=Path, help="folder for py-spy flame graphs (one SVG per load)")
+    parser.add_argument("--folded", action="store_true", help="with --flame: folded stacks (.txt) instead of SVGs")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     parser.add_argument("--images", type=Path, default=SHARED / "images", help="folder with coffee*.jpg")
     args = parser.parse_args(argv)
