@@ -100,12 +100,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _make_room(self) -> bool:
         """Close the connection doing the least (see the module's doc); False when every one is working."""
-        while self.fresh:
-            victim, _ = self.fresh.popitem(last=False)
-            if not victim.transport.is_closing():
-                victim.transport.close()
-                self.evicted[0] += 1
-                return True
+        if self._close_oldest(self.fresh):
+            return True
         now = time.monotonic()
         while self.partial:
             victim, since = next(iter(self.partial.items()))
@@ -116,8 +112,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 victim._refuse(408, "the request headers were too slow while the server was full", linger=False)
                 self.evicted[0] += 1
                 return True
-        while self.idle:
-            victim, _ = self.idle.popitem(last=False)
+        return self._close_oldest(self.idle)
+
+    def _close_oldest(self, connections: OrderedDict[BoundedHttpToolsProtocol, None]) -> bool:
+        while connections:
+            victim, _ = connections.popitem(last=False)
             if not victim.transport.is_closing():
                 victim.transport.close()
                 self.evicted[0] += 1
