@@ -500,7 +500,7 @@ async def test_a_stream_cancelled_mid_way_leaves_nothing_running(
     server: RunningServer, raw_stub: service_pb2_grpc.GRPCInferenceServiceStub
 ) -> None:
     def ours() -> list[asyncio.Task[Any]]:
-        names = ("_stream_one", "_read_stream", "ModelStreamInfer")
+        names = ("_stream_one", "_read_ahead", "ModelStreamInfer")
         return [t for t in asyncio.all_tasks() if any(n in repr(t.get_coro()) for n in names)]
 
     call: Any = raw_stub.ModelStreamInfer()

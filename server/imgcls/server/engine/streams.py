@@ -1,9 +1,9 @@
 """Bidirectional frame streams: one result per frame, in frame order, with bounded frames in flight.
 
 Frames are classified concurrently (they share the model's batcher with everyone else) and
-answered in order from a FIFO of per-frame futures. The reader takes a new frame only when a
-slot is free, so a client that sends faster than the server classifies, or never reads its
-responses, is held back by gRPC flow control and server memory stays bounded.
+answered in order (engine.ordering, which the Open Inference stream shares). The reader takes a new
+frame only when a slot is free, so a client that sends faster than the server classifies, or never
+reads its responses, is held back by gRPC flow control and server memory stays bounded.
 
 In drop_stale mode the reader keeps reading, and a frame still waiting for a slot when a newer
 frame arrives is answered as skipped, so results stay close to real time.
@@ -12,7 +12,6 @@ frame arrives is answered as skipped, so results stay close to real time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from imgcls.server.domain.errors import InferenceError, InvalidInputError, RequestError
 from imgcls.server.domain.types import ClassifyOptions, ImageInput, Ranking
+from imgcls.server.engine.ordering import InOrder
 
 if TYPE_CHECKING:
     from imgcls.server.engine.budget import Lease, MemoryBudget
@@ -84,13 +84,6 @@ class _Job:
     cost: RequestCost
 
 
-class _EndOfStream:
-    pass
-
-
-_END = _EndOfStream()
-
-
 class FrameStream:
     """One ClassifyStream call. Iterate run(frames) to get results in order."""
 
@@ -106,38 +99,26 @@ class FrameStream:
         self._owner = owner  # whose share of the memory budget the frames are charged to
         self._max_in_flight = max_in_flight
         self._defaults: _Defaults | None = None
-        self._fifo: asyncio.Queue[asyncio.Future[FrameResult] | BaseException | _EndOfStream] = asyncio.Queue()
-        # Frames read but not yet answered; bounds memory whatever the client does.
-        self._unanswered = asyncio.Semaphore(max_in_flight)
+        # Frames read but not yet answered are bounded by the ordering; memory stays bounded whatever the client does.
+        self._order: InOrder[StreamFrame, FrameResult] = InOrder(max_in_flight, self._read, on_close=self._close)
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = 0
         self._waiting: _Job | None = None
         self._closed = False
 
     async def run(self, frames: AsyncIterator[StreamFrame]) -> AsyncIterator[FrameResult]:
-        reader = asyncio.create_task(self._read(frames))
-        try:
-            while True:
-                entry = await self._fifo.get()
-                if isinstance(entry, _EndOfStream):
-                    return
-                if isinstance(entry, BaseException):
-                    raise entry
-                result = await entry
-                if self._on_result is not None:
-                    self._on_result(result, result.inputs)
-                yield result
-                self._unanswered.release()
-        finally:
-            self._closed = True  # a frame task finishing from here on must not start a waiting frame
-            if self._waiting is not None:
-                self._waiting.lease.release()
-                self._waiting = None
-            reader.cancel()
-            for task in list(self._tasks):
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+        async for result in self._order.run(frames):
+            if self._on_result is not None:
+                self._on_result(result, result.inputs)
+            yield result
+
+    def _close(self) -> None:
+        self._closed = True  # a frame task finishing from here on must not start a waiting frame
+        if self._waiting is not None:
+            self._waiting.lease.release()
+            self._waiting = None
+        for task in list(self._tasks):
+            task.cancel()
 
     def _resolve(self, frame: StreamFrame) -> tuple[ServedModel, ClassifyOptions, dict[str, Any]]:
         if self._defaults is None:
@@ -148,9 +129,8 @@ class FrameStream:
                 drop_stale=frame.drop_stale,
             )
             if frame.drop_stale:
-                # Keep reading while frames run, so newer frames can replace stale ones. This frame holds
-                # a place already (taken from the first semaphore before it was read).
-                self._unanswered = asyncio.Semaphore(self._max_in_flight * 4 - 1)
+                # Keep reading while frames run, so newer frames can replace stale ones.
+                self._order.widen(self._max_in_flight * 4)
         defaults = self._defaults
         # An unknown model ends the stream (NOT_FOUND); answers name the model that served them.
         model = self._engine.get(frame.model or defaults.model)
@@ -158,55 +138,39 @@ class FrameStream:
         overrides = frame.overrides if frame.overrides is not None else defaults.overrides
         return model, options, overrides
 
-    async def _read(self, frames: AsyncIterator[StreamFrame]) -> None:
+    def _read(self, frame: StreamFrame) -> asyncio.Future[FrameResult]:
+        """A frame just read: its answer-to-be, running, waiting to run (drop_stale) or answered already."""
+        model, options, overrides = self._resolve(frame)
+        future: asyncio.Future[FrameResult] = asyncio.get_running_loop().create_future()
         try:
-            iterator = aiter(frames)
-            while True:
-                # A place first, then the next message: a client that sends faster than it reads is held back
-                # by flow control with at most max_in_flight frames in memory, each charged to the budget.
-                await self._unanswered.acquire()
-                try:
-                    frame = await anext(iterator)
-                except StopAsyncIteration:
-                    break
-                model, options, overrides = self._resolve(frame)
-                future: asyncio.Future[FrameResult] = asyncio.get_running_loop().create_future()
-                await self._fifo.put(future)
-                try:
-                    if frame.error is None:
-                        model.check_request(frame.inputs, options)  # before the lease: invalid, not busy
-                    # Held from here until the frame is answered: read frames count, not only running ones.
-                    # Decoding is charged as each frame is decoded, not here: frames wait their turn in their
-                    # stream (at most max_in_flight run) and one the budget cannot take then is answered busy on
-                    # its own, the stream goes on. Charged here, a flood of streams that never read their answers
-                    # left RSS ~200 MB over idle after it ended (full-scale unread-streams row: 340-490 MB after,
-                    # 250-280 MB this way, idle 240-290; cause not pinned down).
-                    cost = model.request_cost(frame.inputs, decoding=False)
-                    lease = self._engine.budget.lease(cost.nbytes, self._owner)
-                except RequestError as exc:
-                    future.set_result(FrameResult(frame.request_id, model.name, error=exc, inputs=len(frame.inputs)))
-                    continue
-                job = _Job(frame, future, model, options, overrides, lease, cost)
-                assert self._defaults is not None
-                if not self._defaults.drop_stale or self._running < self._max_in_flight:
-                    self._start(job)
-                else:
-                    if self._waiting is not None:
-                        stale = self._waiting
-                        inputs = len(stale.frame.inputs)
-                        stale.lease.release()
-                        stale.future.set_result(
-                            FrameResult(stale.frame.request_id, stale.model.name, skipped=True, inputs=inputs)
-                        )
-                        stale.model.count_dropped(inputs)
-                    self._waiting = job
-            while self._tasks:
-                await asyncio.wait(set(self._tasks))
-            await self._fifo.put(_END)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # stream-level failure: answered after the frames before it
-            await self._fifo.put(exc)
+            if frame.error is None:
+                model.check_request(frame.inputs, options)  # before the lease: invalid, not busy
+            # Held from here until the frame is answered: read frames count, not only running ones.
+            # Decoding is charged as each frame is decoded, not here: frames wait their turn in their
+            # stream (at most max_in_flight run) and one the budget cannot take then is answered busy on
+            # its own, the stream goes on. Charged here, a flood of streams that never read their answers
+            # left RSS ~200 MB over idle after it ended (full-scale unread-streams row: 340-490 MB after,
+            # 250-280 MB this way, idle 240-290; cause not pinned down).
+            cost = model.request_cost(frame.inputs, decoding=False)
+            lease = self._engine.budget.lease(cost.nbytes, self._owner)
+        except RequestError as exc:
+            future.set_result(FrameResult(frame.request_id, model.name, error=exc, inputs=len(frame.inputs)))
+            return future
+        job = _Job(frame, future, model, options, overrides, lease, cost)
+        assert self._defaults is not None
+        if not self._defaults.drop_stale or self._running < self._max_in_flight:
+            self._start(job)
+        else:
+            if self._waiting is not None:
+                stale = self._waiting
+                inputs = len(stale.frame.inputs)
+                stale.lease.release()
+                stale.future.set_result(
+                    FrameResult(stale.frame.request_id, stale.model.name, skipped=True, inputs=inputs)
+                )
+                stale.model.count_dropped(inputs)
+            self._waiting = job
+        return future
 
     def _start(self, job: _Job) -> None:
         self._running += 1

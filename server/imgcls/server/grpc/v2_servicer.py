@@ -9,7 +9,6 @@ definition of ``grpc_service.proto`` in protobuf's descriptor pool, not two that
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ import grpc
 from google.protobuf import json_format
 from imgcls.server.domain.errors import InvalidInputError, UnimplementedError, forget_frames
 from imgcls.server.engine.engine import MAX_REQUEST_ID_CHARS, Engine
+from imgcls.server.engine.ordering import InOrder
 from imgcls.server.grpc.servicer import deadline_of
 from imgcls.server.grpc.status import status_of, translate_stream, translate_unary
 from imgcls.server.v2 import (
@@ -213,55 +213,11 @@ class OpenInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # Admission and the open-streams limit; each request is charged to the budget while it runs (engine.score).
         async with self._engine.admit_stream(owner):
             await context.send_initial_metadata(())
-            slots = asyncio.Semaphore(self._max_in_flight)
-            answers: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | BaseException | None]
-            answers = asyncio.Queue()
-            reader = asyncio.create_task(self._read_stream(request_iterator, slots, answers, owner))
-            pending: list[asyncio.Task[pb.ModelStreamInferResponse]] = []
-            try:
-                while (entry := await answers.get()) is not None:
-                    if isinstance(entry, BaseException):
-                        raise entry
-                    pending.append(entry)
-                    try:
-                        yield await entry
-                    finally:
-                        pending.remove(entry)
-                        slots.release()
-            finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
-                while not answers.empty():
-                    leftover = answers.get_nowait()
-                    if isinstance(leftover, asyncio.Task):
-                        leftover.cancel()
-                for task in pending:
-                    task.cancel()
-
-    async def _read_stream(
-        self,
-        request_iterator: AsyncIterator[pb.ModelInferRequest],
-        slots: asyncio.Semaphore,
-        answers: asyncio.Queue[Any],
-        owner: str,
-    ) -> None:
-        try:
-            requests = aiter(request_iterator)
-            while True:
-                # A place first, then the next message: at most max_in_flight requests held at once.
-                await slots.acquire()
-                try:
-                    request = await anext(requests)
-                except StopAsyncIteration:
-                    break
-                await answers.put(asyncio.create_task(self._stream_one(request, owner)))
-                del request  # not kept here while the stream waits for the next one
-            await answers.put(None)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # the stream itself failed (the client went away): end it
-            await answers.put(exc)
+            order: InOrder[pb.ModelInferRequest, pb.ModelStreamInferResponse] = InOrder(
+                self._max_in_flight, lambda request: asyncio.create_task(self._stream_one(request, owner))
+            )
+            async for answer in order.run(request_iterator):
+                yield answer
 
     async def _stream_one(self, request: pb.ModelInferRequest, owner: str) -> pb.ModelStreamInferResponse:
         model = self._core.engine_model(request.model_name)
