@@ -12,7 +12,8 @@ answered in it; the raw figure is ``time.process_time`` of ONNX Runtime runs in 
 own backend and settings, at the average batch size the server ran (GetModel's batch statistics), rounded to
 a measured size. "Overhead" is the difference: what gRPC, HTTP, parsing, batching and Python cost per image on
 top of the model. py-spy records the server as its child process (no ptrace of an unrelated process), at 200
-samples a second without pausing it (--nonblocking), idle threads left out; --folded writes folded stacks
+samples a second without pausing it (--nonblocking), idle threads left out (--native: C and C++ frames too,
+per thread, pausing the server for each sample); --folded writes folded stacks
 (one line per stack and its sample count) to aggregate by function instead of an SVG.
 """
 
@@ -67,9 +68,10 @@ def level(door: str, kind: str, concurrency: int, seconds: float) -> dict[str, A
 class ProfiledServer(ServerProcess):
     """The server, started under ``py-spy record`` when a flame graph is wanted."""
 
-    def __init__(self, name: str, log_path: Path, flame: Path | None) -> None:
+    def __init__(self, name: str, log_path: Path, flame: Path | None, native: bool = False) -> None:
         super().__init__(name, [], None, log_path)
         self.flame = flame
+        self.native = native
 
     def command(self) -> list[str]:
         command = super().command()
@@ -81,7 +83,8 @@ class ProfiledServer(ServerProcess):
             "record",
             "--rate",
             "200",
-            "--nonblocking",
+            # Native stacks need the process paused for each sample (py-spy refuses --nonblocking with them).
+            *(["--native", "--threads"] if self.native else ["--nonblocking"]),
             "--format",
             form,
             "-o",
@@ -118,13 +121,39 @@ class ProfiledServer(ServerProcess):
         raise RuntimeError("py-spy did not start the server")
 
 
+GRPC_THREADS = ("grpc", "event_engine", "lifeguard")  # gRPC core's own threads, by the names it gives them
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far of the server's threads in three groups: the event loop (the main thread: asyncio,
+    grpc.aio's callbacks, every door's Python), gRPC core's threads (its I/O, HTTP/2 and polling, in C++), and
+    the rest (the batchers' workers running ONNX Runtime, its pool threads, the decoding executor)."""
+    groups = {"event_loop": 0.0, "grpc_core": 0.0, "model_and_workers": 0.0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # a thread that ended meanwhile
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        if int(task.name) == pid:
+            groups["event_loop"] += seconds
+        elif name.startswith(GRPC_THREADS):
+            groups["grpc_core"] += seconds
+        else:
+            groups["model_and_workers"] += seconds
+    return groups
+
+
 def measure(door: str, kind: str, args: argparse.Namespace, folder: Path, payloads: dict[str, Any]) -> dict[str, Any]:
     suffix = ".txt" if args.folded else ".svg"
     flame = args.flame / f"flame-{door}-{kind}{suffix}" if args.flame else None
-    server = ProfiledServer(f"{door}-{kind}", folder / "server.log", flame)
+    server = ProfiledServer(f"{door}-{kind}", folder / "server.log", flame, native=args.native)
     server.start()
-    sampler = Sampler({"on": server.server_pid()})
+    pid = server.server_pid()
+    sampler = Sampler({"on": pid})
     sampler.start()
+    threads_before = thread_cpu(pid)
     try:
         plan = {
             "targets": {"on": server.target},
@@ -135,19 +164,26 @@ def measure(door: str, kind: str, args: argparse.Namespace, folder: Path, payloa
             "levels": [level(door, kind, args.concurrency, args.seconds)],
         }
         (result,) = run_loadgen(plan, folder)
+        threads_after = thread_cpu(pid)
     finally:
         sampler.stop()
         server.stop()
     window = sampler.window("on", result["window_wall_start"], result["window_wall_end"])
     images = result["images"]
     batches = result.get("server_batches") or {}
+    spent = {group: threads_after[group] - threads_before[group] for group in threads_before}
+    per_image = 1e3 * window["server_cpu_s"] / images if images else float("nan")
+    # The whole run's shares (warm-up included: /proc's clock ticks are too coarse for the window alone),
+    # applied to the window's CPU per image.
+    shares = {group: seconds / max(sum(spent.values()), 1e-9) for group, seconds in spent.items()}
     return {
         "door": door,
         "kind": kind,
         "images_per_s": result["images_per_s"],
         "latency_ms": result["latency_ms"],
         "errors": result["errors"],
-        "server_cpu_ms_per_image": 1e3 * window["server_cpu_s"] / images if images else float("nan"),
+        "server_cpu_ms_per_image": per_image,
+        "threads_ms_per_image": {group: share * per_image for group, share in shares.items()},
         "loadgen_cpu_ms_per_image": 1e3 * result["loadgen_cpu_s"] / max(images, 1),
         "mean_batch": batches.get("avg_batch_size"),
         "flame": str(flame) if flame else None,
@@ -174,13 +210,14 @@ def nearest(sizes: dict[int, float], batch: float | None) -> tuple[int, float]:
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| door | input | img/s | server CPU-ms/img | raw ORT CPU-ms/img (batch) "
-        "| overhead ms/img | client CPU-ms/img |",
-        "|---|---|---|---|---|---|---|",
+        "| overhead ms/img | event loop / gRPC core / model threads ms/img | client CPU-ms/img |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['door']} | {r['kind']} | {r['images_per_s']:.1f} | {r['server_cpu_ms_per_image']:.2f} | "
             f"{r['raw_cpu_ms_per_image']:.2f} ({r['raw_batch']}) | {r['overhead_ms_per_image']:+.2f} | "
+            f"{' / '.join(f'{v:.2f}' for v in r['threads_ms_per_image'].values())} | "
             f"{r['loadgen_cpu_ms_per_image']:.2f} |"
         )
     return "\n".join(lines)
@@ -194,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured window per load")
     parser.add_argument("--flame", type=Path, help="folder for py-spy flame graphs (one SVG per load)")
     parser.add_argument("--folded", action="store_true", help="with --flame: folded stacks (.txt) instead of SVGs")
+    parser.add_argument(
+        "--native", action="store_true", help="with --flame: C/C++ frames too (gRPC core, NumPy), stacks per thread"
+    )
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     parser.add_argument("--images", type=Path, default=SHARED / "images", help="folder with coffee*.jpg")
     args = parser.parse_args(argv)
