@@ -5,10 +5,15 @@ Never asserts speed: only that every stage ran and reported what the README prom
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
+import os
+import statistics
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import report
 from benchmarks.loadgen import Window
+from benchmarks.overhead import thread_cpu
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -224,4 +230,116 @@ def test_overhead_mode_reports_server_cpu_beside_raw_and_records_a_flame_graph(t
         assert math.isclose(row["overhead_ms_per_image"], row["server_cpu_ms_per_image"] - row["raw_cpu_ms_per_image"])
         svg = Path(row["flame"]).read_text()
         assert svg.startswith("<?xml") and "imgcls" in svg
+        # The window's CPU per image split by thread group: every group, none negative, adding up to the whole.
+        threads = row["threads_ms_per_image"]
+        assert set(threads) == {"event_loop", "grpc_core", "model_and_workers"}, threads
+        assert all(ms >= 0 for ms in threads.values()), threads
+        assert math.isclose(sum(threads.values()), row["server_cpu_ms_per_image"], rel_tol=1e-6), threads
+    # A tensor needs no decoding: ONNX Runtime's runs, on the batchers' worker threads, are most of its CPU.
+    tensor = rows[("imgcls.v1", "tensor")]["threads_ms_per_image"]
+    assert max(tensor, key=tensor.__getitem__) == "model_and_workers", tensor
     assert "| imgcls.v1 | tensor |" in completed.stdout
+    assert "event loop / gRPC core / model threads ms/img" in completed.stdout
+
+
+PR_SET_NAME = 15  # prctl(2): set the calling thread's comm, the name /proc/<pid>/task/<tid>/comm shows
+BURN_S = 0.3  # CPU seconds each burner spends; /proc counts in 1/CLK_TCK (10 ms) ticks
+COUNTED_S = 0.1  # what a burner's group must have gained at least, far below BURN_S for slack
+
+
+def burn(seconds: float) -> None:
+    """Spin until the calling thread itself has run ``seconds`` of CPU (its own clock: contention only delays it)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def burn_on_a_thread(os_name: str | None) -> dict[str, float]:
+    """thread_cpu's gain per group while a thread, given ``os_name`` as its OS name (comm) first, burns CPU.
+
+    Both readings are taken on that thread while it is alive: an ended thread leaves /proc/<pid>/task."""
+    gained: dict[str, float] = {}
+
+    def run() -> None:
+        if os_name is not None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            assert libc.prctl(PR_SET_NAME, os_name.encode(), 0, 0, 0) == 0, os.strerror(ctypes.get_errno())
+        before = thread_cpu(os.getpid())
+        burn(BURN_S)
+        after = thread_cpu(os.getpid())
+        gained.update({group: after[group] - before[group] for group in before})
+
+    # A Python-level name that is no gRPC prefix: Python 3.14 and later give it to the OS thread too.
+    worker = threading.Thread(target=run, name="bench-burner")
+    worker.start()
+    worker.join()
+    assert gained, "the burner thread failed"
+    return gained
+
+
+@pytest.mark.parametrize(
+    ("os_name", "group"),
+    [("grpc_test", "grpc_core"), ("event_engine", "grpc_core"), (None, "model_and_workers")],
+)
+def test_thread_cpu_groups_a_thread_by_its_os_name(os_name: str | None, group: str) -> None:
+    """benchmarks.overhead.thread_cpu counts a thread whose OS name starts as gRPC core names its threads under
+    grpc_core, and any other thread but the main one under model_and_workers."""
+    gained = burn_on_a_thread(os_name)
+    assert set(gained) == {"event_loop", "grpc_core", "model_and_workers"}
+    assert gained[group] >= COUNTED_S, gained
+    assert max(gained, key=gained.__getitem__) == group, gained
+
+
+def test_thread_cpu_counts_the_main_thread_as_the_event_loop() -> None:
+    """thread_cpu counts the process's main thread (tid == pid: the server's asyncio loop) under event_loop."""
+    assert threading.get_native_id() == os.getpid(), "pytest runs this test on the main thread"
+    before = thread_cpu(os.getpid())
+    burn(BURN_S)
+    after = thread_cpu(os.getpid())
+    gained = {group: after[group] - before[group] for group in before}
+    assert gained["event_loop"] >= COUNTED_S, gained
+    assert max(gained, key=gained.__getitem__) == "event_loop", gained
+
+
+def test_grpc_floor_reports_both_handlers_over_every_round(tmp_path: Path) -> None:
+    """benchmarks.grpc_floor: a bare grpc.aio server per handler and round, its JSON (the message size, every
+    round, their medians) and its markdown table, one row per handler."""
+    out = tmp_path / "floor.json"
+    rounds = 2
+    size = 10_000
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.grpc_floor",
+            "--calls",
+            "400",  # server CPU is read in 10 ms ticks: 64 calls (about 20 ms) could read as none
+            "--rounds",
+            str(rounds),
+            "--concurrency",
+            "4",
+            "--bytes",
+            str(size),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["bytes"] == size
+    handlers = ("unary", "stream_unary")
+    assert set(result["rounds"]) == set(handlers) == set(result["medians"])
+    for handler in handlers:
+        measured = result["rounds"][handler]
+        assert len(measured) == rounds, measured
+        median = result["medians"][handler]
+        assert set(median) == {"calls_per_s", "server_cpu_ms_per_call"}, median
+        for key, value in median.items():
+            assert value > 0 and math.isfinite(value), (handler, key, value)
+            assert value == statistics.median(r[key] for r in measured), (handler, key)
+        assert f"| {handler} | " in completed.stdout, completed.stdout
