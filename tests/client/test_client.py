@@ -12,13 +12,14 @@ import json
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack, get_type_hints
 
 import grpc
 import numpy as np
 import pytest
-from imgcls.client import AsyncClient, Client, ClientError, Prediction
+from imgcls.client import AsyncClient, ClassifyOptions, Client, ClientError, Prediction
 from imgcls.client.client import build_request
+from imgcls.client.messages import RankingOptions
 from imgcls.server.images.preprocessing import compile_preprocessor
 from imgcls.server.server import RunningServer
 from imgcls.v1 import classifier_pb2 as pb
@@ -268,19 +269,54 @@ async def test_prediction_carries_the_class_index(server: RunningServer) -> None
     assert first == Prediction("espresso", first.score, 967)
 
 
+def var_keyword(function: Callable[..., Any]) -> Any:
+    """The annotation of function's **parameter (None without one), evaluated as typing sees it."""
+    names = [p.name for p in inspect.signature(function).parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+    return get_type_hints(function, include_extras=True)[names[0]] if names else None
+
+
 @pytest.mark.parametrize("client_class", [Client, AsyncClient])
-def test_methods_take_explicit_keyword_arguments(client_class: type[Client] | type[AsyncClient]) -> None:
-    for name in ("__init__", "classify", "classify_batch", "classify_request", "classify_stream"):
-        parameters = inspect.signature(getattr(client_class, name)).parameters.values()
-        assert not [p for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD], name
+def test_classify_methods_take_the_classify_options_as_typed_keywords(
+    client_class: type[Client] | type[AsyncClient],
+) -> None:
+    options = {"model", "top_k", "threshold", "function_to_apply", "preprocessor_overrides", "timeout"}
+    assert ClassifyOptions.__optional_keys__ >= options
     for name in ("classify", "classify_batch", "classify_stream"):
-        keywords = set(inspect.signature(getattr(client_class, name)).parameters)
-        assert {"model", "top_k", "threshold", "function_to_apply", "preprocessor_overrides", "timeout"} <= keywords
+        assert var_keyword(getattr(client_class, name)) == Unpack[ClassifyOptions], name
+    for name in ("__init__", "classify_request"):
+        assert var_keyword(getattr(client_class, name)) is None, name
+    # build_request makes no call, so it has no timeout.
+    assert var_keyword(build_request) == Unpack[RankingOptions]
+    assert RankingOptions.__optional_keys__ == ClassifyOptions.__optional_keys__ - {"timeout"}
 
 
 def test_a_misspelt_option_is_a_type_error() -> None:
     with Client("127.0.0.1:1") as client, pytest.raises(TypeError, match="topk"):
         client.classify(COFFEE, topk=3)  # type: ignore[call-arg]
+
+
+def test_every_classify_method_names_an_unknown_keyword_before_sending() -> None:
+    with Client("127.0.0.1:1") as client:
+        with pytest.raises(TypeError, match="'topk'"):
+            client.classify_batch([COFFEE], topk=3)  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="'topk'"):
+            client.classify_stream([COFFEE], topk=3)  # type: ignore[call-arg]  # when called, not iterated
+        with pytest.raises(TypeError, match="'drop_stale'"):
+            client.classify(COFFEE, drop_stale=True)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="'topk'"):
+        build_request([COFFEE], topk=3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="'timeout'"):
+        build_request([COFFEE], timeout=3)  # type: ignore[call-arg]
+
+
+async def test_async_classify_methods_name_an_unknown_keyword() -> None:
+    async with AsyncClient("127.0.0.1:1") as client:
+        with pytest.raises(TypeError, match="'topk'"):
+            await client.classify(COFFEE, topk=3)  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="'topk'"):
+            await client.classify_batch([COFFEE], topk=3)  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="'topk'"):
+            client.classify_stream([COFFEE], topk=3)  # type: ignore[call-arg]  # when called, not iterated
 
 
 async def test_per_call_timeout_overrides_the_client_s(server: RunningServer) -> None:

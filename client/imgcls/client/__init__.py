@@ -6,6 +6,6 @@
 [Prediction(label='Egyptian cat', score=0.3677..., index=285), ...]
 """
 
-from imgcls.client.client import AsyncClient, Client, ClientError, Prediction, StreamResult
+from imgcls.client.client import AsyncClient, ClassifyOptions, Client, ClientError, Prediction, StreamResult
 
-__all__ = ["AsyncClient", "Client", "ClientError", "Prediction", "StreamResult"]
+__all__ = ["AsyncClient", "ClassifyOptions", "Client", "ClientError", "Prediction", "StreamResult"]

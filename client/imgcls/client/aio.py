@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import grpc
 from imgcls.client import _core
 from imgcls.client.connection import CLIENT_TIMEOUT, _Options
 from imgcls.client.inputs import ImageLike
-from imgcls.client.messages import Frame, FunctionName, RequestOptions
+from imgcls.client.messages import ClassifyOptions, Frame, RequestOptions, call_options
 from imgcls.client.results import Prediction, StreamResult, client_errors, stream_result
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
@@ -46,34 +46,16 @@ class AsyncClient(_Options):
             return call.result(await self._send(call, timeout))
 
     async def classify(
-        self,
-        image: ImageLike,
-        *,
-        model: str = "",
-        top_k: int | None = None,
-        threshold: float | None = None,
-        function_to_apply: FunctionName | None = None,
-        preprocessor_overrides: dict[str, Any] | None = None,
-        request_id: str = "",
-        timeout: float | None = CLIENT_TIMEOUT,
+        self, image: ImageLike, *, request_id: str = "", **options: Unpack[ClassifyOptions]
     ) -> list[Prediction]:
-        options = RequestOptions(model, top_k, threshold, function_to_apply, preprocessor_overrides)
-        return await self._unary(_core.classify(image, options, request_id), timeout)
+        ranking, timeout = call_options(options, CLIENT_TIMEOUT)
+        return await self._unary(_core.classify(image, ranking, request_id), timeout)
 
     async def classify_batch(
-        self,
-        images: Sequence[ImageLike],
-        *,
-        model: str = "",
-        top_k: int | None = None,
-        threshold: float | None = None,
-        function_to_apply: FunctionName | None = None,
-        preprocessor_overrides: dict[str, Any] | None = None,
-        request_id: str = "",
-        timeout: float | None = CLIENT_TIMEOUT,
+        self, images: Sequence[ImageLike], *, request_id: str = "", **options: Unpack[ClassifyOptions]
     ) -> list[list[Prediction]]:
-        options = RequestOptions(model, top_k, threshold, function_to_apply, preprocessor_overrides)
-        return await self._unary(_core.classify_batch(images, options, request_id), timeout)
+        ranking, timeout = call_options(options, CLIENT_TIMEOUT)
+        return await self._unary(_core.classify_batch(images, ranking, request_id), timeout)
 
     async def classify_request(
         self, request: pb.ClassifyRequest, *, timeout: float | None = CLIENT_TIMEOUT
@@ -81,20 +63,27 @@ class AsyncClient(_Options):
         """A ClassifyRequest as it is (see build_request) -> the ClassifyResponse."""
         return await self._unary(_core.classify_request(request), timeout)
 
-    async def classify_stream(
+    def classify_stream(
         self,
         frames: AsyncIterable[ImageLike | pb.ClassifyStreamRequest] | Iterable[ImageLike | pb.ClassifyStreamRequest],
         *,
-        model: str = "",
-        top_k: int | None = None,
-        threshold: float | None = None,
-        function_to_apply: FunctionName | None = None,
-        preprocessor_overrides: dict[str, Any] | None = None,
         drop_stale: bool = False,
-        timeout: float | None = None,
+        **options: Unpack[ClassifyOptions],
     ) -> AsyncIterator[StreamResult]:
-        """Yield one StreamResult per frame, in order; a frame that cannot be sent ends the stream as in Client."""
-        options = RequestOptions(model, top_k, threshold, function_to_apply, preprocessor_overrides)
+        """Yield one StreamResult per frame, in order; a frame that cannot be sent ends the stream as in Client.
+
+        An async iterator (``async for``); a keyword that is not an option is a TypeError when it is called.
+        """
+        ranking, timeout = call_options(options, None)
+        return self._stream(frames, ranking, drop_stale, timeout)
+
+    async def _stream(
+        self,
+        frames: AsyncIterable[Frame] | Iterable[Frame],
+        options: RequestOptions,
+        drop_stale: bool,
+        timeout: float | None,
+    ) -> AsyncIterator[StreamResult]:
         stream = _core.Stream(options, drop_stale)
         # grpc-stubs' aio stream call wants its request iterator up front and reads `object`; frames are
         # written to this one as they come, so it stays untyped.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar, Unpack
 
 import grpc
 from google.protobuf import struct_pb2
@@ -16,7 +16,7 @@ from imgcls.client.connection import RETRY_POLICY as RETRY_POLICY
 from imgcls.client.connection import channel_options as channel_options
 from imgcls.client.connection import channel_target as channel_target
 from imgcls.client.inputs import ImageLike
-from imgcls.client.messages import FunctionName, RequestOptions
+from imgcls.client.messages import ClassifyOptions, Frame, RequestOptions, call_options
 from imgcls.client.messages import build_request as build_request
 from imgcls.client.results import ClientError, Prediction, StreamResult, client_errors, stream_result
 from imgcls.client.results import predictions as predictions
@@ -57,36 +57,18 @@ class Client(_Options):
             return call.result(self._send(call, timeout))
 
     def classify(
-        self,
-        image: ImageLike,
-        *,
-        model: str = "",
-        top_k: int | None = None,
-        threshold: float | None = None,
-        function_to_apply: FunctionName | None = None,
-        preprocessor_overrides: dict[str, Any] | None = None,
-        request_id: str = "",
-        timeout: float | None = CLIENT_TIMEOUT,
+        self, image: ImageLike, *, request_id: str = "", **options: Unpack[ClassifyOptions]
     ) -> list[Prediction]:
-        """One image's ranked predictions (top_k None: the server's 5, 0: all)."""
-        options = RequestOptions(model, top_k, threshold, function_to_apply, preprocessor_overrides)
-        return self._unary(_core.classify(image, options, request_id), timeout)
+        """One image's ranked predictions (the keywords: ClassifyOptions)."""
+        ranking, timeout = call_options(options, CLIENT_TIMEOUT)
+        return self._unary(_core.classify(image, ranking, request_id), timeout)
 
     def classify_batch(
-        self,
-        images: Sequence[ImageLike],
-        *,
-        model: str = "",
-        top_k: int | None = None,
-        threshold: float | None = None,
-        function_to_apply: FunctionName | None = None,
-        preprocessor_overrides: dict[str, Any] | None = None,
-        request_id: str = "",
-        timeout: float | None = CLIENT_TIMEOUT,
+        self, images: Sequence[ImageLike], *, request_id: str = "", **options: Unpack[ClassifyOptions]
     ) -> list[list[Prediction]]:
         """Several images in one request; one list of predictions per input, in order."""
-        options = RequestOptions(model, top_k, threshold, function_to_apply, preprocessor_overrides)
-        return self._unary(_core.classify_batch(images, options, request_id), timeout)
+        ranking, timeout = call_options(options, CLIENT_TIMEOUT)
+        return self._unary(_core.classify_batch(images, ranking, request_id), timeout)
 
     def classify_request(
         self, request: pb.ClassifyRequest, *, timeout: float | None = CLIENT_TIMEOUT
@@ -98,21 +80,21 @@ class Client(_Options):
         self,
         frames: Iterable[ImageLike | pb.ClassifyStreamRequest],
         *,
-        model: str = "",
-        top_k: int | None = None,
-        threshold: float | None = None,
-        function_to_apply: FunctionName | None = None,
-        preprocessor_overrides: dict[str, Any] | None = None,
         drop_stale: bool = False,
-        timeout: float | None = None,
+        **options: Unpack[ClassifyOptions],
     ) -> Iterator[StreamResult]:
         """Yield one StreamResult per frame, in order, as they come back.
 
         A frame that cannot be sent (a missing file, an unsupported value) or an exception of the frames
         iterator itself ends the stream: the frames before it are answered, then that exception is raised
-        here, in the caller's thread.
+        here, in the caller's thread. A keyword that is not an option is a TypeError here and now.
         """
-        options = RequestOptions(model, top_k, threshold, function_to_apply, preprocessor_overrides)
+        ranking, timeout = call_options(options, None)
+        return self._stream(frames, ranking, drop_stale, timeout)
+
+    def _stream(
+        self, frames: Iterable[Frame], options: RequestOptions, drop_stale: bool, timeout: float | None
+    ) -> Iterator[StreamResult]:
         stream = _core.Stream(options, drop_stale)
         with stream.errors():
             for response in self.stub.ClassifyStream(stream.messages(frames), timeout=timeout, metadata=self.metadata):
@@ -130,4 +112,4 @@ class Client(_Options):
 
 
 # The "name as name" imports above keep what callers imported from this module before it was split.
-__all__ = ["AsyncClient", "Client", "ClientError", "Prediction", "StreamResult", "struct_pb2"]
+__all__ = ["AsyncClient", "ClassifyOptions", "Client", "ClientError", "Prediction", "StreamResult", "struct_pb2"]

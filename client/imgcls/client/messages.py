@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 from imgcls.client.inputs import ImageLike, to_input
 from imgcls.v1 import classifier_pb2 as pb
@@ -20,19 +20,52 @@ _FUNCTIONS = {
 }
 
 
+class RankingOptions(TypedDict, total=False):
+    """ClassifyOptions but ``timeout``: what a request carries (build_request takes these)."""
+
+    model: str
+    top_k: int | None
+    threshold: float | None
+    function_to_apply: FunctionName | None
+    preprocessor_overrides: dict[str, Any] | None
+
+
+class ClassifyOptions(RankingOptions, total=False):
+    """The keyword options of every classify method (``classify``, ``classify_batch``, ``classify_stream``).
+
+    Any of them may be left out; a keyword not listed here is a TypeError.
+
+    Attributes:
+        model: The model to ask; ``""`` (the default) is the server's default model.
+        top_k: How many predictions to return; None (the default) is the server's 5, 0 is all of them.
+        threshold: Only predictions scoring at least this (0..1); None: no threshold.
+        function_to_apply: ``"softmax"``, ``"sigmoid"`` or ``"none"`` over the model's outputs;
+            None (the default) is the model's own.
+        preprocessor_overrides: Keys merged over the model's ``preprocessor_config.json`` for this call.
+        timeout: Seconds before the call fails as DEADLINE_EXCEEDED; None: no deadline. Left out, a unary
+            call takes the client's ``timeout`` and a stream has none.
+    """
+
+    timeout: float | None
+
+
 @dataclass(frozen=True, slots=True)
 class RequestOptions:
-    """The options every classify method takes, held together so that they are read in one place.
-
-    The clients build one positionally from their keyword arguments: one short line each, where passing
-    the keywords on would repeat the whole parameter list in every method.
-    """
+    """The ranking options of one call (see ClassifyOptions), held together so that they are read in one place."""
 
     model: str = ""
     top_k: int | None = None
     threshold: float | None = None
     function_to_apply: FunctionName | None = None
     preprocessor_overrides: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any]) -> RequestOptions:
+        """RequestOptions from RankingOptions keywords; any other keyword is a TypeError naming it, as Python's own."""
+        for name in options:
+            if name not in RankingOptions.__optional_keys__:
+                raise TypeError(f"unexpected keyword argument {name!r}")
+        return cls(**options)
 
     def request(self, images: Sequence[ImageLike], request_id: str = "") -> pb.ClassifyRequest:
         # Checked before the images are read: a misspelt function fails before any file is opened.
@@ -62,20 +95,16 @@ class RequestOptions:
 
 
 def build_request(
-    images: Sequence[ImageLike],
-    *,
-    model: str = "",
-    top_k: int | None = None,
-    threshold: float | None = None,
-    function_to_apply: FunctionName | None = None,
-    preprocessor_overrides: dict[str, Any] | None = None,
-    request_id: str = "",
+    images: Sequence[ImageLike], *, request_id: str = "", **options: Unpack[RankingOptions]
 ) -> pb.ClassifyRequest:
-    """A ClassifyRequest: top_k (None: the server's 5, 0: all), threshold (0..1), function_to_apply
-    (softmax, sigmoid, none; None: the model's default), preprocessor_overrides (merged over the
-    model's preprocessor_config.json)."""
-    options = RequestOptions(model, top_k, threshold, function_to_apply, preprocessor_overrides)
-    return options.request(images, request_id)
+    """A ClassifyRequest of images with the options of ClassifyOptions (but ``timeout``, which is the call's)."""
+    return RequestOptions.of(options).request(images, request_id)
+
+
+def call_options(options: ClassifyOptions, timeout: float | None) -> tuple[RequestOptions, float | None]:
+    """A classify method's keywords: the request's options, and the call's timeout (``timeout`` if none is given)."""
+    ranking = {name: value for name, value in options.items() if name != "timeout"}
+    return RequestOptions.of(ranking), options.get("timeout", timeout)
 
 
 def frame_request(frame: Frame, index: int) -> pb.ClassifyStreamRequest:
