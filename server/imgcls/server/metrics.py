@@ -61,6 +61,7 @@ class Metrics:
             self.ready.labels(name).set_function(functools.partial(_ready, model))
             self.load_time.labels(name).set(model.load_seconds)
             model.add_batch_listener(self._batch_observer(name))
+        self._children: dict[tuple[str, str, str, str], tuple[Any, Any, Any]] = {}
         engine.add_request_listener(self.observe)
         self._http: Any = None
         self.port: int | None = None
@@ -80,10 +81,21 @@ class Metrics:
         return observe
 
     def observe(self, record: RequestRecord) -> None:
-        outcome = record.outcome_name
-        self.requests.labels(record.model, record.protocol, record.method, outcome).inc()
-        self.inputs.labels(record.model, outcome).inc(record.inputs)
-        self.request_duration.labels(record.model, record.protocol, record.method).observe(record.seconds)
+        key = (record.model, record.protocol, record.method, record.outcome_name)
+        children = self._children.get(key)
+        if children is None:
+            # Looked up once per label set, not per request: labels() validates and locks every time. The
+            # label sets are few (model names are served ones or one "unknown" label; outcomes are kinds).
+            model, protocol, method, outcome = key
+            children = self._children[key] = (
+                self.requests.labels(model, protocol, method, outcome),
+                self.inputs.labels(model, outcome),
+                self.request_duration.labels(model, protocol, method),
+            )
+        requests, inputs, duration = children
+        requests.inc()
+        inputs.inc(record.inputs)
+        duration.observe(record.seconds)
 
     def serve_http(self, host: str, port: int) -> int:
         """Start the /metrics HTTP server; returns the bound port (port 0 picks one)."""

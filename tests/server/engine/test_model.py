@@ -180,3 +180,46 @@ async def test_stream_frames_are_charged_their_decoding_only_as_it_happens(
     assert isinstance(result.error, OverloadedError)
     assert opened == [1]
     assert engine_with_budget.budget.used == 0
+
+
+# -- _gather_all: how a request awaits its samples ------------------------------------------------
+async def test_gathering_futures_starts_no_task_and_keeps_plain_values_in_place() -> None:
+    """A request's futures are awaited as they are: a coroutine wrapped around each made gather start a
+    task per sample, on every request."""
+    loop = asyncio.get_running_loop()
+    futures = [loop.create_future() for _ in range(3)]
+    created: list[object] = []
+    original = loop.create_task
+
+    def counting(coro: object, **kwargs: object) -> asyncio.Task[object]:
+        created.append(coro)
+        return original(coro, **kwargs)  # type: ignore[arg-type]
+
+    gathered = asyncio.ensure_future(model_module._gather_all([futures[0], ["plain"], futures[1], futures[2]]))
+    loop.create_task = counting  # type: ignore[method-assign]
+    try:
+        await asyncio.sleep(0)  # let the gather start: it is waiting on the futures now
+        created_by_gather = list(created)
+        for index, future in enumerate(futures):
+            future.set_result(index)
+        assert await gathered == [0, ["plain"], 1, 2]
+    finally:
+        del loop.create_task
+    assert created_by_gather == []
+
+
+async def test_gathering_awaits_every_future_and_raises_the_first_failure_in_order() -> None:
+    loop = asyncio.get_running_loop()
+    first, second, third = (loop.create_future() for _ in range(3))
+    third.set_exception(ValueError("third"))
+    second.set_exception(KeyError("second"))
+    first.set_result("ok")
+    with pytest.raises(KeyError, match="second"):
+        await model_module._gather_all([first, second, third])
+    # Every exception was retrieved: none is left to be logged as "never retrieved".
+    assert third.done() and second.done()
+    assert isinstance(third.exception(), ValueError)
+
+
+async def test_gathering_nothing_awaitable_returns_the_values() -> None:
+    assert await model_module._gather_all([[1], [2]]) == [[1], [2]]

@@ -449,6 +449,9 @@ class ServedModel:
         """Run pre-processed samples through the batcher: (N, classes) outputs."""
         futures = self.batcher.submit(samples, deadline)
         try:
+            if len(futures) == 1:
+                # The common case awaited as it is: its row of the batch's outputs, as a (1, classes) view.
+                return (await futures[0])[None]
             rows = await _gather_all(futures)
         finally:
             for future in futures:
@@ -485,17 +488,19 @@ def input_bytes(item: ImageInput) -> int:
     return len(item.raw_data) + 8 * len(item.float_data)  # a float list: 8-byte Python floats at least
 
 
-async def _gather_all(aws: Sequence[Any]) -> list[Any]:
-    """Like gather, but every awaitable is awaited (no orphaned exceptions) and the first error wins."""
-    results = await asyncio.gather(*(_as_awaitable(a) for a in aws), return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results
+async def _gather_all(items: Sequence[Any]) -> list[Any]:
+    """Like gather, but every awaitable is awaited (no orphaned exceptions), the first error (in order) wins,
+    and plain values pass through as they are.
 
-
-async def _as_awaitable(value: Any) -> Any:
-    return (await value) if asyncio.isfuture(value) or asyncio.iscoroutine(value) else value
+    Futures are gathered as they are: wrapping each in a coroutine made gather start a task per future.
+    """
+    awaited = [asyncio.isfuture(item) or asyncio.iscoroutine(item) for item in items]
+    results = iter(await asyncio.gather(*(i for i, a in zip(items, awaited, strict=True) if a), return_exceptions=True))
+    values = [next(results) if a else item for item, a in zip(items, awaited, strict=True)]
+    for value, a in zip(values, awaited, strict=True):
+        if a and isinstance(value, BaseException):
+            raise value
+    return values
 
 
 __all__ = ["FunctionToApply", "ModelLimits", "RequestCost", "ServedModel"]
