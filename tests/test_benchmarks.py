@@ -343,3 +343,44 @@ def test_grpc_floor_reports_both_handlers_over_every_round(tmp_path: Path) -> No
             assert value > 0 and math.isfinite(value), (handler, key, value)
             assert value == statistics.median(r[key] for r in measured), (handler, key)
         assert f"| {handler} | " in completed.stdout, completed.stdout
+
+
+def test_loop_profile_counts_python_calls_per_request_and_lists_where_they_go(tmp_path: Path) -> None:
+    """benchmarks.loop_profile: the event loop's Python calls per Classify (the machine-independent figure two
+    versions are compared by), and its top functions, with imgcls's own handler among them."""
+    out = tmp_path / "profile.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.loop_profile",
+            "--calls",
+            "64",
+            "--warmup",
+            "16",
+            "--concurrency",
+            "4",
+            "--top",
+            "40",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["calls"] == 64
+    # A Classify call runs hundreds of Python functions on the loop (grpc.aio's, asyncio's, imgcls's).
+    assert 100 < result["python_calls_per_request"] < 5000
+    assert result["profiled_cpu_ms_per_request"] > 0
+    assert len(result["by_own_time"]) == 40 and len(result["by_cumulative_time"]) == 40
+    cumulative = [row["function"] for row in result["by_cumulative_time"]]
+    assert any("servicer.py" in name and "(Classify)" in name for name in cumulative), cumulative
+    handler = next(row for row in result["by_cumulative_time"] if "(Classify)" in row["function"])
+    assert handler["calls_per_request"] >= 1  # each call's coroutine, resumed at least once
+    assert "Python calls per request on the event loop" in completed.stdout
+    assert "| by cumulative time |" in completed.stdout
