@@ -89,27 +89,48 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     c16 = find_level(results, "tensor", 16, "on")
     targets.append(
         {
-            "name": "tensor inputs at concurrency 16 >= 0.95x raw ORT best",
+            "name": "tensor inputs at concurrency 16 >= 0.92x raw ORT best",
             "measured": f"{c16['images_per_s']:.1f} img/s = {_ratio(c16['images_per_s'], ref['raw_best']):.2f}x raw"
             if c16
             else "not measured",
             "ratio": _ratio(c16["images_per_s"], ref["raw_best"]) if c16 else None,
-            "goal": 0.95,
-            "met": _ratio(c16["images_per_s"], ref["raw_best"]) >= 0.95 if c16 else None,
+            "goal": 0.92,
+            "met": _ratio(c16["images_per_s"], ref["raw_best"]) >= 0.92 if c16 else None,
         }
     )
+    targets.append(_server_cpu_target(results, c16))
 
     c1 = find_level(results, "tensor", 1, "on")
     overhead = c1["latency_ms"]["p50"] - ref["raw_b1_ms"] if c1 else None
+    raw_p99 = results["limit"]["raw_ort"]["batch1_latency_ms"].get("p99")
+    p99 = (
+        f"; p99 {c1['latency_ms']['p99']:.2f} vs {raw_p99:.2f} ms"
+        if c1 and raw_p99 is not None and "p99" in c1["latency_ms"]
+        else ""
+    )
     targets.append(
         {
             "name": "concurrency-1 tensor p50 <= raw batch-1 time + 1 ms",
             "measured": f"p50 {c1['latency_ms']['p50']:.2f} ms vs raw b1 {ref['raw_b1_ms']:.2f} ms: +{overhead:.2f} ms"
+            + p99
             if c1 and overhead is not None
             else "not measured",
             "ratio": _ratio(c1["latency_ms"]["p50"], ref["raw_b1_ms"]) if c1 else None,
             "goal": "+1 ms",
             "met": overhead <= 1.0 if overhead is not None else None,
+        }
+    )
+    raw_b1_rate = _raw_batch1_rate(results)
+    c1_ratio = _ratio(c1["images_per_s"], raw_b1_rate) if c1 and raw_b1_rate else None
+    targets.append(
+        {
+            "name": "concurrency-1 tensor throughput >= 0.9x raw batch-1 (one run at a time)",
+            "measured": f"{c1['images_per_s']:.1f} img/s vs raw b1 {raw_b1_rate:.1f} img/s: {c1_ratio:.2f}x"
+            if c1 and raw_b1_rate and c1_ratio is not None
+            else "not measured",
+            "ratio": c1_ratio,
+            "goal": 0.9,
+            "met": c1_ratio >= 0.9 if c1_ratio is not None else None,
         }
     )
 
@@ -148,31 +169,72 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         ratio, measured = None, "not measured"
     targets.append(
         {
-            "name": "1920x1280 JPEG >= 2x the straightforward path",
+            "name": "1920x1280 JPEG >= 3x the straightforward path",
             "measured": measured,
             "ratio": ratio,
-            "goal": 2.0,
-            "met": ratio >= 2.0 if ratio is not None else None,
+            "goal": 3.0,
+            "met": ratio >= 3.0 if ratio is not None else None,
         }
     )
 
-    stream = find_level(results, "stream_raw", None, "on")
-    base = c16 or None
-    if stream and base and base["images_per_s"] > 0:
-        ratio = stream["images_per_s"] / base["images_per_s"]
-        measured = f"{stream['images_per_s']:.1f} frames/s vs tensor c16 {base['images_per_s']:.1f} img/s: {ratio:.2f}x"
+    # Like with like: JPEG frames against unary JPEGs (both decoded and preprocessed); raw frames are resized
+    # and normalized, which tensor inputs are not, so their ratio to tensors is shown, not judged.
+    stream = find_level(results, "stream_jpeg", None, "on")
+    unary = find_level(results, "jpeg_small", 16, "on")
+    raw_frames = find_level(results, "stream_raw", None, "on")
+    if stream and unary and unary["images_per_s"] > 0:
+        ratio = stream["images_per_s"] / unary["images_per_s"]
+        measured = (
+            f"JPEG frames {stream['images_per_s']:.1f} frames/s vs unary JPEG c16 {unary['images_per_s']:.1f} "
+            f"img/s: {ratio:.2f}x"
+        )
+        if raw_frames and c16 and c16["images_per_s"] > 0:
+            measured += f"; raw frames {raw_frames['images_per_s'] / c16['images_per_s']:.2f}x tensor c16"
     else:
-        ratio, measured = None, "not measured (needs tensor c16)"
+        ratio, measured = None, "not measured (needs JPEG frames and unary JPEG at c16)"
     targets.append(
         {
-            "name": "stream of raw frames >= 0.85x tensor unary at concurrency 16",
+            "name": "streams >= unary (JPEG frames against unary JPEG at concurrency 16)",
             "measured": measured,
             "ratio": ratio,
-            "goal": 0.85,
-            "met": ratio >= 0.85 if ratio is not None else None,
+            "goal": 1.0,
+            "met": ratio >= 1.0 if ratio is not None else None,
         }
     )
     return targets
+
+
+def _raw_batch1_rate(results: dict[str, Any]) -> float | None:
+    """Raw images/s at batch 1, one run at a time (the lone request's session; the server's when it has one)."""
+    rows = [r for r in results["limit"]["raw_ort"].get("batches", []) if r["batch_size"] == 1]
+    if not rows:
+        return None
+    alone = [r for r in rows if r.get("instances") == 1]
+    return max(r["images_per_s"] for r in alone or rows)
+
+
+def _server_cpu_target(results: dict[str, Any], c16: dict[str, Any] | None) -> dict[str, Any]:
+    """Server CPU per image at concurrency 16 against raw ORT's at the batch size the server ran, measured as
+    the server runs (its instances side by side, its session options)."""
+    raw = results["limit"]["raw_ort"]
+    rows = [
+        r for r in raw.get("batches", []) if r.get("cpu_ms_per_image") and r.get("instances") == raw.get("instances")
+    ]
+    name = "server CPU per image at concurrency 16 <= 1.05x raw ORT's at the same batch size"
+    if not (c16 and rows and c16.get("server_cpu_util") and c16["images_per_s"] > 0):
+        return {"name": name, "measured": "not measured", "ratio": None, "goal": 1.05, "met": None}
+    server_ms = 1e3 * c16["server_cpu_util"] / c16["images_per_s"]
+    mean_batch = (c16.get("server_batches") or {}).get("avg_batch_size") or 1.0
+    nearest = min(rows, key=lambda r: abs(r["batch_size"] - mean_batch))
+    ratio = server_ms / nearest["cpu_ms_per_image"]
+    return {
+        "name": name,
+        "measured": f"{server_ms:.2f} vs raw {nearest['cpu_ms_per_image']:.2f} CPU-ms/img at batch "
+        f"{nearest['batch_size']} (server's mean batch {mean_batch:.1f}): {ratio:.2f}x",
+        "ratio": ratio,
+        "goal": 1.05,
+        "met": ratio <= 1.05,
+    }
 
 
 # -- flat rows (every figure with its ratio) ---------------------------------------------------------

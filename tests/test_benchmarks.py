@@ -146,10 +146,67 @@ def test_peers_are_skipped_with_a_reason(results: dict[str, Any]) -> None:
 
 def test_targets_are_all_reported(results: dict[str, Any]) -> None:
     names = [t["name"] for t in results["targets"]]
-    assert len(names) == 5
+    assert len(names) == 7
     # --quick measures no concurrency 16, so those targets are not judged.
     c16 = next(t for t in results["targets"] if "concurrency 16 >=" in t["name"])
     assert c16["met"] is None
+
+
+def test_the_performance_issue_s_targets_are_judged_from_one_run() -> None:
+    """Server CPU per image against raw ORT's at the batch size the server ran (its own instances), c1
+    throughput against raw batch-1 run one at a time, and JPEG frames against unary JPEGs."""
+
+    def level(kind: str, concurrency: int, rate: float, **extra: Any) -> dict[str, Any]:
+        return {
+            "mode": "stream" if kind.startswith("stream") else "unary",
+            "kind": kind,
+            "batching": "on",
+            "concurrency": concurrency,
+            "images_per_s": rate,
+            "latency_ms": {"p50": 6.0, "p99": 9.0},
+            **extra,
+        }
+
+    raw_rows = [
+        {"batch_size": 1, "instances": 2, "images_per_s": 210.0, "cpu_ms_per_image": 9.5},
+        {"batch_size": 1, "instances": 1, "images_per_s": 180.0, "cpu_ms_per_image": 11.0},
+        {"batch_size": 4, "instances": 2, "images_per_s": 220.0, "cpu_ms_per_image": 9.0},
+        {"batch_size": 4, "instances": 1, "images_per_s": 150.0, "cpu_ms_per_image": 13.0},
+    ]
+    results = {
+        "limit": {
+            "raw_ort": {
+                "instances": 2,
+                "batches": raw_rows,
+                "best": {"images_per_s": 220.0},
+                "batch1_latency_ms": {"p50": 5.5, "p99": 7.0},
+            },
+            "pipeline": [],
+        },
+        "server": {
+            "levels": [
+                # 1.9 cores for 200 img/s: 9.5 CPU-ms/img, at a mean batch of 3.6 (nearest raw: 4, 9.0 ms).
+                level("tensor", 16, 200.0, server_cpu_util=1.9, server_batches={"avg_batch_size": 3.6}),
+                level("tensor", 1, 150.0),
+                level("jpeg_small", 16, 100.0),
+                level("stream_jpeg", 16, 105.0),
+                level("stream_raw", 16, 120.0),
+            ]
+        },
+    }
+    targets = {t["name"].split(" >=")[0].split(" <=")[0]: t for t in report.evaluate_targets(results)}
+    c16 = targets["tensor inputs at concurrency 16"]
+    assert c16["ratio"] == pytest.approx(200 / 220) and c16["met"] is False  # 0.909 < 0.92
+    cpu = targets["server CPU per image at concurrency 16"]
+    assert cpu["ratio"] == pytest.approx(9.5 / 9.0) and cpu["met"] is False  # 1.056 > 1.05
+    assert "batch 4" in cpu["measured"]
+    c1 = targets["concurrency-1 tensor throughput"]
+    assert c1["ratio"] == pytest.approx(150 / 180) and c1["met"] is False  # the one-at-a-time session's rate
+    latency = targets["concurrency-1 tensor p50"]
+    assert "p99 9.00 vs 7.00 ms" in latency["measured"]
+    streams = targets["streams"]
+    assert streams["ratio"] == pytest.approx(1.05) and streams["met"] is True
+    assert "raw frames 0.60x tensor c16" in streams["measured"]
 
 
 def test_window_counts_only_answers_inside_it() -> None:
