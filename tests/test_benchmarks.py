@@ -32,19 +32,25 @@ from benchmarks.overhead import thread_cpu
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+def run_module(module: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m benchmarks.MODULE ARGS` from the repository root, as documented; it must exit 0."""
+    completed = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One --quick run of the whole harness (the documented command), shared by the structure tests."""
     out = tmp_path_factory.mktemp("bench")
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out), "--images", str(IMAGES)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    run_module("run", "--quick", "--out", str(out), "--images", str(IMAGES), timeout=180)
     return out
 
 
@@ -249,33 +255,24 @@ def test_overhead_mode_reports_server_cpu_beside_raw_and_records_a_flame_graph(t
     """benchmarks.overhead: one row per door and input kind, with the raw figure it compares against; --flame
     leaves a py-spy SVG of the server's own Python under that load."""
     out = tmp_path / "overhead.json"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.overhead",
-            "--doors",
-            "imgcls.v1,hf-http",
-            "--kinds",
-            "tensor,jpeg_small",
-            "--seconds",
-            "1",
-            "--concurrency",
-            "2",
-            "--flame",
-            str(tmp_path / "flames"),
-            "--out",
-            str(out),
-            "--images",
-            str(IMAGES),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    completed = run_module(
+        "overhead",
+        "--doors",
+        "imgcls.v1,hf-http",
+        "--kinds",
+        "tensor,jpeg_small",
+        "--seconds",
+        "1",
+        "--concurrency",
+        "2",
+        "--flame",
+        str(tmp_path / "flames"),
+        "--out",
+        str(out),
+        "--images",
+        str(IMAGES),
         timeout=240,
-        check=False,
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(out.read_text())
     rows = {(r["door"], r["kind"]): r for r in result["rows"]}
     # hf-http carries images only: its tensor row is skipped, said so on stderr.
@@ -364,29 +361,20 @@ def test_grpc_floor_reports_both_handlers_over_every_round(tmp_path: Path) -> No
     out = tmp_path / "floor.json"
     rounds = 2
     size = 10_000
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.grpc_floor",
-            "--calls",
-            "400",  # server CPU is read in 10 ms ticks: 64 calls (about 20 ms) could read as none
-            "--rounds",
-            str(rounds),
-            "--concurrency",
-            "4",
-            "--bytes",
-            str(size),
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    completed = run_module(
+        "grpc_floor",
+        "--calls",
+        "400",  # server CPU is read in 10 ms ticks: 64 calls (about 20 ms) could read as none
+        "--rounds",
+        str(rounds),
+        "--concurrency",
+        "4",
+        "--bytes",
+        str(size),
+        "--out",
+        str(out),
         timeout=120,
-        check=False,
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["bytes"] == size
     handlers = ("unary", "stream_unary")
@@ -406,29 +394,20 @@ def test_loop_profile_counts_python_calls_per_request_and_lists_where_they_go(tm
     """benchmarks.loop_profile: the event loop's Python calls per Classify (the machine-independent figure two
     versions are compared by), and its top functions, with imgcls's own handler among them."""
     out = tmp_path / "profile.json"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.loop_profile",
-            "--calls",
-            "64",
-            "--warmup",
-            "16",
-            "--concurrency",
-            "4",
-            "--top",
-            "40",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    completed = run_module(
+        "loop_profile",
+        "--calls",
+        "64",
+        "--warmup",
+        "16",
+        "--concurrency",
+        "4",
+        "--top",
+        "40",
+        "--out",
+        str(out),
         timeout=180,
-        check=False,
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["calls"] == 64
     # A Classify call runs hundreds of Python functions on the loop (grpc.aio's, asyncio's, imgcls's).
