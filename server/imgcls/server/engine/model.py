@@ -494,13 +494,16 @@ async def _gather_all(items: Sequence[Any]) -> list[Any]:
 
     Futures are gathered as they are: wrapping each in a coroutine made gather start a task per future.
     """
-    awaited = [asyncio.isfuture(item) or asyncio.iscoroutine(item) for item in items]
-    results = iter(await asyncio.gather(*(i for i, a in zip(items, awaited, strict=True) if a), return_exceptions=True))
-    values = [next(results) if a else item for item, a in zip(items, awaited, strict=True)]
-    for value, a in zip(values, awaited, strict=True):
-        if a and isinstance(value, BaseException):
-            raise value
-    return values
+    results = await asyncio.gather(*(item for item in items if _awaitable(item)), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    awaited = iter(results)
+    return [next(awaited) if _awaitable(item) else item for item in items]
+
+
+def _awaitable(item: Any) -> bool:
+    return asyncio.isfuture(item) or asyncio.iscoroutine(item)
 
 
 __all__ = ["FunctionToApply", "ModelLimits", "RequestCost", "ServedModel"]
