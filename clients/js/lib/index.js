@@ -24,12 +24,13 @@ const FUNCTIONS = {
 const CODE_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, value]) => [value, name]));
 
 // Calls refused before any work (a server shutting down, a replica gone) are retried, as by the Python client;
-// overload is RESOURCE_EXHAUSTED and never retried.
+// CANCELLED too: the server never cancels a call itself, but gRPC resets the calls it had not yet handed over
+// when a server stops (Classify is idempotent). Overload is RESOURCE_EXHAUSTED and never retried.
 const SERVICE_CONFIG = {
   loadBalancingConfig: [{ round_robin: {} }],
   methodConfig: [{
     name: [{ service: 'imgcls.v1.ImageClassifierService' }],
-    retryPolicy: { maxAttempts: 5, initialBackoff: '0.01s', maxBackoff: '0.2s', backoffMultiplier: 2, retryableStatusCodes: ['UNAVAILABLE'] },
+    retryPolicy: { maxAttempts: 5, initialBackoff: '0.01s', maxBackoff: '0.2s', backoffMultiplier: 2, retryableStatusCodes: ['UNAVAILABLE', 'CANCELLED'] },
   }],
 };
 

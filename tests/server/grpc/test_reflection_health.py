@@ -11,6 +11,7 @@ from google.protobuf import descriptor_pb2, json_format
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from imgcls.server.grpc.health import HealthServicer
 from imgcls.server.server import RunningServer, start_server
 from imgcls.server.settings import EMBEDDED_MODEL_DIR
 from imgcls.v1 import classifier_pb2 as pb
@@ -118,6 +119,37 @@ async def test_stop_reports_not_serving_to_watchers_then_goes_away() -> None:
     finally:
         if not stopped:
             await server.stop(grace=0)
+
+
+async def test_stop_ends_open_watches_instead_of_waiting_the_grace_for_them() -> None:
+    # Clients balancing over several servers hold a Watch on each; gRPC's stop waits for every call in
+    # flight, so the door ends them: a stop with a long grace and an open Watch returns once the rest is done.
+    server = await start_server(make_settings())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE))
+            assert (await watch.read()).status == SERVING
+            await asyncio.wait_for(server.stop(grace=300), 60)  # before: it waited the whole 300 s
+            assert (await watch.read()).status == NOT_SERVING
+            assert await watch.read() is grpc.aio.EOF
+            assert await watch.code() == grpc.StatusCode.OK  # ended by the server, not cancelled
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_a_watch_begun_after_the_watches_ended_gets_the_status_and_ends() -> None:
+    servicer = HealthServicer()
+    await servicer.set(SERVICE, SERVING)
+    await servicer.enter_graceful_shutdown()
+    await servicer.close_watches()
+    written: list[health_pb2.HealthCheckResponse] = []
+
+    class Context:
+        async def write(self, message: health_pb2.HealthCheckResponse) -> None:
+            written.append(message)
+
+    await asyncio.wait_for(servicer.Watch(health_pb2.HealthCheckRequest(service=SERVICE), Context()), 10)
+    assert [m.status for m in written] == [NOT_SERVING]
 
 
 # --- ListModels / GetModel ---------------------------------------------------------------

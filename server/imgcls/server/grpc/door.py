@@ -9,10 +9,11 @@ import time
 from typing import Any, cast
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from imgcls.server.engine.engine import Engine
 from imgcls.server.grpc.auth import BearerTokenInterceptor, server_credentials
+from imgcls.server.grpc.health import HealthServicer
 from imgcls.server.grpc.reads import BoundedReadInterceptor
 from imgcls.server.grpc.servicer import ImageClassifierServicer
 from imgcls.server.grpc.v2_servicer import SERVICE_NAME as V2_SERVICE_NAME
@@ -145,7 +146,7 @@ class GrpcFrontDoor:
         # The Open Inference Protocol on the same port (raises ConfigError when some NAME_image is a served name).
         self.v2_servicer = OpenInferenceServicer(engine)
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(self.v2_servicer, self.registrar)
-        self.health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.registrar)
         self._services = [SERVICE_NAME, V2_SERVICE_NAME]
         self._pending: set[asyncio.Future[Any]] = set()
@@ -188,5 +189,7 @@ class GrpcFrontDoor:
             await self.health.set(service, status)
 
     async def stop(self, grace: float) -> None:
-        """gRPC refuses new calls from here and waits up to grace for accepted ones."""
+        """gRPC refuses new calls from here and waits up to grace for accepted ones (Watch streams are not
+        waited for: they end first)."""
+        await self.health.close_watches()
         await self.server.stop(grace)
