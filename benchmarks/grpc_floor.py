@@ -1,14 +1,15 @@
 """The floor under any Python gRPC door: a grpc.aio server's CPU per unary call that does nothing with its
 message, beside the same call served as imgcls serves its unary RPCs (a stream-unary handler reading the one
-message itself, so the read gate can bound what is received).
+message itself, so the read gate can bound what is received) and served by grpcio's synchronous server (a
+thread pool instead of the event loop).
 
     python -m benchmarks.grpc_floor                       # 602 KB messages (a 224x224 float32 tensor)
     python -m benchmarks.grpc_floor --bytes 100000 --calls 400 --rounds 5
 
 Each handler runs in a server process of its own (started here, port 0), a grpc.aio client in this process
 keeps --concurrency calls in flight; the server's CPU comes from /proc over the measured calls. Rounds
-alternate the two handlers, against drift; report the medians. What imgcls's doors cost above this floor is
-theirs; the floor itself is grpc.aio's and the interpreter's.
+alternate the order of the handlers, against drift; report the medians. What imgcls's doors cost above this
+floor is theirs; the floor itself is grpc.aio's and the interpreter's.
 """
 
 from __future__ import annotations
@@ -26,9 +27,26 @@ from typing import Any
 import grpc
 import psutil
 
-HANDLERS = ("unary", "stream_unary")
+HANDLERS = ("unary", "stream_unary", "sync_unary")
 METHOD = "/floor.Floor/Call"
 ANSWER = b"x" * 200  # about what a ranked top-5 answer weighs
+
+
+def serve_sync(workers: int) -> None:
+    """grpcio's synchronous server: handlers on a thread pool, no event loop."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return ANSWER
+
+    behaviour = grpc.unary_unary_rpc_method_handler(unary)
+    options = [("grpc.max_receive_message_length", 64 << 20)]
+    server = grpc.server(ThreadPoolExecutor(max_workers=workers), options=options)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("floor.Floor", {"Call": behaviour})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    server.wait_for_termination()
 
 
 async def serve(handler: str) -> None:
@@ -73,7 +91,9 @@ async def load(port: int, payload: bytes, calls: int, concurrency: int, process:
 
 def measure(handler: str, payload: bytes, calls: int, concurrency: int) -> dict[str, float]:
     server = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.grpc_floor", "--serve", handler], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "benchmarks.grpc_floor", "--serve", handler, "--concurrency", str(concurrency)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert server.stdout is not None
@@ -93,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write the rounds and medians as JSON here")
     parser.add_argument("--serve", choices=HANDLERS, help=argparse.SUPPRESS)  # the server process
     args = parser.parse_args(argv)
+    if args.serve == "sync_unary":
+        serve_sync(args.concurrency)
+        return 0
     if args.serve:
         asyncio.run(serve(args.serve))
         return 0

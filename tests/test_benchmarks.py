@@ -355,9 +355,9 @@ def test_thread_cpu_counts_the_main_thread_as_the_event_loop() -> None:
     assert max(gained, key=gained.__getitem__) == "event_loop", gained
 
 
-def test_grpc_floor_reports_both_handlers_over_every_round(tmp_path: Path) -> None:
-    """benchmarks.grpc_floor: a bare grpc.aio server per handler and round, its JSON (the message size, every
-    round, their medians) and its markdown table, one row per handler."""
+def test_grpc_floor_reports_every_handler_over_every_round(tmp_path: Path) -> None:
+    """benchmarks.grpc_floor: a bare grpc.aio (or grpcio synchronous) server per handler and round, its JSON (the
+    message size, every round, their medians) and its markdown table, one row per handler."""
     out = tmp_path / "floor.json"
     rounds = 2
     size = 10_000
@@ -377,7 +377,7 @@ def test_grpc_floor_reports_both_handlers_over_every_round(tmp_path: Path) -> No
     )
     result = json.loads(out.read_text())
     assert result["bytes"] == size
-    handlers = ("unary", "stream_unary")
+    handlers = ("unary", "stream_unary", "sync_unary")
     assert set(result["rounds"]) == set(handlers) == set(result["medians"])
     for handler in handlers:
         measured = result["rounds"][handler]

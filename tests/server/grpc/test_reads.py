@@ -161,3 +161,26 @@ async def test_a_burst_of_calls_past_grpc_cores_own_pending_limit_is_answered_no
     failures = Counter(a.code().name for a in answers if isinstance(a, grpc.aio.AioRpcError))
     assert not [a for a in answers if isinstance(a, BaseException) and not isinstance(a, grpc.aio.AioRpcError)]
     assert failures == Counter()
+
+
+async def test_each_method_gets_its_bounded_handler_built_once_not_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgcls.server.grpc import reads
+
+    built: Counter[str] = Counter()
+    original = reads._bounded
+
+    def counting(handler: grpc.RpcMethodHandler, reader: reads._Reader) -> grpc.RpcMethodHandler:
+        built[reader._method] += 1
+        return original(handler, reader)
+
+    monkeypatch.setattr(reads, "_bounded", counting)
+    engine, _ = fake_engine()
+    async with running_server(engine=engine) as server, connect(server) as stub:
+        for _ in range(3):
+            await stub.GetModel(pb.GetModelRequest())
+            await stub.Classify(pb.ClassifyRequest(inputs=[image_input("cat.jpg")]))
+        for _ in range(2):  # no handler: nothing built, nothing kept
+            assert (await call_raw(server.port, "/imgcls.v1.ImageClassifierService/Nope", b"")).code() == (
+                grpc.StatusCode.UNIMPLEMENTED
+            )
+    assert built == {GET_MODEL: 1, CLASSIFY: 1}

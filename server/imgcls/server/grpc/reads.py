@@ -48,6 +48,9 @@ LARGE_METHODS = (
     "/inference.GRPCInferenceService/ModelStreamInfer",
 )
 
+# Bounded handlers kept for reuse: far more than the methods registered (imgcls.v1, v2, health, reflection).
+MAX_KEPT_METHODS = 256
+
 # A stream may wait this long for its next message in a slot while other streams wait for one.
 STREAM_PATIENCE_S = 5.0
 
@@ -77,6 +80,9 @@ class BoundedReadInterceptor(grpc.aio.ServerInterceptor):
         self._max_message_bytes = max_message_bytes
         self._timeout = message_timeout_s
         self.stream_gate = stream_gate(engine, max_message_bytes)
+        # Per method: the handler found for it, and the bounded handler built around it once (not per call).
+        # Only methods that resolved to a handler are kept: the registered ones, however many names callers send.
+        self._bounded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -87,9 +93,15 @@ class BoundedReadInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method or ""
+        known = self._bounded.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
         limit = self._max_message_bytes if method in LARGE_METHODS else SMALL_MESSAGE_BYTES
         reader = _Reader(self._engine, self.stream_gate, method, limit, self._timeout, handler.request_deserializer)
-        return _bounded(handler, reader)
+        bounded = _bounded(handler, reader)
+        if len(self._bounded) < MAX_KEPT_METHODS:
+            self._bounded[method] = (handler, bounded)
+        return bounded
 
 
 class _Reader:

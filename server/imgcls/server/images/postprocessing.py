@@ -54,6 +54,7 @@ def rank(
     k = num_labels if top_k == 0 else min(top_k, num_labels)
     threshold = options.threshold  # unset: no filtering (raw logits may be negative)
     rankings: list[Ranking] = []
+    known = len(labels)
     for row in probabilities:
         if k < num_labels:
             candidates = np.argpartition(-row, k - 1)[:k]
@@ -61,15 +62,12 @@ def rank(
             candidates = np.arange(num_labels)
         # Descending score, ties by index, so answers are deterministic.
         order = candidates[np.lexsort((candidates, -row[candidates]))]
+        # Converted in two calls, not one numpy scalar per label (the same Python ints and floats).
         rankings.append(
             [
-                LabelScore(label=_label(labels, int(i)), score=float(row[i]), index=int(i))
-                for i in order
-                if threshold is None or not row[i] < threshold
+                LabelScore(label=labels[i] if i < known else f"LABEL_{i}", score=score, index=i)
+                for i, score in zip(order.tolist(), row[order].tolist(), strict=True)
+                if threshold is None or not score < threshold
             ]
         )
     return rankings
-
-
-def _label(labels: Sequence[str], index: int) -> str:
-    return labels[index] if index < len(labels) else f"LABEL_{index}"
