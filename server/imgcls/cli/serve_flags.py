@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     from pydantic.fields import FieldInfo
 
 JPEG_DRAFT_HELP = (
-    "decode large JPEGs at reduced size: faithful (scores within 0.01 of a full decode; 2x-3.4x faster on "
-    "camera-sized photos), fast (3x-5x faster; scores move by up to 0.03), off (full decode, exact parity "
+    "decode large JPEGs at reduced size: faithful (scores within about 0.01 of a full decode; 2.4x-5x faster "
+    "on camera-sized photos), fast (3x-6.5x faster; scores move by up to 0.07), off (full decode, exact parity "
     "with transformers)"
 )
 

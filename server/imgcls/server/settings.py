@@ -127,7 +127,7 @@ class ServerSettings(_Frozen):
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     max_tensor_elements: int = Field(default=64 * 3 * 512 * 512, ge=1)
     preprocess_threads: int = Field(default=0, ge=0, le=256)  # 0: one per CPU
-    # Decode large JPEGs at reduced size: "faithful" keeps scores within 0.01 of a full decode, "fast" is
+    # Decode large JPEGs at reduced size: "faithful" keeps scores within about 0.01 of a full decode, "fast" is
     # faster and moves them more, "off" is exact (README, "JPEG draft decoding").
     jpeg_draft: JpegDraft = DEFAULT_JPEG_DRAFT
     stream_max_in_flight: int = Field(default=8, ge=1, le=1024)

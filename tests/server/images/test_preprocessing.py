@@ -423,3 +423,64 @@ def test_the_default_jpeg_draft_is_the_faithful_one() -> None:
 def test_unknown_jpeg_draft_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="jpeg_draft must be one of faithful, fast, off"):
         compile_preprocessor(EFFICIENTNET_CONFIG, dtype=F32, jpeg_draft="exact")  # type: ignore[arg-type]
+
+
+def jpeg_of(image: Image.Image) -> Image.Image:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return Image.open(io.BytesIO(out.getvalue()))
+
+
+@pytest.mark.parametrize(
+    ("mode", "size"),
+    # Sizes that decode at a reduced scale in that mode (faithful keeps 2x the 384x256 target, fast 1.25x).
+    [("faithful", (1920, 1280)), ("faithful", (3000, 2002)), ("faithful", (1600, 3000))]
+    + [("fast", size) for size in ((1920, 1280), (1353, 900), (3000, 2002), (1001, 1700))],
+)
+def test_a_drafted_jpeg_resizes_only_what_the_crop_keeps(
+    monkeypatch: pytest.MonkeyPatch, size: tuple[int, int], mode: str
+) -> None:
+    # ConvNext below 384: the shortest edge to 256, then a 224 crop. Resizing only the crop's box of the draft
+    # is about half the work; it must give the pixels of resize-then-crop on that same draft, to a level or two.
+    config = {**EFFICIENTNET_CONFIG, "input_layout": "NCHW"}
+    preprocessor = compile_preprocessor(config, dtype=F32, jpeg_draft=mode)  # type: ignore[arg-type]
+    source = synthetic(*size)
+    resizes: list[tuple[tuple[int, int], Any]] = []
+    original = Image.Image.resize
+
+    def recording(self: Image.Image, out: tuple[int, int], *args: Any, **kwargs: Any) -> Image.Image:
+        resizes.append((out, kwargs.get("box")))
+        return original(self, out, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", recording)
+    got = np.asarray(preprocessor.prepare_image(jpeg_of(source)))
+    assert len(resizes) == 1 and resizes[0][0] == (224, 224) and resizes[0][1] is not None, resizes
+
+    # The reference: the same draft decode, then the whole resize and the crop.
+    drafted = jpeg_of(source)
+    target = preprocessor.resize.output_size(*drafted.size)
+    margin = DRAFT_MARGINS[mode]  # type: ignore[index]
+    drafted.draft("RGB", (math.ceil(target[0] * margin), math.ceil(target[1] * margin)))
+    assert drafted.width < size[0]  # a reduced-scale decode indeed
+    drafted = drafted.convert("RGB")
+    resized = original(drafted, preprocessor.resize.output_size(*drafted.size), resample=2, reducing_gap=None)
+    left, top = (resized.width - 224) // 2, (resized.height - 224) // 2
+    want = np.asarray(resized.crop((left, top, left + 224, top + 224)))
+    assert got.shape == want.shape
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 2
+
+
+def test_an_undrafted_image_is_resized_then_cropped_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A JPEG too small for a reduced-scale decode stays on the exact path: the whole resize, then the crop.
+    config = {**EFFICIENTNET_CONFIG, "input_layout": "NCHW"}
+    preprocessor = compile_preprocessor(config, dtype=F32)
+    boxes: list[Any] = []
+    original = Image.Image.resize
+
+    def recording(self: Image.Image, out: tuple[int, int], *args: Any, **kwargs: Any) -> Image.Image:
+        boxes.append(kwargs.get("box"))
+        return original(self, out, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", recording)
+    preprocessor.prepare_image(jpeg_of(synthetic(600, 400)))
+    assert boxes == [None]
