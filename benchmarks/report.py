@@ -177,8 +177,9 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         }
     )
 
-    # Like with like: JPEG frames against unary JPEGs (both decoded and preprocessed); raw frames are resized
-    # and normalized, which tensor inputs are not, so their ratio to tensors is shown, not judged.
+    # Like with like: the same JPEG as stream frames and as unary calls (decoded and preprocessed alike); raw
+    # frames are resized and normalized, which tensor inputs are not, so their ratio to tensors is shown, not
+    # judged.
     stream = find_level(results, "stream_jpeg", None, "on")
     unary = find_level(results, "jpeg_small", 16, "on")
     raw_frames = find_level(results, "stream_raw", None, "on")

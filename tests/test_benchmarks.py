@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 from support.paths import IMAGES, ROOT
@@ -28,6 +29,7 @@ if str(ROOT) not in sys.path:
 from benchmarks import report
 from benchmarks.loadgen import Window
 from benchmarks.overhead import thread_cpu
+from benchmarks.run import describe_inputs, write_payloads
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -420,3 +422,16 @@ def test_loop_profile_counts_python_calls_per_request_and_lists_where_they_go(tm
     assert handler["calls_per_request"] >= 1  # each call's coroutine, resumed at least once
     assert "Python calls per request on the event loop" in completed.stdout
     assert "| by cumulative time |" in completed.stdout
+
+
+def test_jpeg_stream_frames_are_the_unary_jpeg_s_own_bytes(tmp_path: Path) -> None:
+    # "streams >= unary" compares per-image work: the frames must be the very image the unary calls send.
+    class NoModel:
+        def tensor_for(self, path: Path) -> Any:
+            return np.zeros((3, 2, 2), dtype=np.float32)
+
+    images = {"jpeg_small": IMAGES / "coffee.jpg", "jpeg_large": IMAGES / "coffee_1920x1280.jpg"}
+    payloads = write_payloads(NoModel(), images, tmp_path)  # type: ignore[arg-type]
+    assert Path(payloads["stream_jpeg"]["path"]).read_bytes() == Path(payloads["jpeg_small"]["path"]).read_bytes()
+    labels = describe_inputs(images)
+    assert labels["stream_jpeg"] == f"stream, {labels['jpeg_small']}" == "stream, JPEG 600x400"
