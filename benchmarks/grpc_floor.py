@@ -32,7 +32,7 @@ METHOD = "/floor.Floor/Call"
 ANSWER = b"x" * 200  # about what a ranked top-5 answer weighs
 
 
-def serve_sync(workers: int) -> None:
+def serve_sync(workers: int, bdp_probe: bool) -> None:
     """grpcio's synchronous server: handlers on a thread pool, no event loop."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -40,8 +40,7 @@ def serve_sync(workers: int) -> None:
         return ANSWER
 
     behaviour = grpc.unary_unary_rpc_method_handler(unary)
-    options = [("grpc.max_receive_message_length", 64 << 20)]
-    server = grpc.server(ThreadPoolExecutor(max_workers=workers), options=options)
+    server = grpc.server(ThreadPoolExecutor(max_workers=workers), options=server_options(bdp_probe))
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("floor.Floor", {"Call": behaviour})])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -49,7 +48,13 @@ def serve_sync(workers: int) -> None:
     server.wait_for_termination()
 
 
-async def serve(handler: str) -> None:
+def server_options(bdp_probe: bool) -> list[tuple[str, int]]:
+    options = [("grpc.max_receive_message_length", 64 << 20)]
+    # imgcls turns window growth off (a message is pulled in only once admitted: grpc/door.py).
+    return options if bdp_probe else [*options, ("grpc.http2.bdp_probe", 0)]
+
+
+async def serve(handler: str, bdp_probe: bool) -> None:
     async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return ANSWER
 
@@ -62,7 +67,7 @@ async def serve(handler: str) -> None:
         if handler == "unary"
         else grpc.stream_unary_rpc_method_handler(stream_unary)
     )
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+    server = grpc.aio.server(options=server_options(bdp_probe))
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("floor.Floor", {"Call": behaviour})])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -89,9 +94,10 @@ async def load(port: int, payload: bytes, calls: int, concurrency: int, process:
     return {"calls_per_s": total / (ended - started), "server_cpu_ms_per_call": 1e3 * cpu / total}
 
 
-def measure(handler: str, payload: bytes, calls: int, concurrency: int) -> dict[str, float]:
+def measure(handler: str, payload: bytes, calls: int, concurrency: int, bdp_probe: bool = True) -> dict[str, float]:
+    command = [sys.executable, "-m", "benchmarks.grpc_floor", "--serve", handler, "--concurrency", str(concurrency)]
     server = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.grpc_floor", "--serve", handler, "--concurrency", str(concurrency)],
+        command if bdp_probe else [*command, "--no-bdp-probe"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -111,19 +117,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", help="write the rounds and medians as JSON here")
+    parser.add_argument(
+        "--no-bdp-probe",
+        dest="bdp_probe",
+        action="store_false",
+        help="the servers' HTTP/2 windows do not grow by bandwidth probing, as imgcls serves (default: grpcio's)",
+    )
     parser.add_argument("--serve", choices=HANDLERS, help=argparse.SUPPRESS)  # the server process
     args = parser.parse_args(argv)
     if args.serve == "sync_unary":
-        serve_sync(args.concurrency)
+        serve_sync(args.concurrency, args.bdp_probe)
         return 0
     if args.serve:
-        asyncio.run(serve(args.serve))
+        asyncio.run(serve(args.serve, args.bdp_probe))
         return 0
     payload = os.urandom(args.bytes)
     rounds: dict[str, list[dict[str, float]]] = {handler: [] for handler in HANDLERS}
     for index in range(args.rounds):
         for handler in HANDLERS if index % 2 == 0 else reversed(HANDLERS):
-            rounds[handler].append(measure(handler, payload, args.calls, args.concurrency))
+            rounds[handler].append(measure(handler, payload, args.calls, args.concurrency, args.bdp_probe))
     medians = {
         handler: {key: statistics.median(r[key] for r in results) for key in results[0]}
         for handler, results in rounds.items()
@@ -135,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {handler} | {median['calls_per_s']:.0f} | {median['server_cpu_ms_per_call']:.3f} | {every} |")
     if args.out:
         with open(args.out, "w") as out:
-            json.dump({"bytes": args.bytes, "rounds": rounds, "medians": medians}, out, indent=2)
+            summary = {"bytes": args.bytes, "bdp_probe": args.bdp_probe, "rounds": rounds, "medians": medians}
+            json.dump(summary, out, indent=2)
     return 0
 
 

@@ -373,12 +373,14 @@ def test_grpc_floor_reports_every_handler_over_every_round(tmp_path: Path) -> No
         "4",
         "--bytes",
         str(size),
+        "--no-bdp-probe",
         "--out",
         str(out),
         timeout=120,
     )
     result = json.loads(out.read_text())
     assert result["bytes"] == size
+    assert result["bdp_probe"] is False
     handlers = ("unary", "stream_unary", "sync_unary")
     assert set(result["rounds"]) == set(handlers) == set(result["medians"])
     for handler in handlers:

@@ -606,3 +606,12 @@ def test_the_cli_is_a_package_of_small_modules_one_per_command() -> None:
     sizes = {path.name: len(path.read_text().splitlines()) for path in package.glob("*.py")}
     assert {"serve.py", "classify.py", "stream.py", "models.py", "common.py"} <= set(sizes)
     assert max(sizes.values()) <= 300, sizes
+
+
+@pytest.mark.parametrize(("flags", "checked"), [([], True), (["--no-health-check"], False)])
+def test_several_servers_are_health_checked_unless_told_not_to(flags: list[str], checked: bool) -> None:
+    parser = argparse.ArgumentParser()
+    common.add_client_options(parser)
+    with common.client_from_args(parser.parse_args(["--server", "127.0.0.1:50051,127.0.0.1:50052", *flags])) as client:
+        config = json.loads(dict(client.options)["grpc.service_config"])
+    assert ("healthCheckConfig" in config) is checked

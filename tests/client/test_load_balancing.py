@@ -214,24 +214,45 @@ async def test_concurrent_callers_survive_a_server_stopping() -> None:
         stopped = threading.Event()
         started = threading.Barrier(callers + 1)
         outcomes: list[grpc.StatusCode] = []
+        during_stop: list[int] = []  # per caller: calls made while the server stopped
 
         def keep_calling() -> None:
             outcomes.append(code_of(lambda: client.classify(IMAGE)))
             started.wait(30)
+            made = 0
             while not stopped.is_set():
                 outcomes.append(code_of(lambda: client.classify(IMAGE)))
+                made += 1
+            during_stop.append(made)
             outcomes.extend(code_of(lambda: client.classify(IMAGE)) for _ in range(5))
 
         threads = [asyncio.ensure_future(asyncio.to_thread(keep_calling)) for _ in range(callers)]
         try:
             await asyncio.to_thread(started.wait, 30)  # every caller has made a call: calls are in flight
+            for _ in range(400):  # until the server to stop has its share of the calls
+                if served_before_stop := await served_requests(second):
+                    break
+                await asyncio.sleep(0.025)
             await stop(servers, second)
         finally:
             stopped.set()
             await asyncio.gather(*threads)
             client.close()
-        assert len(outcomes) > 5 * callers
+        assert len(during_stop) == callers and min(during_stop) > 0, during_stop  # the stop was under load
+        assert served_before_stop > 0  # the stopping server had its share
         assert set(outcomes) == {grpc.StatusCode.OK}, collections.Counter(outcomes)
+
+
+async def test_health_over_several_servers_none_serving_is_false_not_an_error() -> None:
+    # The balanced channel picks only SERVING servers; health() asks over one that does not, so it answers.
+    async with two_servers() as servers:
+        with Client(targets(servers), timeout=10) as client:
+            assert await asyncio.to_thread(client.health)
+            for server in servers:
+                await server.set_serving(False)
+            assert not await asyncio.to_thread(client.health)
+        async with AsyncClient(targets(servers), timeout=10) as aclient:
+            assert not await aclient.health()
 
 
 async def test_health_checking_off_against_servers_that_close_health() -> None:

@@ -25,11 +25,13 @@ class AsyncClient(_Options):
     channel: grpc.aio.Channel
     stub: pb_grpc.ImageClassifierServiceAsyncStub
 
-    def _connect(self) -> tuple[grpc.aio.Channel, pb_grpc.ImageClassifierServiceAsyncStub]:
+    def _connect(
+        self, options: list[tuple[str, Any]]
+    ) -> tuple[grpc.aio.Channel, pb_grpc.ImageClassifierServiceAsyncStub]:
         if self.credentials is None:
-            channel = grpc.aio.insecure_channel(self.target, options=self.options)
+            channel = grpc.aio.insecure_channel(self.target, options=options)
         else:
-            channel = grpc.aio.secure_channel(self.target, self.credentials, options=self.options)
+            channel = grpc.aio.secure_channel(self.target, self.credentials, options=options)
         return channel, pb_grpc.ImageClassifierServiceStub(channel)
 
     async def __aenter__(self) -> AsyncClient:
@@ -40,6 +42,8 @@ class AsyncClient(_Options):
 
     async def close(self) -> None:
         await self.channel.close(None)
+        if self._probe is not None:
+            await self._probe.close(None)
 
     async def _unary(self, call: _core.Unary[T], timeout: float | None) -> T:
         with client_errors():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TypeVar, Unpack
+from typing import Any, TypeVar, Unpack
 
 import grpc
 from google.protobuf import struct_pb2
@@ -36,11 +36,11 @@ class Client(_Options):
     channel: grpc.Channel
     stub: pb_grpc.ImageClassifierServiceStub
 
-    def _connect(self) -> tuple[grpc.Channel, pb_grpc.ImageClassifierServiceStub]:
+    def _connect(self, options: list[tuple[str, Any]]) -> tuple[grpc.Channel, pb_grpc.ImageClassifierServiceStub]:
         if self.credentials is None:
-            channel = grpc.insecure_channel(self.target, options=self.options)
+            channel = grpc.insecure_channel(self.target, options=options)
         else:
-            channel = grpc.secure_channel(self.target, self.credentials, options=self.options)
+            channel = grpc.secure_channel(self.target, self.credentials, options=options)
         return channel, pb_grpc.ImageClassifierServiceStub(channel)
 
     def __enter__(self) -> Client:
@@ -51,6 +51,8 @@ class Client(_Options):
 
     def close(self) -> None:
         self.channel.close()
+        if self._probe is not None:
+            self._probe.close()
 
     def _unary(self, call: _core.Unary[T], timeout: float | None) -> T:
         with client_errors():

@@ -63,11 +63,16 @@ def _split_host_port(address: str) -> tuple[str, int]:
 
 
 SERVICE_NAME = "imgcls.v1.ImageClassifierService"
+
 # Calls the server refused without doing any work (it is shutting down, or a replica is gone) are
-# retried, and round_robin sends the retry to another replica; Classify is idempotent. CANCELLED too: the
-# server never cancels a call itself, but gRPC core resets the calls it had not yet handed to the server
-# when the server stops. No retry throttling: it counts every refused attempt, so a replica draining
-# under load would switch retries off for everyone; overload is RESOURCE_EXHAUSTED, never retried.
+# retried, and round_robin sends the retry to another replica; every method is idempotent (a stream is
+# retried only before its first answer). CANCELLED too: imgcls never answers it itself, but gRPC core
+# does for a call it had accepted and not yet handed over when the server stops, for one still running
+# when the stop's grace runs out (its work is then done again elsewhere), and past its pending-call
+# bound (set far above any burst the server's own admission leaves waiting). A call the caller cancels
+# is not retried. No retry throttling: it counts every refused attempt, so a replica draining under load
+# would switch retries off for everyone; the server's own overload answer is RESOURCE_EXHAUSTED, never
+# retried.
 RETRY_POLICY = {
     "maxAttempts": 5,
     "initialBackoff": "0.01s",
@@ -142,12 +147,16 @@ class _Options(abc.ABC):
         self.credentials = _credentials(tls, root_certificates, client_cert)
         checked = balances(self.target) if health_check is None else health_check
         self.options = channel_options(max_message_bytes, health_checked=checked)
-        self.channel, self.stub = self._connect()
-        self._stubs = Stubs(self.stub, health_pb2_grpc.HealthStub(self.channel))
+        self.channel, self.stub = self._connect(self.options)
+        # health() asks the servers whatever their health says: over a channel that does not pick by it (on the
+        # health-checked one, with no server SERVING, the call would fail instead of answering NOT_SERVING).
+        # gRPC connects it only when health() is first called.
+        self._probe = self._connect(channel_options(max_message_bytes))[0] if checked else None
+        self._stubs = Stubs(self.stub, health_pb2_grpc.HealthStub(self._probe or self.channel))
 
     @abc.abstractmethod
-    def _connect(self) -> tuple[Any, Any]:
-        """A channel to self.target with self.credentials and self.options, and the classifier's stub on it."""
+    def _connect(self, options: list[tuple[str, Any]]) -> tuple[Any, Any]:
+        """A channel to self.target with self.credentials and these options, and the classifier's stub on it."""
 
     def _timeout(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is CLIENT_TIMEOUT else timeout

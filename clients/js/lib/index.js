@@ -24,8 +24,9 @@ const FUNCTIONS = {
 const CODE_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, value]) => [value, name]));
 
 // Calls refused before any work (a server shutting down, a replica gone) are retried, as by the Python client;
-// CANCELLED too: the server never cancels a call itself, but gRPC resets the calls it had not yet handed over
-// when a server stops (Classify is idempotent). Overload is RESOURCE_EXHAUSTED and never retried.
+// CANCELLED too: imgcls never answers it itself, but gRPC core does for calls it had not yet handed over when a
+// server stops, or that were still running when its grace ran out (every method is idempotent). The server's
+// overload answer is RESOURCE_EXHAUSTED and never retried. (grpc-js has no client-side health checking.)
 const SERVICE_CONFIG = {
   loadBalancingConfig: [{ round_robin: {} }],
   methodConfig: [{

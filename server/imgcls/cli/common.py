@@ -32,8 +32,17 @@ def add_client_options(p: argparse.ArgumentParser, *, timeout: float = 60.0) -> 
         action="append",
         default=[],
         metavar="HOST:PORT",
-        help=f"server address; repeat, or comma-separate, for several (round-robin); dns:///name:port works "
-        f"(default: {DEFAULT_SERVER})",
+        help=f"server address; repeat, or comma-separate, for several (round-robin over those SERVING); "
+        f"dns:///name:port works (default: {DEFAULT_SERVER})",
+    )
+    group.add_argument(
+        "--no-health-check",
+        dest="health_check",
+        action="store_false",
+        default=None,
+        help="over several servers, pick any, not only those whose health says SERVING (needed against servers "
+        "started with --auth-close-health: gRPC's own health calls carry no token) (default: health-checked "
+        "over several servers or a dns:/// name)",
     )
     group.add_argument(
         "--timeout", type=float, default=timeout, metavar="SECONDS", help=f"seconds per call (default: {timeout:g})"
@@ -79,7 +88,13 @@ def client_from_args(args: argparse.Namespace) -> Client:
     servers = [s for part in args.server for s in part.split(",") if s] or [DEFAULT_SERVER]
     try:
         return Client(
-            servers, timeout=args.timeout, token=args.token, tls=args.tls, root_certificates=root, client_cert=cert
+            servers,
+            timeout=args.timeout,
+            token=args.token,
+            tls=args.tls,
+            root_certificates=root,
+            client_cert=cert,
+            health_check=args.health_check,
         )
     except (ValueError, OSError) as exc:  # a malformed address, a name that does not resolve
         raise UsageError(str(exc)) from None

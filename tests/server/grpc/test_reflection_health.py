@@ -18,6 +18,7 @@ from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from support.paths import EFFICIENTNET, IMAGES
 from support.servers import connect, make_settings, running_server
+from support.waiting import poll_until
 
 SERVICE = "imgcls.v1.ImageClassifierService"
 HEALTH = "grpc.health.v1.Health"
@@ -137,19 +138,47 @@ async def test_stop_ends_open_watches_instead_of_waiting_the_grace_for_them() ->
         await server.stop(grace=0)
 
 
-async def test_a_watch_begun_after_the_watches_ended_gets_the_status_and_ends() -> None:
+async def test_a_stop_soon_after_quiet_still_sends_not_serving_before_the_watch_ends() -> None:
+    # No call for a while: the shutdown settle ends at once, so the door must not end a Watch before the
+    # NOT_SERVING that begin_shutdown scheduled has gone out on it.
+    server = await start_server(make_settings())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE))
+            assert (await watch.read()).status == SERVING
+            server.engine.last_call_at -= 10  # as after ten quiet seconds
+            await asyncio.wait_for(server.stop(grace=300), 60)
+            assert (await watch.read()).status == NOT_SERVING
+            assert await watch.read() is grpc.aio.EOF
+    finally:
+        await server.stop(grace=0)
+
+
+class Written:
+    """A Watch's context: what it wrote."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+
+    async def write(self, message: health_pb2.HealthCheckResponse) -> None:
+        self.statuses.append(message.status)
+
+
+async def test_closing_ends_each_watch_after_its_latest_status() -> None:
     servicer = HealthServicer()
     await servicer.set(SERVICE, SERVING)
-    await servicer.enter_graceful_shutdown()
+    context = Written()
+    watching = asyncio.create_task(servicer.Watch(health_pb2.HealthCheckRequest(service=SERVICE), context))
+    assert await poll_until(lambda: context.statuses == [SERVING])
+    # The status changes and the watches close before the watcher runs again: it sends the change, then ends.
+    await servicer.set(SERVICE, NOT_SERVING)
     await servicer.close_watches()
-    written: list[health_pb2.HealthCheckResponse] = []
-
-    class Context:
-        async def write(self, message: health_pb2.HealthCheckResponse) -> None:
-            written.append(message)
-
-    await asyncio.wait_for(servicer.Watch(health_pb2.HealthCheckRequest(service=SERVICE), Context()), 10)
-    assert [m.status for m in written] == [NOT_SERVING]
+    await asyncio.wait_for(watching, 10)
+    assert context.statuses == [SERVING, NOT_SERVING]
+    # A Watch begun after that gets the status and ends at once.
+    late = Written()
+    await asyncio.wait_for(servicer.Watch(health_pb2.HealthCheckRequest(service=SERVICE), late), 10)
+    assert late.statuses == [NOT_SERVING]
 
 
 # --- ListModels / GetModel ---------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""JPEG draft decoding: faithful by default (scores within 0.01 of the transformers pipeline), fast on request.
+"""JPEG draft decoding: faithful by default (scores within 0.01 of the transformers pipeline on these images; the
+worst measured elsewhere is 0.012, docs/models.md), fast on request.
 
 The reference for the shared images is the transformers pipeline (reference-*.json); for the camera-sized
 JPEGs made here from them it is the exact path (jpeg_draft off), which matches the pipeline within 1e-6

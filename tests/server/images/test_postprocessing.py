@@ -159,3 +159,11 @@ def test_validate_options_accepts(options: ClassifyOptions) -> None:
 def test_validate_options_refuses(options: ClassifyOptions, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
         validate_options(options)
+
+
+def test_the_threshold_is_compared_in_float32_as_the_scores_are() -> None:
+    # 0.3 as float32 is 0.30000001192...; a threshold just above that float64 value but within the same
+    # float32 step is the same float32 number, so the score is kept.
+    score = float(np.float32(0.3))
+    assert [label for label, _, _ in ranked([0.3, 0.1], threshold=score + 1e-9)] == ["zero"]
+    assert ranked([0.3, 0.1], threshold=0.31) == []

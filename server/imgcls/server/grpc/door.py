@@ -191,5 +191,8 @@ class GrpcFrontDoor:
     async def stop(self, grace: float) -> None:
         """gRPC refuses new calls from here and waits up to grace for accepted ones (Watch streams are not
         waited for: they end first)."""
+        # NOT_SERVING first (the readiness listener's update may not have run yet), so every Watch sends it
+        # before it ends.
+        await self.set_serving(False)
         await self.health.close_watches()
         await self.server.stop(grace)

@@ -52,7 +52,9 @@ def rank(
     num_labels = probabilities.shape[-1]
     top_k = DEFAULT_TOP_K if options.top_k is None else options.top_k
     k = num_labels if top_k == 0 else min(top_k, num_labels)
-    threshold = options.threshold  # unset: no filtering (raw logits may be negative)
+    # Unset: no filtering (raw logits may be negative). Compared as float32, as the scores are (a threshold
+    # within a float32 step of a score keeps or drops it as it did when both were numpy float32).
+    threshold = None if options.threshold is None else float(np.float32(options.threshold))
     rankings: list[Ranking] = []
     known = len(labels)
     for row in probabilities:
