@@ -484,3 +484,24 @@ def test_an_undrafted_image_is_resized_then_cropped_exactly(monkeypatch: pytest.
     monkeypatch.setattr(Image.Image, "resize", recording)
     preprocessor.prepare_image(jpeg_of(synthetic(600, 400)))
     assert boxes == [None]
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_the_crop_box_of_a_drafted_jpeg_is_taken_after_its_exif_turn(orientation: int) -> None:
+    # The box is computed on the turned image: the result is the turned draft resized in full, then cropped.
+    source = synthetic(1920, 1280, seed=orientation)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    source.save(out, "JPEG", exif=exif, quality=90)
+    data = out.getvalue()
+    config = {**EFFICIENTNET_CONFIG, "input_layout": "NCHW"}
+    got = np.asarray(compile_preprocessor(config, dtype=F32).prepare_image(Image.open(io.BytesIO(data))))
+
+    drafted = Image.open(io.BytesIO(data))
+    drafted.draft("RGB", (drafted.width // 2, drafted.height // 2))  # what faithful picks here: 1/2 scale
+    turned = ImageOps.exif_transpose(drafted.convert("RGB"))
+    resized = turned.resize((256, 384) if turned.height > turned.width else (384, 256), resample=2, reducing_gap=None)
+    left, top = (resized.width - 224) // 2, (resized.height - 224) // 2
+    want = np.asarray(resized.crop((left, top, left + 224, top + 224)))
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 2
