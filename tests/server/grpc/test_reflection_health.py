@@ -122,34 +122,23 @@ async def test_stop_reports_not_serving_to_watchers_then_goes_away() -> None:
             await server.stop(grace=0)
 
 
-async def test_stop_ends_open_watches_instead_of_waiting_the_grace_for_them() -> None:
+@pytest.mark.parametrize("quiet", [False, True], ids=["under-calls", "after-quiet"])
+async def test_stop_ends_open_watches_after_not_serving_instead_of_waiting_the_grace(quiet: bool) -> None:
     # Clients balancing over several servers hold a Watch on each; gRPC's stop waits for every call in
     # flight, so the door ends them: a stop with a long grace and an open Watch returns once the rest is done.
+    # After a quiet spell the shutdown settle ends at once: the Watch must still get the NOT_SERVING that
+    # begin_shutdown scheduled before it ends.
     server = await start_server(make_settings())
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE))
             assert (await watch.read()).status == SERVING
+            if quiet:
+                server.engine.last_call_at -= 10  # as after ten quiet seconds
             await asyncio.wait_for(server.stop(grace=300), 60)  # before: it waited the whole 300 s
             assert (await watch.read()).status == NOT_SERVING
             assert await watch.read() is grpc.aio.EOF
             assert await watch.code() == grpc.StatusCode.OK  # ended by the server, not cancelled
-    finally:
-        await server.stop(grace=0)
-
-
-async def test_a_stop_soon_after_quiet_still_sends_not_serving_before_the_watch_ends() -> None:
-    # No call for a while: the shutdown settle ends at once, so the door must not end a Watch before the
-    # NOT_SERVING that begin_shutdown scheduled has gone out on it.
-    server = await start_server(make_settings())
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE))
-            assert (await watch.read()).status == SERVING
-            server.engine.last_call_at -= 10  # as after ten quiet seconds
-            await asyncio.wait_for(server.stop(grace=300), 60)
-            assert (await watch.read()).status == NOT_SERVING
-            assert await watch.read() is grpc.aio.EOF
     finally:
         await server.stop(grace=0)
 
