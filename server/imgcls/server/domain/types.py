@@ -61,7 +61,7 @@ class TensorInput:
 
     dims: tuple[int, ...]
     dtype: TensorDType
-    raw_data: bytes = b""
+    raw_data: bytes | memoryview = b""  # a memoryview: a slice of the received message, read in place
     float_data: tuple[float, ...] | list[float] = ()
 
 
