@@ -61,7 +61,7 @@ class TensorInput:
 
     dims: tuple[int, ...]
     dtype: TensorDType
-    raw_data: bytes | memoryview = b""  # a memoryview: a slice of the received message, read in place
+    raw_data: bytes = b""
     float_data: tuple[float, ...] | list[float] = ()
 
 

@@ -19,7 +19,6 @@ from imgcls.server.grpc.servicer import ImageClassifierServicer
 from imgcls.server.grpc.v2_servicer import SERVICE_NAME as V2_SERVICE_NAME
 from imgcls.server.grpc.v2_servicer import OpenInferenceServicer
 from imgcls.server.settings import ServerSettings
-from imgcls.server.v1 import wire
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
@@ -38,7 +37,6 @@ UNDECODABLE_LOG_EVERY_S = 10.0
 MAX_PENDING_CALLS = 4096
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageClassifierService"].full_name
-CLASSIFY_METHOD = f"/{SERVICE_NAME}/Classify"
 
 
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
@@ -137,11 +135,7 @@ class GrpcFrontDoor:
             interceptors.append(BearerTokenInterceptor(settings.auth_tokens, open_health=settings.auth_open_health))
         interceptors.append(
             BoundedReadInterceptor(
-                engine,
-                max_message_bytes=settings.max_message_bytes,
-                message_timeout_s=settings.message_timeout_s,
-                # Tensor payloads read in place, not copied twice by the generated parser.
-                deserializers={CLASSIFY_METHOD: wire.parse_classify},
+                engine, max_message_bytes=settings.max_message_bytes, message_timeout_s=settings.message_timeout_s
             )
         )
         self.server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -75,17 +75,8 @@ def stream_gate(engine: Engine, max_message_bytes: int) -> ReadGate:
 
 
 class BoundedReadInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(
-        self,
-        engine: Engine,
-        *,
-        max_message_bytes: int,
-        message_timeout_s: float,
-        deserializers: Mapping[str, Deserialize] | None = None,
-    ) -> None:
-        """deserializers: per method, a parser in place of the generated one (its handler gets what it returns)."""
+    def __init__(self, engine: Engine, *, max_message_bytes: int, message_timeout_s: float) -> None:
         self._engine = engine
-        self._deserializers = dict(deserializers or {})
         self._max_message_bytes = max_message_bytes
         self._timeout = message_timeout_s
         self.stream_gate = stream_gate(engine, max_message_bytes)
@@ -106,8 +97,7 @@ class BoundedReadInterceptor(grpc.aio.ServerInterceptor):
         if known is not None and known[0] is handler:
             return known[1]
         limit = self._max_message_bytes if method in LARGE_METHODS else SMALL_MESSAGE_BYTES
-        deserialize = self._deserializers.get(method, handler.request_deserializer)
-        reader = _Reader(self._engine, self.stream_gate, method, limit, self._timeout, deserialize)
+        reader = _Reader(self._engine, self.stream_gate, method, limit, self._timeout, handler.request_deserializer)
         bounded = _bounded(handler, reader)
         if len(self._bounded) < MAX_KEPT_METHODS:
             self._bounded[method] = (handler, bounded)

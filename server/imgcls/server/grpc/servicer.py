@@ -10,7 +10,7 @@ from imgcls.server.domain.errors import forget_frames
 from imgcls.server.engine.engine import Engine
 from imgcls.server.engine.streams import StreamFrame
 from imgcls.server.grpc.status import translate_stream, translate_unary
-from imgcls.server.v1 import converters, wire
+from imgcls.server.v1 import converters
 from imgcls.v1 import classifier_pb2 as pb
 from imgcls.v1 import classifier_pb2_grpc as pb_grpc
 
@@ -28,14 +28,11 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
         self._engine = engine
 
     @translate_unary
-    async def Classify(
-        self, received: pb.ClassifyRequest | wire.Lifted, context: grpc.aio.ServicerContext
-    ) -> pb.ClassifyResponse:
-        request, payloads = wire.unwrap(received)  # parsed by wire.parse_classify (see door.py)
+    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
         with self._engine.observe(
             PROTOCOL, "Classify", request.model, request.request_id, len(request.inputs), owner=context.peer() or ""
         ) as call:
-            domain = converters.request_from_pb(request, payloads)
+            domain = converters.request_from_pb(request)
             answer = await self._engine.classify(domain, deadline=deadline_of(context), call=call)
         return converters.response_to_pb(request.request_id, answer.model, answer.rankings)
 

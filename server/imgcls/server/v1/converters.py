@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2
@@ -64,8 +64,7 @@ _DTYPES = {pb.DATA_TYPE_FLOAT32: TensorDType.FLOAT32, pb.DATA_TYPE_FLOAT16: Tens
 _DTYPES_PB = {"float32": pb.DATA_TYPE_FLOAT32, "float16": pb.DATA_TYPE_FLOAT16}
 
 
-def input_from_pb(message: pb.Input, index: int, payload: memoryview | None = None) -> ImageInput:
-    """payload: the tensor's raw_data, lifted out of the received message (v1/wire.py); None: the message's."""
+def input_from_pb(message: pb.Input, index: int) -> ImageInput:
     kind = message.WhichOneof("kind")
     if kind == "image":
         return EncodedImage(message.image)
@@ -87,8 +86,7 @@ def input_from_pb(message: pb.Input, index: int, payload: memoryview | None = No
             raise InvalidInputError(
                 f"inputs[{index}]: tensor.dtype {tensor.dtype} is not DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT16"
             )
-        raw_data = tensor.raw_data if payload is None else payload
-        return TensorInput(tuple(tensor.dims), dtype, raw_data, tensor.float_data)  # type: ignore[arg-type]
+        return TensorInput(tuple(tensor.dims), dtype, tensor.raw_data, tensor.float_data)  # type: ignore[arg-type]
     raise InvalidInputError(f"inputs[{index}]: set one of image, image_base64, raw or tensor")
 
 
@@ -113,12 +111,10 @@ def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
         raise InvalidInputError("preprocessor_overrides: numbers must be finite") from None
 
 
-def request_from_pb(request: pb.ClassifyRequest, payloads: Sequence[memoryview | None] = ()) -> ClassifyRequest:
-    """payloads: per input, its tensor data lifted out of the received message (v1/wire.py), if any."""
-    lifted = list(payloads) + [None] * (len(request.inputs) - len(payloads))
+def request_from_pb(request: pb.ClassifyRequest) -> ClassifyRequest:
     return ClassifyRequest(
         model=request.model,
-        inputs=tuple(input_from_pb(item, i, lifted[i]) for i, item in enumerate(request.inputs)),
+        inputs=tuple(input_from_pb(item, i) for i, item in enumerate(request.inputs)),
         options=options_from_pb(request.parameters),
         request_id=request.request_id,
         preprocessor_overrides=struct_to_dict(request.preprocessor_overrides),
