@@ -9,8 +9,10 @@ path (decode without draft + preprocess + batch-1 run, one image after another).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -301,7 +303,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     out += _table(
         ["target", "measured", "met"],
-        [[t["name"], t["measured"], {True: "yes", False: "**no**", None: "n/a"}[t["met"]]] for t in results["targets"]],
+        [[t["name"], t["measured"], MET[t["met"]]] for t in results["targets"]],
     )
 
     out += ["## The limit: raw ONNX Runtime session.run on pre-processed tensors", ""]
@@ -579,6 +581,38 @@ def _finite(value: Any) -> Any:
     return value
 
 
+README_BEGIN = "<!-- benchmark targets: begin (python -m benchmarks.report --readme README.md) -->"
+README_END = "<!-- benchmark targets: end -->"
+MET = {True: "yes", False: "**no**", None: "n/a"}
+
+
+def readme_table(results: dict[str, Any]) -> str:
+    """The README's performance table: the run's targets, where and when they were measured."""
+    meta, machine = results["meta"], results["meta"]["machine"]
+    lines = [
+        "The server's cost on top of raw ONNX Runtime (same model, same cores), measured by "
+        f"`python -m benchmarks.run` on {meta['date'][:10]} (git {machine['git']}, {machine['cpu_model']}, "
+        f"{machine['logical_cpus']} CPUs, onnxruntime {machine['onnxruntime']}; ratios within one run):",
+        "",
+        *_table(["target", "measured", "met"], [[t["name"], t["measured"], MET[t["met"]]] for t in results["targets"]]),
+    ]
+    return "\n".join(lines).rstrip("\n")
+
+
+def readme_block(text: str) -> tuple[int, int]:
+    """Where the table sits in the README text: the span between its two markers."""
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"the README has no {README_BEGIN!r} ... {README_END!r} block")
+    return begin + len(README_BEGIN), end
+
+
+def update_readme(readme: Path, results: dict[str, Any]) -> None:
+    text = readme.read_text()
+    start, stop = readme_block(text)
+    readme.write_text(text[:start] + "\n" + readme_table(results) + "\n" + text[stop:])
+
+
 def write_all(results: dict[str, Any], out: Path) -> None:
     results["targets"] = evaluate_targets(results)
     results["rows"] = build_rows(results)
@@ -586,3 +620,18 @@ def write_all(results: dict[str, Any], out: Path) -> None:
     (out / "results.md").write_text(markdown(results) + "\n")
     plot_throughput(results, out / "throughput.png")
     plot_latency(results, out / "latency.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Rewrite the README's performance table from a run's results.json.")
+    parser.add_argument("--readme", type=Path, required=True, help="the README to update (its marked block)")
+    parser.add_argument(
+        "--results", type=Path, default=Path(__file__).parent / "results" / "latest" / "results.json"
+    )
+    args = parser.parse_args(argv)
+    update_readme(args.readme, json.loads(args.results.read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -437,3 +437,35 @@ def test_jpeg_stream_frames_are_the_unary_jpeg_s_own_bytes(tmp_path: Path) -> No
     assert Path(payloads["stream_jpeg"]["path"]).read_bytes() == Path(payloads["jpeg_small"]["path"]).read_bytes()
     labels = describe_inputs(images)
     assert labels["stream_jpeg"] == f"stream, {labels['jpeg_small']}" == "stream, JPEG 600x400"
+
+
+LATEST = ROOT / "benchmarks" / "results" / "latest" / "results.json"
+
+
+def test_readme_performance_table_is_the_latest_run_s() -> None:
+    """After a run into results/latest, `python -m benchmarks.report --readme README.md` rewrites the table."""
+    readme = (ROOT / "README.md").read_text()
+    start, stop = report.readme_block(readme)
+    latest = json.loads(LATEST.read_text())
+    assert readme[start:stop].strip() == report.readme_table(latest)
+    assert len(latest["targets"]) >= 7 and all(t["name"] in readme for t in latest["targets"])
+
+
+def test_update_readme_rewrites_only_the_marked_block(tmp_path: Path) -> None:
+    latest = json.loads(LATEST.read_text())
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{report.README_BEGIN}\nstale | table\n{report.README_END}\n\nafter\n")
+    assert report.main(["--readme", str(readme), "--results", str(LATEST)]) == 0
+    text = readme.read_text()
+    assert "stale" not in text and text.startswith("# x\n\nbefore\n") and text.endswith("\n\nafter\n")
+    assert report.readme_table(latest) in text
+    report.update_readme(readme, latest)  # again: the same text, not a second table
+    assert readme.read_text() == text
+
+
+def test_update_readme_refuses_a_readme_without_the_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# no table here\n")
+    with pytest.raises(ValueError, match="no .* block"):
+        report.update_readme(readme, json.loads(LATEST.read_text()))
+    assert readme.read_text() == "# no table here\n"
