@@ -466,6 +466,6 @@ def test_update_readme_rewrites_only_the_marked_block(tmp_path: Path) -> None:
 def test_update_readme_refuses_a_readme_without_the_markers(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("# no table here\n")
-    with pytest.raises(ValueError, match="no .* block"):
+    with pytest.raises(ValueError, match=r"no .* block"):
         report.update_readme(readme, json.loads(LATEST.read_text()))
     assert readme.read_text() == "# no table here\n"
