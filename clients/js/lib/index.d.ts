@@ -6,7 +6,7 @@ import type { ChannelOptions, status as GrpcStatus } from '@grpc/grpc-js';
 export interface Bitmap {
   width: number;
   height: number;
-  data: Buffer | Uint8Array | Uint8ClampedArray | ArrayBuffer;
+  data: Buffer | Uint8Array | Uint8ClampedArray | ArrayBuffer | readonly number[]; // number[]: bytes 0-255, as JSON holds them
   format?: 'rgb' | 'rgba' | 'bgr' | 'gray';
 }
 

@@ -21,6 +21,20 @@ function bytesOf(value) {
   return Buffer.from(value.buffer, value.byteOffset, value.byteLength);
 }
 
+// A bitmap's pixels as bytes: a Buffer, a typed byte array, or a plain array of integers 0-255 (a bitmap read
+// back from JSON). Anything else is a TypeError that says what was given, not Buffer's own message.
+function pixelBytes(data) {
+  if (data instanceof Uint8ClampedArray) return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  if (isBytes(data)) return bytesOf(data);
+  if (Array.isArray(data)) {
+    const bad = data.findIndex((v) => !Number.isInteger(v) || v < 0 || v > 255);
+    if (bad >= 0) throw new TypeError(`bitmap data must hold bytes (integers 0-255); data[${bad}] is ${JSON.stringify(data[bad])}`);
+    return Buffer.from(data);
+  }
+  const kind = data === null ? 'null' : Array.isArray(data) ? 'array' : typeof data === 'object' ? (data.constructor && data.constructor.name) || 'object' : typeof data;
+  throw new TypeError(`bitmap data must be a Buffer, a Uint8Array, a Uint8ClampedArray or an array of bytes, got ${kind}`);
+}
+
 // A decoded bitmap {width, height, data[, format]}: the format from the bytes per pixel unless given.
 function rawInput(bitmap) {
   const width = Number(bitmap.width);
@@ -28,7 +42,7 @@ function rawInput(bitmap) {
   if (!Number.isInteger(width) || !Number.isInteger(height) || width <= 0 || height <= 0) {
     throw new TypeError(`a bitmap needs positive integer width and height, got ${bitmap.width}x${bitmap.height}`);
   }
-  const data = bytesOf(bitmap.data instanceof Uint8ClampedArray ? new Uint8Array(bitmap.data.buffer, bitmap.data.byteOffset, bitmap.data.byteLength) : bitmap.data);
+  const data = pixelBytes(bitmap.data);
   let format;
   if (bitmap.format !== undefined) {
     format = FORMAT_NAMES[String(bitmap.format).toLowerCase()];

@@ -100,6 +100,19 @@ describe('imgcls-client', function () {
       assert.throws(() => buildRequest([{ width: 2, height: 2, data: Buffer.alloc(5) }]), /needs 1, 3 or 4 bytes a pixel, got 5 bytes/);
       assert.throws(() => buildRequest([{ data: [1, 2], type: 'float32', dim: [1, 3] }]), /needs 3 values, got 2/);
       assert.throws(() => buildRequest([{ data: [1], type: 'int64', dim: [1] }]), /tensor type must be float32 or float16/);
+      assert.throws(() => buildRequest([{ width: 1, height: 1, data: 'abc' }]), /bitmap data must be a Buffer, a Uint8Array, a Uint8ClampedArray or an array of bytes, got string/);
+      assert.throws(() => buildRequest([{ bitmap: { width: 1, height: 1, data: { 0: 1 } } }]), /bitmap data must be .* got Object/);
+      assert.throws(() => buildRequest([{ width: 1, height: 1, data: [0, 256, 0] }]), /must hold bytes \(integers 0-255\); data\[1\] is 256/);
+      assert.throws(() => buildRequest([{ width: 1, height: 1, data: [0, 1.5, 0] }]), /data\[1\] is 1.5/);
+    });
+
+    it('a bitmap whose data is a plain array of bytes (read back from JSON) is sent as those bytes', async function () {
+      const rgb = decoded(CAT, 'RGB');
+      const request = buildRequest([{ width: rgb.width, height: rgb.height, data: Array.from(rgb.data) }]);
+      assert.ok(Buffer.from(rgb.data).equals(request.inputs[0].raw.data));
+      assert.strictEqual(request.inputs[0].raw.format, 'PIXEL_FORMAT_RGB8');
+      const fromArray = await client.classify({ bitmap: { width: rgb.width, height: rgb.height, data: Array.from(rgb.data) } });
+      assertClose(fromArray, await client.classify({ width: rgb.width, height: rgb.height, data: rgb.data }));
     });
   });
 

@@ -2,11 +2,16 @@
 // imgcls-classification: the FlowFuse image-classification node's properties, inputs and outputs, with the
 // model served by an imgcls server (an imgcls-server config node) instead of loaded into Node-RED.
 
-// A Hugging Face repo id (owner/name), as the FlowFuse node's flows hold, selects the served model `name`.
+// The served model a FlowFuse `model` selects: a Hugging Face repo id (owner/name, with an optional @revision)
+// selects `name`; a local path (modelType "path", e.g. /data/models/resnet50.onnx) the name `imgcls serve --model`
+// gives that path: its last part without .onnx (or a model spec's .yaml, .yml, .json).
 function servedName(model) {
-  const text = String(model || '').trim();
-  const slash = text.lastIndexOf('/');
-  return slash >= 0 ? text.slice(slash + 1) : text;
+  let text = String(model || '').trim().split('@')[0].replace(/[\\/]+$/, '');
+  text = text.slice(Math.max(text.lastIndexOf('/'), text.lastIndexOf('\\')) + 1);
+  for (const suffix of ['.onnx', '.yaml', '.yml', '.json']) {
+    if (text.endsWith(suffix) && text.length > suffix.length) return text.slice(0, -suffix.length);
+  }
+  return text;
 }
 
 function isBatch(value) {
@@ -67,8 +72,11 @@ module.exports = function register(RED) {
       const call = node.server
         .run((client) => client.classifyBatch(batch ? value : [value], options))
         .then((results) => {
-          msg.payload = batch ? results.map(labels) : labels(results[0]);
-          const top = batch ? results[0] && results[0][0] : results[0][0];
+          // One ranking per result: a tensor with a batch dimension N is N images. A single input that gave more
+          // than one is answered as a batch is, one list per image, so no image's labels are dropped.
+          const many = batch || results.length !== 1;
+          msg.payload = many ? results.map(labels) : labels(results[0]);
+          const top = results[0] && results[0][0];
           node.status(top ? { fill: 'green', shape: 'dot', text: `${top.label} (${(top.score * 100).toFixed(1)}%)` } : { fill: 'grey', shape: 'ring', text: 'no label' });
           send(msg);
           done();

@@ -160,6 +160,30 @@ describe('imgcls-classification in Node-RED', function () {
     msg.payload.forEach((labels, i) => assertSameLabels(labels, reference[[CAT, COFFEE, ROCKET][i]]));
   });
 
+  it('a tensor with a batch dimension of 2 is two images: one label array each, none dropped', async function () {
+    await load(flow(), credentials);
+    const out = helper.getNode('out');
+    const row = 3 * 224 * 224;
+    const data = new Float32Array(2 * row);
+    data.fill(-0.5, 0, row);
+    data.fill(0.25, row);
+    const expected = [-0.5, 0.25].map((v) => pythonTensorLabels(server.target, [1, 3, 224, 224], v, { token: TOKEN }));
+    assert.notDeepStrictEqual(expected[0].map((p) => p.label), expected[1].map((p) => p.label));
+    const answered = nextMessage(out);
+    helper.getNode('cls').receive({ payload: { data, type: 'float32', dim: [2, 3, 224, 224] } });
+    const msg = await answered;
+    assert.strictEqual(msg.payload.length, 2);
+    msg.payload.forEach((labels, i) => assertSameLabels(labels, expected[i]));
+  });
+
+  it('modelType path: a local .onnx path selects the model imgcls serve --model names after it', async function () {
+    await load(flow({ model: '/data/models/resnet-50-ONNX.onnx', modelType: 'path' }), credentials);
+    const out = helper.getNode('out');
+    const answered = nextMessage(out);
+    helper.getNode('cls').receive({ payload: fs.readFileSync(CAT) });
+    assertSameLabels((await answered).payload, reference[CAT]);
+  });
+
   it('topK and threshold from the message when the properties say msg; overrides per message', async function () {
     await load(flow({ topK: 'k', topKType: 'msg', threshold: 'min', thresholdType: 'msg' }), credentials);
     const cls = helper.getNode('cls');
