@@ -87,6 +87,76 @@ async def test_400_bad_request_fields_are_named(
     assert words in error_of(await client.post(path, json=body), 400)
 
 
+COFFEE_64 = base64.b64encode(COFFEE).decode()
+DIGITS_5000 = "9" * 5000  # a JSON integer over Python's 4300-digit conversion limit
+BEYOND_FLOAT = str(10**400)  # a JSON integer no float holds
+V2_TENSOR = f"/v2/models/{MODEL}/infer"
+
+
+def v2_image(parameters: str) -> str:
+    tensor = '{"name":"image","shape":[1,1],"datatype":"BYTES","data":["' + COFFEE_64 + '"]}'
+    return '{"inputs":[' + tensor + '],"parameters":{' + parameters + "}}"
+
+
+def override(text: str) -> str:
+    return v2_image('"preprocessor_overrides":{' + text + "}")
+
+
+def v2_pixels(last: str) -> str:
+    values = ",".join(["0"] * (3 * 224 * 224 - 1) + [last])
+    return '{"inputs":[{"name":"pixel_values","shape":[1,3,224,224],"datatype":"FP32","data":[' + values + "]}]}"
+
+
+def hf(parameters: str) -> str:
+    return '{"inputs":"' + COFFEE_64 + '","parameters":{' + parameters + "}}"
+
+
+# Caller mistakes that were answered 500 (internal error) and logged as bugs: numbers JSON can write and
+# Python cannot convert, and values numpy would have taken for numbers.
+@pytest.mark.parametrize(
+    ("path", "body", "words"),
+    [
+        (HF, hf('"top_k":' + DIGITS_5000), "number has more than 4300 digits"),
+        (HF, hf('"threshold":' + DIGITS_5000), "more than 4300 digits"),
+        (V2_IMAGE, v2_image('"top_k":' + DIGITS_5000), "inference request: a JSON number has more than 4300"),
+        (V2_TENSOR, v2_pixels(BEYOND_FLOAT), "input 'pixel_values': data is not a list of numbers (OverflowError)"),
+        (V2_TENSOR, v2_pixels("null"), "input 'pixel_values': element 150527 is None; FP32 data holds numbers only"),
+        (V2_TENSOR, v2_pixels('"1.5"'), "element 150527 is '1.5'; FP32 data holds numbers only"),
+        (V2_TENSOR, v2_pixels("true"), "element 150527 is True; FP32 data holds numbers only"),
+        (V2_IMAGE, override('"resample":NaN'), "resample must be a finite number"),
+        (V2_IMAGE, override('"resample":Infinity'), "resample must be a finite number"),
+        (V2_IMAGE, override('"crop_pct":' + BEYOND_FLOAT), "crop_pct must be a finite"),
+        (V2_IMAGE, override('"image_mean":' + BEYOND_FLOAT), "image_mean must be a"),
+        (V2_IMAGE, override('"size":{"shortest_edge":' + BEYOND_FLOAT + "}"), "size.shortest"),
+        (V2_IMAGE, override('"image_std":[1e-320,1,1]'), "not finite, or the same"),
+        (V2_IMAGE, override('"image_mean":1e308'), "not finite, or the same for every"),
+        (V2_IMAGE, override('"rescale_factor":1e308'), "make pixel values that are not"),
+        ("/v1/classify", '{"inputs":[{"image":"AAAA"}],"request_id":"a","request_id":"b"}', "key 'request_id' twice"),
+    ],
+)
+async def test_400_numbers_no_float_holds_and_non_numbers_are_caller_mistakes_not_bugs(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, path: str, body: str, words: str
+) -> None:
+    with caplog.at_level(logging.ERROR):
+        response = await client.post(path, content=body.encode(), headers={"content-type": "application/json"})
+    assert words in error_of(response, 400)
+    assert not [r for r in caplog.records if "unexpected" in r.getMessage()]
+
+
+async def test_timeout_parameter_beyond_any_float_is_a_year_not_an_error(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        V2_IMAGE, content=v2_image('"timeout":' + BEYOND_FLOAT).encode(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 200, response.text
+    for nan in ("NaN", "Infinity"):
+        body = v2_image(f'"timeout":{nan}').encode()
+        answer = await client.post(V2_IMAGE, content=body, headers={"content-type": "application/json"})
+        if nan == "NaN":
+            assert "parameter timeout: expected microseconds as a number" in error_of(answer, 400)
+        else:
+            assert answer.status_code == 200, answer.text  # no deadline: a year at most
+
+
 @pytest.mark.parametrize("path", [HF, V2_IMAGE, "/v1/classify"])
 async def test_400_malformed_json(client: httpx.AsyncClient, path: str) -> None:
     response = await client.post(path, content=b'{"inputs": [', headers={"content-type": "application/json"})

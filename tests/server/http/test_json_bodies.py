@@ -6,11 +6,13 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import httpx2 as httpx
 import numpy as np
 import pytest
+from imgcls.server.domain.errors import TooLargeError
 from imgcls.server.http import json_bodies
 from imgcls.server.http.json_bodies import JsonParsing, json_cost
 from server.http.helpers import MODEL, url
@@ -29,7 +31,60 @@ def test_json_cost_counts_every_value_and_long_strings_by_length() -> None:
     numbers = json.dumps([0.5] * 1000).encode()
     assert json_cost(numbers) >= len(numbers) + 32 * 1000
     text = json.dumps({"inputs": "A" * 100_000}).encode()
-    assert 100_000 <= json_cost(text) < 100_200
+    assert 200_000 <= json_cost(text) < 205_000  # json.loads decodes the text to a str, then copies the value
+
+
+# Every shape of JSON value an attacker can repeat, ~20k times each: what parsing it holds per byte of text
+# ranges from 2x (a long string) to ~37x (arrays in arrays).
+SHAPES = {
+    "long string": b'{"inputs":"' + b"QUJD" * 100_000 + b'"}',
+    "objects of an empty key and an empty array": b"[" + b",".join([b'{"":[]}'] * 20_000) + b"]",
+    "empty arrays": b"[" + b",".join([b"[]"] * 30_000) + b"]",
+    "empty objects": b"[" + b",".join([b"{}"] * 30_000) + b"]",
+    "nested one-element arrays": b"[" + b",".join([b"[[[[0]]]]"] * 10_000) + b"]",
+    "objects in objects": b"[" + b",".join([b'{"":{"":{}}}'] * 10_000) + b"]",
+    "two-character strings": b"[" + b",".join([b'"ab"'] * 30_000) + b"]",
+    "distinct short strings": b"[" + b",".join(b'"%d"' % i for i in range(30_000)) + b"]",
+    "floats": b"[" + b",".join([b"0.1"] * 30_000) + b"]",
+    "big integers": b"[" + b",".join([b"123456789012345678901"] * 30_000) + b"]",
+    "distinct integers": b"[" + b",".join(b"%d" % (i + 1000) for i in range(30_000)) + b"]",
+    "distinct keys": b"{" + b",".join(b'"key_%d":0' % i for i in range(20_000)) + b"}",
+    "objects of two keys": b"[" + b",".join([b'{"a":1,"b":2}'] * 10_000) + b"]",
+    "true and null": b"[" + b",".join([b"true", b"null"] * 15_000) + b"]",
+}
+
+
+@pytest.mark.parametrize("text", SHAPES.values(), ids=SHAPES.keys())
+def test_json_cost_bounds_what_the_parse_holds_for_every_shape(text: bytes) -> None:
+    tracemalloc.start()
+    try:
+        parsed = json.loads(text)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    del parsed
+    assert json_cost(text) >= peak, f"charged {json_cost(text)} for a parse that held {peak}"
+
+
+@pytest.mark.parametrize(
+    ("text", "counted"),
+    [
+        (b"[" + b",".join([b"[]"] * (json_bodies.MAX_JSON_CONTAINERS)) + b"]", "65537 objects and arrays"),
+        (b"[" + b",".join([b'""'] * (json_bodies.MAX_JSON_STRINGS + 1)) + b"]", "65537 strings"),
+    ],
+    ids=["containers", "strings"],
+)
+def test_json_of_more_containers_or_strings_than_any_request_is_too_large(text: bytes, counted: str) -> None:
+    with pytest.raises(TooLargeError) as raised:
+        json_cost(text)
+    assert counted in raised.value.message and "over the limit of 65536 and 65536" in raised.value.message
+    assert "binary tensor data extension" in raised.value.message
+    json_cost(b"[" + b",".join([b"[]"] * (json_bodies.MAX_JSON_CONTAINERS - 1)) + b"]")  # at the limit: charged
+
+
+def test_json_numbers_are_not_limited_by_count() -> None:
+    text = b"[" + b",".join([b"0"] * 500_000) + b"]"
+    assert json_cost(text) >= 40 * 500_000
 
 
 async def test_large_json_is_parsed_on_the_json_thread_and_small_json_in_place() -> None:

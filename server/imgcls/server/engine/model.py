@@ -36,6 +36,7 @@ from imgcls.server.images.preprocessing import (
     MAX_OVERRIDE_SIDE,
     JpegDraft,
     Preprocessor,
+    check_override_values,
     compile_preprocessor,
     merge_overrides,
 )
@@ -265,6 +266,7 @@ class ServedModel:
     def preprocessor_for(self, overrides: dict[str, Any]) -> Preprocessor:
         if not overrides:
             return self.default_preprocessor
+        check_override_values(overrides)  # bounded before json.dumps reads all of it
         key = json.dumps(overrides, sort_keys=True)
         cached = self._preprocessors.get(key)
         if cached is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec
@@ -60,13 +61,16 @@ def deadline_of(request: Request) -> float | None:
     return time.monotonic() + min(seconds, MAX_TIMEOUT_S)
 
 
-def parse_json(body: bytes, what: str = "request body") -> Any:
+def parse_json(body: bytes, what: str = "request body", **options: Any) -> Any:
+    """json.loads(body, **options); InvalidInputError for anything it cannot read."""
     try:
-        return json.loads(body)
+        return json.loads(body, **options)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInputError(f"{what}: not valid JSON ({exc})") from None
     except RecursionError:
         raise InvalidInputError(f"{what}: JSON nested too deeply") from None
+    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise InvalidInputError(f"{what}: a JSON number has more than {sys.get_int_max_str_digits()} digits") from None
 
 
 class JSONResponse(Response):

@@ -59,7 +59,7 @@ def router(engine: Engine, limits: HttpLimits, parsing: JsonParsing) -> APIRoute
             else:
                 if len(body) > limits.max_json_bytes:
                     raise too_large(len(body), limits.max_json_bytes)
-                with engine.budget.lease(json_cost(body), call.owner):
+                with engine.budget.lease(await parsing.run(body, json_cost, body), call.owner):
                     domain = await parsing.run(body, classify_request, model, body, content_type, request.query_params)
             answer = await engine.classify(domain, deadline=deadline, call=call)
         return JSONResponse([{"label": s.label, "score": s.score} for s in answer.rankings[0]])

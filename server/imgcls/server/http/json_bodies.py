@@ -1,12 +1,15 @@
 """JSON request bodies: bounded in size, charged by what they become, parsed off the event loop.
 
 JSON text becomes Python objects several times its size (a number ``0.1,`` is 4 bytes of text and then a
-24-byte float in an 8-byte list slot), and ``json.loads`` holds the interpreter for as long as it runs
-(about 15 ms a MB of numbers). So a JSON body over ``max_json_bytes`` is refused (413, from its
-Content-Length when it has one) with a pointer to the forms that carry the same data without the parse;
-one under it is charged to the memory budget by its parsed size (json_cost) and, when it is not small,
-parsed and converted on one thread of its own, one body at a time: concurrent large bodies queue there
-instead of taking turns with every other request on the event loop.
+24-byte float in an 8-byte list slot; ``{"":[]},`` is 8 bytes and then ~250 of dict, list and slot), and
+``json.loads`` holds the interpreter for as long as it runs (about 15 ms a MB of numbers, several times that
+of nested containers). So a JSON body over ``max_json_bytes`` is refused (413, from its Content-Length when
+it has one) with a pointer to the forms that carry the same data without the parse; so is one with more
+objects, arrays or strings than any request needs (MAX_JSON_CONTAINERS, MAX_JSON_STRINGS: numbers, the bulk
+of a JSON tensor, are not limited). One under both is charged to the memory budget by what its parse can
+hold (json_cost, from a count of its structural characters, measured against tracemalloc for every shape of
+value) and, when it is not small, counted, parsed and converted on one thread of its own, one body at a time:
+concurrent large bodies queue there instead of taking turns with every other request on the event loop.
 """
 
 from __future__ import annotations
@@ -23,8 +26,23 @@ T = TypeVar("T")
 
 # Parsed where it is: the hop to the thread would cost more than the parse.
 SMALL_JSON_BYTES = 64 * 1024
-# Bytes of Python objects per JSON value beyond its text: a float (24) and its list slot (8).
-_BYTES_PER_VALUE = 32
+# What parsing holds beyond twice the text (json.loads decodes bytes to a str first, and a long string value
+# is a copy of its text), per structural character, each an upper bound over the values it can start
+# (tests/server/http/test_json_bodies.py measures them): a value (","), 24-28 bytes of number and its 8-byte
+# slot; an object ("{"), an empty dict and growth; an array ("["), an empty list and over-allocation; a key
+# (":"), its entry in the dict's table; a string ('"', two a string), a str object's header.
+_PER_BODY = 4096  # the decoder's own state and the top value's header
+_PER_VALUE = 40
+_PER_OBJECT = 256
+_PER_ARRAY = 104
+_PER_KEY = 64
+_PER_QUOTE = 28
+_STRUCTURE = b'{}[],:"'
+_NOT_STRUCTURE = bytes(c for c in range(256) if c not in _STRUCTURE)
+# Far above any request of any door (a v2 tensor nested by its shape: one array per row, 672 for a
+# 1x3x224x224 image); numbers are not counted: they are what a JSON tensor is made of.
+MAX_JSON_CONTAINERS = 65536
+MAX_JSON_STRINGS = 65536
 
 HINT = (
     "send tensors with the binary tensor data extension (Inference-Header-Content-Length) or an image as "
@@ -33,9 +51,25 @@ HINT = (
 
 
 def json_cost(text: bytes) -> int:
-    """An upper bound of the memory parsing text takes, for the budget: its values are at most its commas
-    plus one, and a long string (base64) costs its length."""
-    return len(text) + _BYTES_PER_VALUE * (text.count(b",") + 1)
+    """An upper bound of the memory parsing text takes, for the budget; TooLargeError (413) before any parse
+    for a body of more objects and arrays, or strings, than any request needs."""
+    structure = text.translate(None, _NOT_STRUCTURE)  # one pass; a base64 body keeps a few bytes of it
+    containers = structure.count(b"{") + structure.count(b"[")
+    strings = structure.count(b'"') // 2  # an upper bound: escaped quotes are counted too
+    if containers > MAX_JSON_CONTAINERS or strings > MAX_JSON_STRINGS:
+        raise TooLargeError(
+            f"JSON body holds {containers} objects and arrays and {strings} strings, over the limit of "
+            f"{MAX_JSON_CONTAINERS} and {MAX_JSON_STRINGS}; {HINT}"
+        )
+    return (
+        2 * len(text)
+        + _PER_BODY
+        + _PER_VALUE * (structure.count(b",") + 1)
+        + _PER_OBJECT * structure.count(b"{")
+        + _PER_ARRAY * structure.count(b"[")
+        + _PER_KEY * structure.count(b":")
+        + _PER_QUOTE * 2 * strings
+    )
 
 
 def too_large(size: int | None, limit: int) -> TooLargeError:

@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from imgcls.server.domain.errors import InvalidInputError
 from imgcls.server.engine.engine import Engine
-from imgcls.server.http.common import JSONResponse, answer_errors, deadline_of, parse_json
+from imgcls.server.http.common import MAX_TIMEOUT_S, JSONResponse, answer_errors, deadline_of, parse_json
 from imgcls.server.http.guard import HttpLimits, owner_of, read_body
 from imgcls.server.http.json_bodies import JsonParsing, json_cost, refuse_declared, too_large
 from imgcls.server.images.decoding import brief
@@ -106,7 +106,7 @@ def router(engine: Engine, limits: HttpLimits, parsing: JsonParsing) -> APIRoute
                 raise too_large(len(header), limits.max_json_bytes)
             # Parsed JSON is Python objects, several times its text: counted while the request lives, beside
             # the engine's own lease.
-            with engine.budget.lease(json_cost(header), call.owner):
+            with engine.budget.lease(await parsing.run(header, json_cost, header), call.owner):
                 infer_request, binary_outputs, timeout_us = await parsing.run(
                     header, parse_infer, name, version, header, binary
                 )
@@ -186,10 +186,14 @@ def parse_infer(
     if not isinstance(binary_default, bool):
         raise InvalidInputError("parameter binary_data_output: expected true or false")
     timeout_us = parameters.get("timeout")
-    if timeout_us is not None and (not isinstance(timeout_us, int | float) or isinstance(timeout_us, bool)):
+    if timeout_us is not None and (
+        not isinstance(timeout_us, int | float) or isinstance(timeout_us, bool) or timeout_us != timeout_us
+    ):
         raise InvalidInputError("parameter timeout: expected microseconds as a number")
     if timeout_us is not None and timeout_us <= 0:
         timeout_us = None  # Triton: 0 is no timeout
+    elif timeout_us is not None:
+        timeout_us = min(timeout_us, MAX_TIMEOUT_S * 1e6)  # an int of any size compares; divided, it overflows
     inputs_json = document.get("inputs")
     if not isinstance(inputs_json, list):
         raise InvalidInputError("inputs: expected a list of tensors")

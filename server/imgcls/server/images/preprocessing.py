@@ -24,6 +24,9 @@ from PIL import Image, ImageOps
 # The largest side a request may ask preprocessing to produce; larger overrides
 # would let one caller allocate gigabytes.
 MAX_OVERRIDE_SIDE = 2048
+# Values (numbers, strings, lists, objects) a request's preprocessor_overrides may hold in all: the largest
+# processor has a few dozen settings, image_mean and image_std three numbers each.
+MAX_OVERRIDE_VALUES = 256
 
 # The largest image a resize may build (16.7M pixels, 50 MB of RGB). A shortest-edge resize of a
 # long, thin image is far larger than the image itself (4000x1 at shortest edge 256 is 1024000x256,
@@ -321,6 +324,7 @@ def merge_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
     Only keys the model's family reads may be overridden (crop_pct means nothing to ViT, and a key that
     is silently ignored would be a confident wrong answer to whoever sent it).
     """
+    check_override_values(overrides)
     family = families.family_for(families.processor_name(config))
     allowed_keys = families.overridable_for(family)
     for key, value in overrides.items():
@@ -333,6 +337,37 @@ def merge_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
             names = "/".join(t.__name__ for t in allowed)
             raise InvalidInputError(f"preprocessor_overrides: {key} must be {names}, got {type(value).__name__}")
     return {**config, **overrides}
+
+
+def check_override_values(overrides: Mapping[str, Any]) -> None:
+    """Refuse what no image processor setting is, before any is read: more values than a processor has
+    settings (MAX_OVERRIDE_VALUES, counted without walking past it), numbers that are not finite or not
+    representable as floats (JSON has integers of any size, and Infinity/NaN as Python's json writes them)."""
+    seen = 0
+    stack: list[tuple[str, Any]] = [(str(key), value) for key, value in overrides.items()]
+    while stack:
+        path, value = stack.pop()
+        seen += 1
+        if seen > MAX_OVERRIDE_VALUES:
+            raise InvalidInputError(
+                f"preprocessor_overrides holds more than {MAX_OVERRIDE_VALUES} values; an image processor has a "
+                "few settings"
+            )
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{key}", item) for key, item in value.items())
+        elif isinstance(value, list | tuple):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+        elif isinstance(value, int | float) and not isinstance(value, bool) and not _finite(value):
+            raise InvalidInputError(
+                f"preprocessor_overrides: {path} must be a finite number within a float's range, got {brief(value)}"
+            )
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond any float
+        return False
 
 
 def _size_dict(value: Any, default_to_square: bool, key: str) -> dict[str, int]:
@@ -357,7 +392,7 @@ def _size_dict(value: Any, default_to_square: bool, key: str) -> dict[str, int]:
 
 
 def _number(value: Any, key: str, *, low: float = -math.inf, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
         raise InvalidInputError(f"{key} must be a finite number, got {brief(value)}")
     if not low < value <= high:
         raise InvalidInputError(f"{key} must be in ({low:g}, {high:g}], got {brief(value)}")
@@ -365,7 +400,7 @@ def _number(value: Any, key: str, *, low: float = -math.inf, high: float = math.
 
 
 def _side(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value != int(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value) or value != int(value):
         raise InvalidInputError(f"{key}: sides must be whole numbers, got {brief(value)}")
     side = int(value)
     if not 1 <= side <= MAX_OVERRIDE_SIDE:
@@ -377,6 +412,8 @@ def _channels(value: Any, key: str) -> np.ndarray:
     values = value if isinstance(value, list | tuple) else [value] * 3
     if len(values) != 3 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
         raise InvalidInputError(f"{key} must be a number or a list of 3 numbers, got {brief(value)}")
+    if not all(_finite(v) for v in values):
+        raise InvalidInputError(f"{key} must be finite, got {brief(value)}")
     array = np.asarray(values, dtype=np.float64)
     if not np.all(np.isfinite(array)):
         raise InvalidInputError(f"{key} must be finite, got {brief(value)}")
@@ -399,6 +436,7 @@ def compile_preprocessor(
     if (
         isinstance(resample, bool)
         or not isinstance(resample, int | float)
+        or not _finite(resample)
         or resample != int(resample)
         or int(resample) not in range(6)
     ):
@@ -451,12 +489,22 @@ def compile_preprocessor(
     if channel_order == "BGR":
         mean, std, top = mean[::-1], std[::-1], top[::-1]
     flip = bool(settings.get("do_flip_channel_order"))  # MobileViT: RGB -> BGR after everything else
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        scale = (rescale / std / top).astype(np.float32)
+        bias = ((-offset - mean) / std / top).astype(np.float32)
+    # Finite settings can still make a pixel's value overflow a float32 (image_std 1e-320, image_mean 1e308),
+    # or make every pixel the same value: the model would rank NaNs, or one image for any input.
+    if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(bias))) or not np.all(scale):
+        raise InvalidInputError(
+            "rescale_factor, image_mean and image_std make pixel values that are not finite, or the same for every "
+            f"pixel (scale {brief(scale.tolist())}, offset {brief(bias.tolist())})"
+        )
     return Preprocessor(
         resize=resize,
         resample=int(resample),
         crops=tuple(crops),
-        scale=(rescale / std / top).astype(np.float32),
-        bias=((-offset - mean) / std / top).astype(np.float32),
+        scale=scale,
+        bias=bias,
         bgr=(channel_order == "BGR") != flip,
         nhwc=layout == "NHWC",
         dtype=np.dtype(dtype),

@@ -27,6 +27,10 @@ from imgcls.v1 import classifier_pb2 as pb
 
 T = TypeVar("T")
 
+# A preprocessor_overrides Struct's encoded size at most: image_mean and a dozen settings take a few hundred
+# bytes.
+MAX_OVERRIDES_BYTES = 16 * 1024
+
 # The one mapping of error kinds to status codes for imgcls.v1: google.rpc.Code numbers, as the gRPC door
 # answers calls with and as a stream frame's status carries them.
 RPC_CODE_OF_KIND: dict[ErrorKind, int] = {
@@ -105,6 +109,12 @@ def options_from_pb(parameters: pb.Parameters) -> ClassifyOptions:
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     if not struct.fields:  # most requests: nothing to convert (MessageToDict costs ~10 us even then)
         return {}
+    # Measured in C before MessageToDict, which is Python and takes seconds for a Struct of a million values.
+    if struct.ByteSize() > MAX_OVERRIDES_BYTES:
+        raise InvalidInputError(
+            f"preprocessor_overrides is {struct.ByteSize()} bytes, over the limit of {MAX_OVERRIDES_BYTES}; an "
+            "image processor has a few settings"
+        )
     try:
         return json_format.MessageToDict(struct)
     except ValueError:  # a binary Struct can carry NaN or Inf, which JSON (and the overrides) cannot
