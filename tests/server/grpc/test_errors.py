@@ -304,3 +304,39 @@ async def test_a_bug_is_internal_with_the_type_only_for_unary_calls_and_stream_f
     assert caught.value.details() == "internal error: RuntimeError"
     assert answers[0].status.code == grpc.StatusCode.INTERNAL.value[0]
     assert answers[0].status.message == "internal error: RuntimeError"
+
+
+async def test_overrides_over_their_size_limit_are_refused_before_conversion(
+    stub: pb_grpc.ImageClassifierServiceAsyncStub,
+) -> None:
+    """A Struct of a million values took seconds of the event loop to convert; its size is checked first."""
+    request = pb.ClassifyRequest(inputs=[good()])
+    request.preprocessor_overrides.update({"crop_pct": 1.0})
+    request.preprocessor_overrides.get_or_create_list("image_mean").extend([0.5] * 1_000_000)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Classify(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "over the limit of 16384; an image processor has a few settings" in (info.value.details() or "")
+    assert loop.time() - started < 5  # converted, it took ~10 s here
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"image_mean": [[0.5] * 100] * 3}, "preprocessor_overrides holds more than 256 values"),
+        ({"image_std": [1e-320, 1.0, 1.0]}, "make pixel values that are not finite"),
+        ({"rescale_factor": 1e308}, "make pixel values that are not finite"),
+    ],
+    ids=["values", "tiny std", "huge rescale"],
+)
+async def test_overrides_no_image_processor_takes_are_invalid(
+    stub: pb_grpc.ImageClassifierServiceAsyncStub, overrides: dict[str, Any], fragment: str
+) -> None:
+    request = pb.ClassifyRequest(inputs=[good()])
+    request.preprocessor_overrides.update(overrides)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Classify(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in (info.value.details() or "")

@@ -324,6 +324,28 @@ async def test_request_parameters_mean_what_they_mean_in_imgcls_v1(
 # --- errors -------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ('{"crop_pct": ' + str(10**400) + "}", "crop_pct must be a finite number within a float's range"),
+        ('{"size": {"shortest_edge": ' + str(10**400) + "}}", "size.shortest_edge must be a finite number"),
+        ('{"image_mean": NaN}', "preprocessor_overrides is not valid JSON (NaN is not a number JSON allows)"),
+    ],
+    ids=["crop_pct", "size", "nan"],
+)
+async def test_overrides_text_with_numbers_no_float_holds_is_invalid_argument(
+    raw_stub: service_pb2_grpc.GRPCInferenceServiceStub, overrides: str, fragment: str
+) -> None:
+    request = service_pb2.ModelInferRequest(model_name="lite_image")
+    tensor = request.inputs.add(name="image", datatype="BYTES", shape=[1, 1])
+    tensor.contents.bytes_contents.append((IMAGES / "cat.jpg").read_bytes())
+    request.parameters["preprocessor_overrides"].string_param = overrides
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await raw_stub.ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert fragment in (info.value.details() or "")
+
+
 async def test_unknown_model_or_version_is_not_found(client: triton.InferenceServerClient) -> None:
     calls = [
         lambda: client.infer("nope", [image_input("cat.jpg")]),

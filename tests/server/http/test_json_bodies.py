@@ -4,8 +4,10 @@ under it charged to the budget by its parsed size and parsed off the event loop.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import threading
+import time
 import tracemalloc
 from collections.abc import AsyncIterator
 
@@ -161,3 +163,47 @@ async def test_json_under_the_limit_is_answered_and_charged_by_its_parsed_size()
         assert budget.used == 0
     assert response.status_code == 200, response.text
     assert json_cost(body) in peaks and json_cost(body) > len(body) + 32 * 3 * 224 * 224
+
+
+async def test_a_small_gzip_body_of_millions_of_containers_is_413_before_it_is_parsed() -> None:
+    """24 KiB on the wire, 16 MiB of {"":[]} decoded: parsed, it held ~570 MB against a charge of 80."""
+    elements = b",".join([b'{"":[]}'] * ((16 << 20) // 8 - 16))
+    body = gzip.compress(b'{"inputs":[{"name":"image","shape":[1,1],"datatype":"BYTES","data":[' + elements + b"]}]}")
+    assert len(body) < 64 * 1024
+    async with (
+        running_server(http_port="auto") as server,
+        httpx.AsyncClient(base_url=url(server), timeout=60) as client,
+    ):
+        peaks: list[int] = []
+        original = server.engine.budget.lease
+        server.engine.budget.lease = lambda n, owner: peaks.append(n) or original(n, owner)  # type: ignore[method-assign]
+        try:
+            response = await client.post(
+                f"/v2/models/{MODEL}_image/infer",
+                content=body,
+                headers={"content-type": "application/json", "content-encoding": "gzip"},
+            )
+        finally:
+            server.engine.budget.lease = original  # type: ignore[method-assign]
+        assert server.engine.budget.used == 0
+    assert response.status_code == 413, response.text
+    assert "objects and arrays" in response.json()["error"] and "over the limit of 65536" in response.json()["error"]
+    assert max(peaks) < 64 << 20  # the body as received, not a parse
+
+
+async def test_v1_overrides_of_many_values_are_refused_before_json_format_converts_them() -> None:
+    overrides = {"crop_pct": 1.0, "image_mean": [0.5] * 60_000}  # json_format took seconds for this
+    body = {"inputs": [{"image_base64": base64.b64encode(COFFEE).decode()}], "preprocessor_overrides": overrides}
+    async with (
+        running_server(http_port="auto") as server,
+        httpx.AsyncClient(base_url=url(server), timeout=60) as client,
+    ):
+        started = time.monotonic()
+        response = await client.post("/v1/classify", json=body)
+        elapsed = time.monotonic() - started
+        camel_body = {"inputs": body["inputs"], "preprocessorOverrides": overrides}  # the JSON mapping's other name
+        camel = await client.post("/v1/classify", json=camel_body)
+    for answer in (response, camel):
+        assert answer.status_code == 400, answer.text
+        assert "preprocessor_overrides holds more than 256 values" in answer.json()["error"]
+    assert elapsed < 5
