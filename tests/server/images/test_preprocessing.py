@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ from imgcls.server.domain.errors import InvalidInputError
 from imgcls.server.images.preprocessing import (
     DEFAULT_JPEG_DRAFT,
     DRAFT_MARGINS,
+    check_override_values,
     compile_preprocessor,
     merge_overrides,
 )
@@ -505,3 +507,26 @@ def test_the_crop_box_of_a_drafted_jpeg_is_taken_after_its_exif_turn(orientation
     left, top = (resized.width - 224) // 2, (resized.height - 224) // 2
     want = np.asarray(resized.crop((left, top, left + 224, top + 224)))
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 2
+
+
+def test_override_values_are_counted_without_walking_past_the_limit() -> None:
+    many = {"image_mean": list(range(10_000_000))}  # walked whole, it would take seconds
+    started = time.perf_counter()
+    with pytest.raises(InvalidInputError, match="holds more than 256 values"):
+        check_override_values(many)
+    assert time.perf_counter() - started < 1
+    check_override_values({"image_mean": [0.5] * 3, "size": {"shortest_edge": 256}, "crop_pct": 0.875})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"crop_pct": 10**400}, "crop_pct must be a finite number within a float's range"),
+        ({"size": {"height": float("nan"), "width": 1}}, "size.height must be a finite number"),
+        ({"image_std": [1.0, float("inf"), 1.0]}, "image_std[1] must be a finite number"),
+    ],
+)
+def test_override_numbers_no_float_holds_are_refused(overrides: dict[str, Any], words: str) -> None:
+    with pytest.raises(InvalidInputError) as raised:
+        check_override_values(overrides)
+    assert words in raised.value.message

@@ -210,6 +210,10 @@ async def test_top_k_parameter_turns_outputs_into_that_many_labels(core: OpenInf
     # classification beyond the label count is clipped.
     huge = only(await core.infer(image_request(CAT, outputs=(RequestedOutput("scores", classification=5000),))))
     assert huge.shape == (1, 1000)
+    # 2.0 is 2, as the Hugging Face API and imgcls.v1's JSON read it (JavaScript clients send no other).
+    assert only(await core.infer(image_request(CAT, parameters={"top_k": 3.0}))).shape == (1, 3)
+    own = RequestedOutput("scores", parameters={"classification": 2.0})
+    assert only(await core.infer(image_request(CAT, outputs=(own,)))).shape == (1, 2)
 
 
 async def test_function_to_apply(core: OpenInferenceCore, engine: Engine) -> None:
@@ -317,6 +321,10 @@ BAD_REQUESTS: list[tuple[InferRequest, str]] = [
     (image_request(CAT, outputs=(RequestedOutput("scores"), RequestedOutput("scores"))), "asked for twice"),
     (image_request(CAT, outputs=(RequestedOutput("scores", parameters={"classification": -2}),)), "classification"),
     (image_request(CAT, parameters={"top_k": -1}), "parameter top_k"),
+    (image_request(CAT, parameters={"top_k": 2.5}), "parameter top_k must be an integer >= 0, got 2.5"),
+    (image_request(CAT, parameters={"top_k": float("inf")}), "parameter top_k must be an integer >= 0, got inf"),
+    (image_request(CAT, parameters={"top_k": True}), "parameter top_k must be an integer >= 0, got True"),
+    (image_request(CAT, outputs=(RequestedOutput("scores", parameters={"classification": 1.5}),)), "got 1.5"),
     (image_request(CAT, parameters={"function_to_apply": "relu"}), "parameter function_to_apply"),
     (image_request(CAT, parameters={"preprocessor_overrides": "{"}), "parameter preprocessor_overrides"),
     (image_request(CAT, parameters={"preprocessor_overrides": {"size": {"height": 99999}}}), "size must be"),

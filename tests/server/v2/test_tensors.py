@@ -121,7 +121,12 @@ def test_typed_data_may_be_flat_nested_or_an_array() -> None:
         ),
         (InputTensor("x", "FP32", (2, 3), data=[1.0] * 5), "has 5 values but shape [2, 3] needs 6"),
         (InputTensor("x", "FP32", (2, 2), data=[[1.0, 2.0], [3.0]]), "data is not a list of numbers"),
-        (InputTensor("x", "FP32", (1, 1), data=["a"]), "data is not a list of numbers"),
+        (InputTensor("x", "FP32", (1, 1), data=["a"]), "element 0 is 'a'; FP32 data holds numbers only"),
+        # numpy would have read these as 1.5, 1.0 and NaN: answers for inputs nobody sent.
+        (InputTensor("x", "FP32", (1, 2), data=[0.5, "1.5"]), "element 1 is '1.5'; FP32 data holds numbers only"),
+        (InputTensor("x", "FP32", (1, 2), data=[0.5, True]), "element 1 is True; FP32 data holds numbers only"),
+        (InputTensor("x", "FP32", (1, 2), data=[[0.5, None]]), "element 1 is None; FP32 data holds numbers only"),
+        (InputTensor("x", "FP32", (1, 1), data=[10**400]), "data is not a list of numbers (OverflowError)"),
         (InputTensor("x", "INT64", (1, 1), data=[1]), "datatype 'INT64' is not accepted; use FP32 or FP16"),
         (InputTensor("x", "FP32", (1, 1), raw=b"\x00" * 4, data=[0.0]), "both raw contents and typed contents"),
     ],

@@ -35,6 +35,7 @@ from imgcls.server.v2 import (
     InputTensor,
     OpenInferenceCore,
     RequestedOutput,
+    whole_number,
 )
 from starlette.responses import Response
 
@@ -279,8 +280,8 @@ def _outputs(value: Any, binary_default: bool) -> tuple[tuple[RequestedOutput, .
         if not isinstance(as_binary, bool):
             raise InvalidInputError(f"output {brief(name)}: binary_data: expected true or false")
         binary[name] = as_binary
-        classification = parameters.pop("classification", 0)
-        if not isinstance(classification, int) or isinstance(classification, bool) or classification < 0:
+        classification = whole_number(parameters.pop("classification", 0))
+        if classification is None or classification < 0:
             raise InvalidInputError(f"output {brief(name)}: classification: expected an integer >= 0")
         outputs.append(RequestedOutput(name, classification, parameters))
     return tuple(outputs), binary

@@ -343,16 +343,16 @@ def check_override_values(overrides: Mapping[str, Any]) -> None:
     """Refuse what no image processor setting is, before any is read: more values than a processor has
     settings (MAX_OVERRIDE_VALUES, counted without walking past it), numbers that are not finite or not
     representable as floats (JSON has integers of any size, and Infinity/NaN as Python's json writes them)."""
-    seen = 0
-    stack: list[tuple[str, Any]] = [(str(key), value) for key, value in overrides.items()]
-    while stack:
+    seen = len(overrides)  # every container's items are counted before any of them is looked at
+    stack: list[tuple[str, Any]] = []
+    if seen <= MAX_OVERRIDE_VALUES:
+        stack = [(str(key), value) for key, value in overrides.items()]
+    while seen <= MAX_OVERRIDE_VALUES and stack:
         path, value = stack.pop()
-        seen += 1
-        if seen > MAX_OVERRIDE_VALUES:
-            raise InvalidInputError(
-                f"preprocessor_overrides holds more than {MAX_OVERRIDE_VALUES} values; an image processor has a "
-                "few settings"
-            )
+        if isinstance(value, dict | list | tuple):
+            seen += len(value)
+            if seen > MAX_OVERRIDE_VALUES:
+                break
         if isinstance(value, dict):
             stack.extend((f"{path}.{key}", item) for key, item in value.items())
         elif isinstance(value, list | tuple):
@@ -361,6 +361,11 @@ def check_override_values(overrides: Mapping[str, Any]) -> None:
             raise InvalidInputError(
                 f"preprocessor_overrides: {path} must be a finite number within a float's range, got {brief(value)}"
             )
+    if seen > MAX_OVERRIDE_VALUES:
+        raise InvalidInputError(
+            f"preprocessor_overrides holds more than {MAX_OVERRIDE_VALUES} values; an image processor has a few "
+            "settings"
+        )
 
 
 def _finite(value: float) -> bool:

@@ -62,7 +62,8 @@ written so it reads back exactly).
 
 Helpers (``tensors``): ``encode_bytes_elements(list[bytes]) -> bytes``,
 ``decode_bytes_elements(raw, count, name) -> list[bytes]``, ``numeric_array(InputTensor) -> np.ndarray``,
-``bytes_elements(InputTensor)``. ``parse_parameters(dict) -> Parameters`` checks the request parameters.
+``bytes_elements(InputTensor)``. ``parse_parameters(dict) -> Parameters`` checks the request parameters;
+``whole_number`` reads an integer one.
 """
 
 from imgcls.server.v2.core import (
@@ -79,6 +80,7 @@ from imgcls.server.v2.core import (
     ViewKind,
     check_model_names,
     parse_parameters,
+    whole_number,
 )
 from imgcls.server.v2.tensors import bytes_elements, decode_bytes_elements, encode_bytes_elements, numeric_array
 from imgcls.server.v2.types import (
@@ -118,4 +120,5 @@ __all__ = [
     "encode_bytes_elements",
     "numeric_array",
     "parse_parameters",
+    "whole_number",
 ]

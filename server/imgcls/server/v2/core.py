@@ -119,14 +119,28 @@ class Parameters:
     preprocessor_overrides: dict[str, Any] | None = None
 
 
+def whole_number(value: Any) -> int | None:
+    """An integer parameter: an int, or a float with nothing after the point (2.0, as JavaScript and the
+    Hugging Face API's clients send 2; imgcls.v1's JSON takes it too); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+        return int(value)
+    return None
+
+
 def parse_parameters(parameters: Mapping[str, Any]) -> Parameters:
     """top_k (int >= 0), function_to_apply (softmax|sigmoid|none), preprocessor_overrides (JSON text or object).
 
     Other parameters (the protocol's own, such as priority or binary_data_output) are left to the door.
     """
     top_k = parameters.get("top_k")
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
-        raise InvalidInputError(f"parameter top_k must be an integer >= 0, got {brief(top_k)}")
+    if top_k is not None:
+        top_k = whole_number(top_k)
+        if top_k is None or top_k < 0:
+            raise InvalidInputError(f"parameter top_k must be an integer >= 0, got {brief(parameters['top_k'])}")
     function = parameters.get("function_to_apply")
     if function is not None:
         if not isinstance(function, str) or function.lower() not in _FUNCTIONS:
@@ -388,10 +402,11 @@ class OpenInferenceCore:
                 )
             if any(name == requested.name for name, _ in wanted):
                 raise InvalidInputError(f"output {requested.name!r} is asked for twice")
-            count = requested.classification or requested.parameters.get("classification", 0)
-            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            given = requested.classification or requested.parameters.get("classification", 0)
+            count = whole_number(given)
+            if count is None or count < 0:
                 raise InvalidInputError(
-                    f"output {requested.name!r}: classification must be an integer >= 0, got {brief(count)}"
+                    f"output {requested.name!r}: classification must be an integer >= 0, got {brief(given)}"
                 )
             wanted.append((requested.name, count if count > 0 else default))
         return wanted
