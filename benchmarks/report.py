@@ -625,9 +625,7 @@ def write_all(results: dict[str, Any], out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Rewrite the README's performance table from a run's results.json.")
     parser.add_argument("--readme", type=Path, required=True, help="the README to update (its marked block)")
-    parser.add_argument(
-        "--results", type=Path, default=Path(__file__).parent / "results" / "latest" / "results.json"
-    )
+    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "latest" / "results.json")
     args = parser.parse_args(argv)
     update_readme(args.readme, json.loads(args.results.read_text()))
     return 0

@@ -216,33 +216,54 @@ def big_text(tag: str) -> str:
     return (tag + "-") * (BIG // (len(tag) + 1))
 
 
+def mid_text(tag: str) -> str:
+    """Text under the 16 KiB overrides limit, still far over any message's length."""
+    return (tag + "-") * (8000 // (len(tag) + 1))
+
+
 BIG_BAD_INPUTS = [
+    # Over 16 KiB, overrides are refused before they are converted (a Struct of a million values took seconds).
+    *(
+        pytest.param(
+            {"inputs": [pb.Input(image=COFFEE)], "preprocessor_overrides": overrides(value)},
+            "bytes, over the limit of 16384; an image processor has a few settings",
+            echoed,
+            id=name,
+        )
+        for name, value, echoed in [
+            ("override-key-100k-chars", {big_text("key"): 1}, big_text("key")[:1000]),
+            ("image-mean-100k-values", {"image_mean": [0.5] * BIG}, "0.5, " * 200),
+            ("size-side-100k-chars", {"size": {"height": big_text("side"), "width": 1}}, big_text("side")[:1000]),
+            ("size-dict-100k-values", {"size": {"x": [1] * BIG}}, "1, " * 200),
+        ]
+    ),
+    # Under it, each is refused by the check it fails, as briefly.
     pytest.param(
-        {"inputs": [pb.Input(image=COFFEE)], "preprocessor_overrides": overrides({big_text("key"): 1})},
+        {"inputs": [pb.Input(image=COFFEE)], "preprocessor_overrides": overrides({mid_text("key"): 1})},
         "preprocessor_overrides: unknown key 'key-key-",
-        big_text("key")[:1000],
-        id="override-key-100k-chars",
+        mid_text("key")[:1000],
+        id="override-key-8k-chars",
     ),
     pytest.param(
-        {"inputs": [pb.Input(image=COFFEE)], "preprocessor_overrides": overrides({"image_mean": [0.5] * BIG})},
+        {"inputs": [pb.Input(image=COFFEE)], "preprocessor_overrides": overrides({"image_mean": [0.5] * 200})},
         "image_mean must be a number or a list of 3 numbers, got [0.5, 0.5,",
-        "0.5, " * 200,
-        id="image-mean-100k-values",
+        "0.5, " * 100,
+        id="image-mean-200-values",
     ),
     pytest.param(
         {
             "inputs": [pb.Input(image=COFFEE)],
-            "preprocessor_overrides": overrides({"size": {"height": big_text("side"), "width": 1}}),
+            "preprocessor_overrides": overrides({"size": {"height": mid_text("side"), "width": 1}}),
         },
         "size: sides must be whole numbers, got 'side-side-",
-        big_text("side")[:1000],
-        id="size-side-100k-chars",
+        mid_text("side")[:1000],
+        id="size-side-8k-chars",
     ),
     pytest.param(
-        {"inputs": [pb.Input(image=COFFEE)], "preprocessor_overrides": overrides({"size": {"x": [1] * BIG}})},
+        {"inputs": [pb.Input(image=COFFEE)], "preprocessor_overrides": overrides({"size": {"x": [1] * 250}})},
         "size must be a number, {height, width} or {shortest_edge}; got {'x': [1.0, 1.0,",
-        "1, " * 200,
-        id="size-dict-100k-values",
+        "1, " * 100,
+        id="size-dict-250-values",
     ),
     pytest.param(
         {"inputs": [pb.Input(tensor=pb.Tensor(dims=[7] * BIG, dtype=pb.DATA_TYPE_FLOAT32))]},

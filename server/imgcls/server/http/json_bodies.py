@@ -2,14 +2,15 @@
 
 JSON text becomes Python objects several times its size (a number ``0.1,`` is 4 bytes of text and then a
 24-byte float in an 8-byte list slot; ``{"":[]},`` is 8 bytes and then ~250 of dict, list and slot), and
-``json.loads`` holds the interpreter for as long as it runs (about 15-30 ms a MB of numbers, several times that
-of nested containers) except where it calls Python (common.parse_json has it convert numbers that way). So a JSON body over ``max_json_bytes`` is refused (413, from its Content-Length when
-it has one) with a pointer to the forms that carry the same data without the parse; so is one with more
-objects, arrays or strings than any request needs (MAX_JSON_CONTAINERS, MAX_JSON_STRINGS: numbers, the bulk
-of a JSON tensor, are not limited). One under both is charged to the memory budget by what its parse can
-hold (json_cost, from a count of its structural characters, measured against tracemalloc for every shape of
-value) and, when it is not small, counted, parsed and converted on one thread of its own, one body at a time:
-concurrent large bodies queue there instead of taking turns with every other request on the event loop.
+``json.loads`` holds the interpreter for as long as it runs (about 15-30 ms a MB of numbers, several times
+that of nested containers) except where it calls Python (common.parse_json has it convert numbers that way).
+So a JSON body over ``max_json_bytes`` is refused (413, from its Content-Length when it has one) with a
+pointer to the forms that carry the same data without the parse; so is one with more objects, arrays or
+strings than any request needs (MAX_JSON_CONTAINERS, MAX_JSON_STRINGS: numbers, the bulk of a JSON tensor,
+are not limited). One under both is charged to the memory budget by what its parse can hold (json_cost,
+from a count of its structural characters, measured against tracemalloc for every shape of value) and, when
+it is not small, counted, parsed and converted on one thread of its own, one body at a time: concurrent
+large bodies queue there instead of taking turns with every other request on the event loop.
 """
 
 from __future__ import annotations
