@@ -1195,6 +1195,45 @@ async def http_json_base64(target: Target, p: dict[str, Any]) -> Outcomes:
     return outcomes
 
 
+def _gzip_json(head: bytes, element: bytes, count: int, tail: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(head + b",".join([element] * count) + tail, compresslevel=9)
+
+
+async def http_json_structure(target: Target, p: dict[str, Any]) -> Outcomes:
+    """JSON bodies of a few KiB on the wire, gzip, that decode to mib of {"":[]} (about 30x their text once
+    parsed): `calls` over the structure limit, to each JSON route, and as many just under it, at once."""
+    count = (p["mib"] * MIB - 256) // 8  # just under max_json_bytes once decoded
+    under = 32_000  # two containers each: under the 65536 limit
+    routes = {
+        "v2": (
+            "/v2/models/efficientnet-lite0_image/infer",
+            b'{"inputs":[{"name":"image","shape":[1,1],"datatype":"BYTES","data":[',
+            b"]}]}",
+        ),
+        "hf": ("/models/efficientnet-lite0", b'{"inputs":"x","parameters":{"a":[', b"]}}"),
+        "v1": ("/v1/classify", b'{"inputs":[{"image_base64":"x"}],"preprocessor_overrides":{"a":[', b"]}}"),
+    }
+    bodies = {
+        (route, kind): (path, _gzip_json(head, b'{"":[]}', count if kind == "over" else under, tail))
+        for route, (path, head, tail) in routes.items()
+        for kind in ("over", "under")
+    }
+    outcomes = Outcomes()
+    outcomes.extra["wire_kib"] = {f"{r}-{k}": round(len(b) / 1024) for (r, k), (_, b) in bodies.items()}
+
+    async def one(route: str, kind: str) -> None:
+        path, body = bodies[(route, kind)]
+        headers = {"content-type": "application/json", "content-encoding": "gzip", "content-length": str(len(body))}
+        started = time.monotonic()
+        status = await _post_until_answered(target, _http_head(target, path, headers), body, p["timeout"])
+        outcomes.add(f"{kind}: {status}", time.monotonic() - started)
+
+    await asyncio.gather(*(one(route, kind) for _ in range(p["calls"]) for route, kind in bodies))
+    return outcomes
+
+
 # --- the table ----------------------------------------------------------------------------------------
 
 ROWS: dict[str, Row] = {
@@ -1335,6 +1374,13 @@ ROWS: dict[str, Row] = {
             http_json_numbers,
             test={"calls": 6, "big_batch": 16, "small_batch": 2, "timeout": 30.0},
             full={"calls": 24, "big_batch": 16, "small_batch": 2, "timeout": 60.0},
+        ),
+        Row(
+            "http_json_structure",
+            'HTTP: gzip JSON bodies of ~24 KiB that decode to 16 MiB of {"":[]} (~500 MB parsed), every JSON route',
+            http_json_structure,
+            test={"calls": 2, "mib": 16, "timeout": 30.0},
+            full={"calls": 8, "mib": 16, "timeout": 60.0},
         ),
         Row(
             "http_json_base64",

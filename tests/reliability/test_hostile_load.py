@@ -338,6 +338,20 @@ async def test_http_json_numbers_over_and_under_the_json_limit(hostile: Hostile)
     await assert_back_to_idle(hostile, report.row)
 
 
+async def test_http_json_of_millions_of_containers_is_refused_before_its_parse(hostile: Hostile) -> None:
+    """24 KiB on the wire parsed into ~570 MB against a charge of 80 (a 256 MiB budget): refused from a count."""
+    report = await run(hostile, "http_json_structure")
+    assert_bounded(hostile, report)
+    calls = ROWS["http_json_structure"].test["calls"]
+    assert report.outcomes.codes["over: HTTP 413"] == 3 * calls, dict(report.outcomes.codes)
+    assert_at_once(report, "over: HTTP 413")
+    # Under the limit: parsed, charged, and refused for what it says (an unknown parameter or override).
+    assert_codes(report, {"over: HTTP 413", "under: HTTP 400", "under: HTTP 429"})
+    assert report.outcomes.codes["under: HTTP 400"] > 0, dict(report.outcomes.codes)
+    assert_normal_served(report)
+    await assert_back_to_idle(hostile, report.row)
+
+
 async def test_http_json_carrying_40_mb_of_base64(hostile: Hostile) -> None:
     report = await run(hostile, "http_json_base64")
     assert_bounded(hostile, report)
