@@ -3,6 +3,7 @@ under it charged to the budget by its parsed size and parsed off the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import json
@@ -15,11 +16,13 @@ import httpx2 as httpx
 import numpy as np
 import pytest
 from imgcls.server.domain.errors import InvalidInputError, TooLargeError
+from imgcls.server.engine.budget import Lease
 from imgcls.server.http import common, json_bodies
 from imgcls.server.http.json_bodies import JsonParsing, json_cost
 from server.http.helpers import MODEL, url
 from support.inputs import COFFEE
 from support.servers import running_server
+from support.waiting import poll_until
 
 LIMIT = 1 << 20
 
@@ -140,29 +143,33 @@ async def test_base64_json_over_the_limit_is_413_naming_raw_bytes_on_the_hf_and_
 
 
 async def test_json_under_the_limit_is_answered_and_charged_by_its_parsed_size() -> None:
+    """Charged json_floor from the moment the door has the body (it may wait for the JSON thread), then
+    json_cost once it is counted, for as long as the request lives."""
     body = json.dumps(numbers_request((1, 3, 224, 224))).encode()
-    peaks: list[int] = []
+    held: list[int] = []
     async with (
         running_server(http_port="auto") as server,
         httpx.AsyncClient(base_url=url(server), timeout=60) as client,
     ):
         budget = server.engine.budget
-        original = budget.lease
+        original = budget._take
 
-        def watched(nbytes: int, owner: str) -> object:
-            peaks.append(nbytes)
-            return original(nbytes, owner)
+        def watched(lease: Lease, nbytes: int) -> None:
+            original(lease, nbytes)
+            held.append(lease.held)
 
-        server.engine.budget.lease = watched  # type: ignore[method-assign]
+        budget._take = watched  # type: ignore[method-assign]
         try:
             response = await client.post(
                 f"/v2/models/{MODEL}/infer", content=body, headers={"content-type": "application/json"}
             )
         finally:
-            server.engine.budget.lease = original  # type: ignore[method-assign]
+            budget._take = original  # type: ignore[method-assign]
         assert budget.used == 0
     assert response.status_code == 200, response.text
-    assert json_cost(body) in peaks and json_cost(body) > len(body) + 32 * 3 * 224 * 224
+    assert json_bodies.json_floor(body) in held and json_cost(body) in held
+    assert held.index(json_bodies.json_floor(body)) < held.index(json_cost(body))
+    assert json_cost(body) > len(body) + 32 * 3 * 224 * 224
 
 
 async def test_a_small_gzip_body_of_millions_of_containers_is_413_before_it_is_parsed() -> None:
@@ -235,3 +242,29 @@ def test_json_number_hooks_read_numbers_as_json_loads_does() -> None:
     assert common.parse_json(text) == json.loads(text)
     with pytest.raises(InvalidInputError, match="a JSON number has more than 4300 digits"):
         common.parse_json(b"[" + b"9" * 5000 + b"]")
+
+
+async def test_a_json_body_waiting_for_the_json_thread_is_charged_meanwhile() -> None:
+    """Counted on the JSON thread, a large body may wait there behind others: its bytes stay charged (48 bodies
+    of 16 MiB waited uncharged, 750 MiB over a 256 MiB budget, before json_lease)."""
+    body = json.dumps(numbers_request((1, 3, 224, 224))).encode()
+    assert len(body) > json_bodies.SMALL_JSON_BYTES
+    release = threading.Event()
+    async with (
+        running_server(http_port="auto") as server,
+        httpx.AsyncClient(base_url=url(server), timeout=60) as client,
+    ):
+        parsing = server.http._parsing  # type: ignore[union-attr]
+        busy = asyncio.ensure_future(parsing.run(body, release.wait, 30))  # the JSON thread, taken
+        budget = server.engine.budget
+        posted = asyncio.ensure_future(
+            client.post(f"/v2/models/{MODEL}/infer", content=body, headers={"content-type": "application/json"})
+        )
+        await poll_until(lambda: budget.used >= json_bodies.json_floor(body), attempts=800)
+        waiting = budget.used
+        release.set()
+        response = await posted
+        await busy
+        assert budget.used == 0
+    assert waiting >= json_bodies.json_floor(body), waiting
+    assert response.status_code == 200, response.text

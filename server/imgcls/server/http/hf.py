@@ -19,7 +19,7 @@ from imgcls.server.domain.types import Base64Image, ClassifyOptions, ClassifyReq
 from imgcls.server.engine.engine import Engine
 from imgcls.server.http.common import JSONResponse, answer_errors, deadline_of, parse_json
 from imgcls.server.http.guard import HttpLimits, owner_of, read_body
-from imgcls.server.http.json_bodies import JsonParsing, json_cost, refuse_declared, too_large
+from imgcls.server.http.json_bodies import JsonParsing, json_lease, refuse_declared, too_large
 from pydantic import BaseModel
 
 PROTOCOL = "hf-http"
@@ -59,7 +59,7 @@ def router(engine: Engine, limits: HttpLimits, parsing: JsonParsing) -> APIRoute
             else:
                 if len(body) > limits.max_json_bytes:
                     raise too_large(len(body), limits.max_json_bytes)
-                with engine.budget.lease(await parsing.run(body, json_cost, body), call.owner):
+                async with json_lease(engine.budget, call.owner, parsing, body):
                     domain = await parsing.run(body, classify_request, model, body, content_type, request.query_params)
             answer = await engine.classify(domain, deadline=deadline, call=call)
         return JSONResponse([{"label": s.label, "score": s.score} for s in answer.rankings[0]])

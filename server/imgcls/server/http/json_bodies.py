@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 from imgcls.server.domain.errors import TooLargeError
+from imgcls.server.engine.budget import Lease, MemoryBudget
 from starlette.requests import Request
 
 T = TypeVar("T")
@@ -63,14 +65,29 @@ def json_cost(text: bytes) -> int:
             f"{MAX_JSON_CONTAINERS} and {MAX_JSON_STRINGS}; {HINT}"
         )
     return (
-        2 * len(text)
-        + _PER_BODY
+        json_floor(text)
         + _PER_VALUE * (structure.count(b",") + 1)
         + _PER_OBJECT * structure.count(b"{")
         + _PER_ARRAY * structure.count(b"[")
         + _PER_KEY * structure.count(b":")
         + _PER_QUOTE * 2 * strings
     )
+
+
+def json_floor(text: bytes) -> int:
+    """What parsing text holds at the least (json_cost's first terms): charged while text waits to be counted."""
+    return 2 * len(text) + _PER_BODY
+
+
+@contextlib.asynccontextmanager
+async def json_lease(budget: MemoryBudget, owner: str, parsing: JsonParsing, text: bytes) -> AsyncIterator[Lease]:
+    """The budget's lease for parsing text, held until the block ends: json_floor at once (the body is charged
+    from the moment the door has it, as it was while it arrived), grown to json_cost once text is counted (on
+    the JSON thread when large, where bodies queue)."""
+    floor = json_floor(text)
+    with budget.lease(floor, owner) as lease:
+        lease.grow(await parsing.run(text, json_cost, text) - floor)
+        yield lease
 
 
 def too_large(size: int | None, limit: int) -> TooLargeError:

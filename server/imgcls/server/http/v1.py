@@ -20,7 +20,7 @@ from imgcls.server.domain.errors import InvalidInputError
 from imgcls.server.engine.engine import Engine
 from imgcls.server.http.common import JSONResponse, answer_errors, deadline_of, parse_json
 from imgcls.server.http.guard import HttpLimits, owner_of, read_body
-from imgcls.server.http.json_bodies import JsonParsing, json_cost, refuse_declared
+from imgcls.server.http.json_bodies import JsonParsing, json_lease, refuse_declared
 from imgcls.server.images.decoding import brief
 from imgcls.server.images.preprocessing import check_override_values
 from imgcls.server.v1.converters import model_info_to_pb, request_from_pb, results_to_pb
@@ -44,7 +44,7 @@ def router(engine: Engine, limits: HttpLimits, parsing: JsonParsing) -> APIRoute
             deadline = deadline_of(request)
             refuse_declared(request, limits.max_json_bytes)
             body = await read_body(request, limits, engine, json=True)
-            with engine.budget.lease(await parsing.run(body, json_cost, body), call.owner):
+            async with json_lease(engine.budget, call.owner, parsing, body):
                 message = await parsing.run(body, parse, body, pb.ClassifyRequest())
             call.model = engine.model_label(message.model)
             call.set_request_id(message.request_id)  # known only now, from the body

@@ -26,7 +26,7 @@ from imgcls.server.domain.errors import InvalidInputError
 from imgcls.server.engine.engine import Engine
 from imgcls.server.http.common import MAX_TIMEOUT_S, JSONResponse, answer_errors, deadline_of, parse_json
 from imgcls.server.http.guard import HttpLimits, owner_of, read_body
-from imgcls.server.http.json_bodies import JsonParsing, json_cost, refuse_declared, too_large
+from imgcls.server.http.json_bodies import JsonParsing, json_lease, refuse_declared, too_large
 from imgcls.server.images.decoding import brief
 from imgcls.server.v2 import (
     REST_EXTENSIONS,
@@ -107,7 +107,7 @@ def router(engine: Engine, limits: HttpLimits, parsing: JsonParsing) -> APIRoute
                 raise too_large(len(header), limits.max_json_bytes)
             # Parsed JSON is Python objects, several times its text: counted while the request lives, beside
             # the engine's own lease.
-            with engine.budget.lease(await parsing.run(header, json_cost, header), call.owner):
+            async with json_lease(engine.budget, call.owner, parsing, header):
                 infer_request, binary_outputs, timeout_us = await parsing.run(
                     header, parse_infer, name, version, header, binary
                 )
