@@ -132,6 +132,11 @@ def hf(parameters: str) -> str:
         (V2_IMAGE, override('"image_mean":1e308'), "not finite, or the same for every"),
         (V2_IMAGE, override('"rescale_factor":1e308'), "make pixel values that are not"),
         ("/v1/classify", '{"inputs":[{"image":"AAAA"}],"request_id":"a","request_id":"b"}', "key 'request_id' twice"),
+        ("/v1/classify", "1", "imgcls.v1.ClassifyRequest: expected a JSON object, got int"),
+        ("/v1/classify", "null", "expected a JSON object, got NoneType"),
+        ("/v1/classify", '{"parameters":{"function_to_apply":1e400}}', "Failed to parse JSON"),
+        (V2_IMAGE, v2_image('"preprocessor_overrides":"' + "[" * 5000 + '"'), "not valid JSON (nested too deeply)"),
+        (V2_IMAGE, v2_image('"preprocessor_overrides":"' + " " * 20_000 + '{}"'), "20002 characters, over the limit"),
     ],
 )
 async def test_400_numbers_no_float_holds_and_non_numbers_are_caller_mistakes_not_bugs(

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import gzip
 import json
+import math
 import threading
 import time
 import tracemalloc
@@ -56,6 +57,9 @@ SHAPES = {
     "distinct keys": b"{" + b",".join(b'"key_%d":0' % i for i in range(20_000)) + b"}",
     "objects of two keys": b"[" + b",".join([b'{"a":1,"b":2}'] * 10_000) + b"]",
     "true and null": b"[" + b",".join([b"true", b"null"] * 15_000) + b"]",
+    # One character beyond U+FFFF makes the decoded text and every string value 4 bytes a character.
+    "escaped astral character and ASCII": b'{"inputs":"\\ud83d\\ude00' + b"A" * 400_000 + b'"}',
+    "raw astral character and ASCII": '{"inputs":"\U0001f600'.encode() + b"A" * 400_000 + b'"}',
 }
 
 
@@ -63,7 +67,7 @@ SHAPES = {
 def test_json_cost_bounds_what_the_parse_holds_for_every_shape(text: bytes) -> None:
     tracemalloc.start()
     try:
-        parsed = json.loads(text)
+        parsed = common.parse_json(text)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -71,20 +75,38 @@ def test_json_cost_bounds_what_the_parse_holds_for_every_shape(text: bytes) -> N
     assert json_cost(text) >= peak, f"charged {json_cost(text)} for a parse that held {peak}"
 
 
+def repeated(element: bytes, count: int) -> bytes:
+    return b"[" + b",".join([element] * count) + b"]"
+
+
 @pytest.mark.parametrize(
     ("text", "counted"),
     [
-        (b"[" + b",".join([b"[]"] * (json_bodies.MAX_JSON_CONTAINERS)) + b"]", "65537 objects and arrays"),
-        (b"[" + b",".join([b'""'] * (json_bodies.MAX_JSON_STRINGS + 1)) + b"]", "65537 strings"),
+        (repeated(b"{}", json_bodies.MAX_JSON_OBJECTS + 1), "65537 objects (the limit: 65536)"),
+        (repeated(b'""', json_bodies.MAX_JSON_STRINGS + 1), "65537 strings (the limit: 65536)"),
+        (repeated(b"null", json_bodies.MAX_JSON_LITERALS + 1), "65537 true, false or null (the limit: 65536)"),
+        (repeated(b"true", json_bodies.MAX_JSON_LITERALS + 1), "65537 true, false or null"),
+        (repeated(b"[]", json_bodies.MAX_JSON_EMPTY_ARRAYS), "65537 arrays for 0 digits"),
     ],
-    ids=["containers", "strings"],
+    ids=["objects", "strings", "null", "true", "empty arrays"],
 )
-def test_json_of_more_containers_or_strings_than_any_request_is_too_large(text: bytes, counted: str) -> None:
+def test_json_of_more_of_what_parses_without_a_thread_switch_than_any_request_is_too_large(
+    text: bytes, counted: str
+) -> None:
     with pytest.raises(TooLargeError) as raised:
         json_cost(text)
-    assert counted in raised.value.message and "over the limit of 65536 and 65536" in raised.value.message
+    assert counted in raised.value.message
     assert "binary tensor data extension" in raised.value.message
-    json_cost(b"[" + b",".join([b"[]"] * (json_bodies.MAX_JSON_CONTAINERS - 1)) + b"]")  # at the limit: charged
+    json_cost(repeated(b"[]", json_bodies.MAX_JSON_EMPTY_ARRAYS - 1))  # at the limit: charged
+    json_cost(repeated(b"{}", json_bodies.MAX_JSON_OBJECTS))
+
+
+def test_a_tensor_nested_by_its_shape_is_not_too_large_however_many_rows() -> None:
+    """NHWC, batch 2, nested as the v2 spec allows: 100,803 arrays, every one holding numbers."""
+    data = np.zeros((2, 224, 224, 3), np.float32).tolist()
+    body = json.dumps({"inputs": [{"name": "x", "shape": [2, 224, 224, 3], "datatype": "FP32", "data": data}]})
+    assert body.count("[") > json_bodies.MAX_JSON_EMPTY_ARRAYS
+    assert json_cost(body.encode()) > len(body)
 
 
 def test_json_numbers_are_not_limited_by_count() -> None:
@@ -194,7 +216,7 @@ async def test_a_small_gzip_body_of_millions_of_containers_is_413_before_it_is_p
             server.engine.budget.lease = original  # type: ignore[method-assign]
         assert server.engine.budget.used == 0
     assert response.status_code == 413, response.text
-    assert "objects and arrays" in response.json()["error"] and "over the limit of 65536" in response.json()["error"]
+    assert "objects (the limit: 65536)" in response.json()["error"], response.json()["error"]
     assert max(peaks) < 64 << 20  # the body as received, not a parse
 
 
@@ -231,10 +253,18 @@ def test_json_numbers_are_converted_where_the_event_loop_can_take_its_turn(monke
 
     monkeypatch.setitem(common.NUMBER_HOOKS, "parse_float", counted_float)
     monkeypatch.setitem(common.NUMBER_HOOKS, "parse_int", counted_int)
-    parsed = common.parse_json(b'{"data": [0.5, 1, -2.25e3, 7], "n": 3, "s": "4", "b": true}')
-    assert parsed == {"data": [0.5, 1, -2250.0, 7], "n": 3, "s": "4", "b": True}
-    assert calls == {"float": 2, "int": 3}
-    assert all(callable(hook) and hasattr(hook, "__code__") for hook in (common._float, common._int))
+    calls["constant"] = 0
+
+    def counted_constant(name: str) -> float:
+        calls["constant"] += 1
+        return float(name)
+
+    monkeypatch.setitem(common.NUMBER_HOOKS, "parse_constant", counted_constant)
+    parsed = common.parse_json(b'{"data": [0.5, 1, -2.25e3, 7, NaN, -Infinity], "n": 3, "s": "4", "b": true}')
+    assert parsed["data"][:4] == [0.5, 1, -2250.0, 7] and math.isnan(parsed["data"][4])
+    assert parsed["data"][5] == -math.inf and (parsed["n"], parsed["s"], parsed["b"]) == (3, "4", True)
+    assert calls == {"float": 2, "int": 3, "constant": 2}
+    assert all(hasattr(hook, "__code__") for hook in (common._float, common._int, common._constant))
 
 
 def test_json_number_hooks_read_numbers_as_json_loads_does() -> None:

@@ -18,6 +18,7 @@ from imgcls.server.v2 import (
     numeric_array,
     parse_parameters,
 )
+from imgcls.server.v2.tensors import check_json_numbers
 
 
 def prefixed(*elements: bytes) -> bytes:
@@ -126,13 +127,16 @@ def test_typed_data_may_be_flat_nested_or_an_array() -> None:
         (InputTensor("x", "FP32", (1, 2), data=[0.5, "1.5"]), "element 1 is '1.5'; FP32 data holds numbers only"),
         (InputTensor("x", "FP32", (1, 2), data=[0.5, True]), "element 1 is True; FP32 data holds numbers only"),
         (InputTensor("x", "FP32", (1, 2), data=[[0.5, None]]), "element 1 is None; FP32 data holds numbers only"),
+        (InputTensor("x", "FP32", (1, 2), data=[[0.5, True]]), "element 1 is True; FP32 data holds numbers only"),
         (InputTensor("x", "FP32", (1, 1), data=[10**400]), "data is not a list of numbers (OverflowError)"),
         (InputTensor("x", "INT64", (1, 1), data=[1]), "datatype 'INT64' is not accepted; use FP32 or FP16"),
         (InputTensor("x", "FP32", (1, 1), raw=b"\x00" * 4, data=[0.0]), "both raw contents and typed contents"),
     ],
 )
 def test_bad_numeric_inputs_are_refused_naming_the_input(tensor: InputTensor, expected: str) -> None:
+    """As the HTTP door reads them: JSON data checked where it is parsed, then converted."""
     with pytest.raises(InvalidInputError) as caught:
+        check_json_numbers(tensor)
         numeric_array(tensor)
     assert caught.value.message.startswith("input 'x': ")
     assert expected in caught.value.message

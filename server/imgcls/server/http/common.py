@@ -69,11 +69,16 @@ def _int(text: str) -> int:
     return int(text)
 
 
+def _constant(name: str) -> float:
+    return float(name)  # NaN, Infinity, -Infinity: as json.loads reads them
+
+
 # json.loads holds the interpreter from start to end when it converts numbers itself: 16 MiB of JSON numbers
 # stalled every other thread, the event loop included, for 420 ms. Converted by a Python function, each number
-# is a point where the interpreter can switch threads (longest stall measured 16 ms, for 22% more parse time).
-# Objects, arrays and strings, which json.loads converts without one, are bounded in count (json_bodies).
-NUMBER_HOOKS: dict[str, Any] = {"parse_float": _float, "parse_int": _int}
+# is a point where the interpreter can switch threads (longest stall measured 16 ms, for 22-31% more parse time).
+# Objects, arrays, strings and true/false/null, which json.loads converts without one, are bounded in count
+# (json_bodies).
+NUMBER_HOOKS: dict[str, Any] = {"parse_float": _float, "parse_int": _int, "parse_constant": _constant}
 
 
 def parse_json(body: bytes, what: str = "request body", **options: Any) -> Any:

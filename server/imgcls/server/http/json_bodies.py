@@ -42,10 +42,16 @@ _PER_KEY = 64
 _PER_QUOTE = 28
 _STRUCTURE = b'{}[],:"'
 _NOT_STRUCTURE = bytes(c for c in range(256) if c not in _STRUCTURE)
-# Far above any request of any door (a v2 tensor nested by its shape: one array per row, 672 for a
-# 1x3x224x224 image); numbers are not counted: they are what a JSON tensor is made of.
-MAX_JSON_CONTAINERS = 65536
+_DIGITS = b"0123456789"
+# Far above any request of any door: objects (a v2 request has a few per tensor), strings (one per image
+# or key), literals (true, false, null: a few flags). Arrays are allowed this many beyond the digits the body
+# holds: a v2 tensor nested by its shape has an array per row, 50,401 for one 1x224x224x3 image, each holding
+# numbers (the parse can switch threads at each, common.parse_json); empty arrays are what it cannot switch in.
+# Numbers are not counted: they are what a JSON tensor is made of.
+MAX_JSON_OBJECTS = 65536
 MAX_JSON_STRINGS = 65536
+MAX_JSON_LITERALS = 65536
+MAX_JSON_EMPTY_ARRAYS = 65536
 
 HINT = (
     "send tensors with the binary tensor data extension (Inference-Header-Content-Length) or an image as "
@@ -55,28 +61,37 @@ HINT = (
 
 def json_cost(text: bytes) -> int:
     """An upper bound of the memory parsing text takes, for the budget; TooLargeError (413) before any parse
-    for a body of more objects and arrays, or strings, than any request needs."""
+    for a body of more objects, strings, literals or arrays than any request needs (what json.loads converts
+    without a point where other threads can run)."""
     structure = text.translate(None, _NOT_STRUCTURE)  # one pass; a base64 body keeps a few bytes of it
-    containers = structure.count(b"{") + structure.count(b"[")
+    objects, arrays = structure.count(b"{"), structure.count(b"[")
     strings = structure.count(b'"') // 2  # an upper bound: escaped quotes are counted too
-    if containers > MAX_JSON_CONTAINERS or strings > MAX_JSON_STRINGS:
-        raise TooLargeError(
-            f"JSON body holds {containers} objects and arrays and {strings} strings, over the limit of "
-            f"{MAX_JSON_CONTAINERS} and {MAX_JSON_STRINGS}; {HINT}"
-        )
+    literals = text.count(b"true") + text.count(b"false") + text.count(b"null")
+    digits = len(text) - len(text.translate(None, _DIGITS)) if arrays > MAX_JSON_EMPTY_ARRAYS else 0
+    counts = {"objects": objects, "strings": strings, "true, false or null": literals}
+    limits = {"objects": MAX_JSON_OBJECTS, "strings": MAX_JSON_STRINGS, "true, false or null": MAX_JSON_LITERALS}
+    over = [f"{counts[k]} {k} (the limit: {limits[k]})" for k in counts if counts[k] > limits[k]]
+    if arrays > MAX_JSON_EMPTY_ARRAYS + digits:
+        over.append(f"{arrays} arrays for {digits} digits (the limit: {MAX_JSON_EMPTY_ARRAYS} more arrays than digits)")
+    if over:
+        raise TooLargeError(f"JSON body holds {', '.join(over)}; {HINT}")
     return (
         json_floor(text)
         + _PER_VALUE * (structure.count(b",") + 1)
-        + _PER_OBJECT * structure.count(b"{")
-        + _PER_ARRAY * structure.count(b"[")
+        + _PER_OBJECT * objects
+        + _PER_ARRAY * arrays
         + _PER_KEY * structure.count(b":")
         + _PER_QUOTE * 2 * strings
     )
 
 
 def json_floor(text: bytes) -> int:
-    """What parsing text holds at the least (json_cost's first terms): charged while text waits to be counted."""
-    return 2 * len(text) + _PER_BODY
+    """What parsing text holds at the least (json_cost's first terms): charged while text waits to be counted.
+
+    Twice the text for ASCII (json.loads decodes it to a str, and a string value is a copy); one character
+    beyond U+FFFF, raw or as a \\u escape pair, makes the decoded str and the values 4 bytes a character."""
+    wide = not text.isascii() or b"\\u" in text
+    return (8 if wide else 2) * len(text) + _PER_BODY
 
 
 @contextlib.asynccontextmanager

@@ -85,16 +85,19 @@ def parse(body: bytes, message: Message) -> Any:
     json_format, which is Python, turns it into a Struct value by value (2M values took 42 s)."""
     name = message.DESCRIPTOR.full_name
     document = parse_json(body, name, object_pairs_hook=_unique_keys)
-    if isinstance(document, dict):
-        for key in ("preprocessor_overrides", "preprocessorOverrides"):
-            if isinstance(document.get(key), dict):
-                check_override_values(document[key])
+    if not isinstance(document, dict):
+        raise InvalidInputError(f"{name}: expected a JSON object, got {type(document).__name__}")
+    for key in ("preprocessor_overrides", "preprocessorOverrides"):
+        if isinstance(document.get(key), dict):
+            check_override_values(document[key])
     try:
         return json_format.ParseDict(document, message)
     except json_format.ParseError as exc:
         raise InvalidInputError(f"{name}: {exc}") from None
     except RecursionError as exc:
         raise InvalidInputError(f"{name}: not valid JSON ({type(exc).__name__})") from None
+    except Exception as exc:  # json_format.Parse wrapped whatever ParseDict raised (TypeError, OverflowError)
+        raise InvalidInputError(f"{name}: Failed to parse JSON: {type(exc).__name__}") from None
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from imgcls.server.v2 import (
     RequestedOutput,
     whole_number,
 )
+from imgcls.server.v2.tensors import check_json_numbers
 from starlette.responses import Response
 
 PROTOCOL = "v2-http"
@@ -261,7 +262,9 @@ def _input(item: Any, index: int, binary: memoryview, offset: int) -> tuple[Inpu
         raise InvalidInputError(f"{where}: has neither data nor binary_data_size")
     elif not isinstance(data, list):
         data = [data]
-    return InputTensor(name, datatype, tuple(shape), raw=raw, data=data, parameters=parameters), offset
+    tensor = InputTensor(name, datatype, tuple(shape), raw=raw, data=data, parameters=parameters)
+    check_json_numbers(tensor)
+    return tensor, offset
 
 
 def _outputs(value: Any, binary_default: bool) -> tuple[tuple[RequestedOutput, ...], dict[str, bool]]:

@@ -119,6 +119,10 @@ class Parameters:
     preprocessor_overrides: dict[str, Any] | None = None
 
 
+# The preprocessor_overrides parameter as JSON text, at most: imgcls.v1's Struct is capped alike (16 KiB).
+MAX_OVERRIDES_TEXT = 16 * 1024
+
+
 def whole_number(value: Any) -> int | None:
     """An integer parameter: an int, or a float with nothing after the point (2.0, as JavaScript and the
     Hugging Face API's clients send 2; imgcls.v1's JSON takes it too); None for anything else."""
@@ -150,10 +154,17 @@ def parse_parameters(parameters: Mapping[str, Any]) -> Parameters:
         function = _FUNCTIONS[function.lower()]
     overrides = parameters.get("preprocessor_overrides")
     if isinstance(overrides, str):
+        if len(overrides) > MAX_OVERRIDES_TEXT:
+            raise InvalidInputError(
+                f"parameter preprocessor_overrides is {len(overrides)} characters, over the limit of "
+                f"{MAX_OVERRIDES_TEXT}; an image processor has a few settings"
+            )
         try:
             overrides = json.loads(overrides, parse_constant=_refuse_constant)
         except ValueError as exc:
             raise InvalidInputError(f"parameter preprocessor_overrides is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise InvalidInputError("parameter preprocessor_overrides is not valid JSON (nested too deeply)") from None
     if overrides is not None and not isinstance(overrides, dict):
         raise InvalidInputError(
             f"parameter preprocessor_overrides must be a JSON object, got a {type(overrides).__name__}"

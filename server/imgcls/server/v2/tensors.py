@@ -102,15 +102,6 @@ def numeric_array(tensor: InputTensor) -> np.ndarray:
             )
         return np.frombuffer(tensor.raw, dtype=dtype).reshape(tensor.shape)
     data = tensor.data if tensor.data is not None else []
-    if isinstance(data, list) and not _numbers_only(data):
-        # JSON data (gRPC's typed contents cannot hold anything else): converted to the dtype, numpy would take
-        # "1.5", true and null (as NaN) for numbers.
-        flat = _flatten(data, tensor)
-        wrong = next((i for i, v in enumerate(flat) if isinstance(v, bool) or not isinstance(v, int | float)), None)
-        if wrong is not None:  # else ragged nesting, which the conversion below refuses
-            raise InvalidInputError(
-                f"{named(tensor)}: element {wrong} is {brief(flat[wrong])}; {tensor.datatype} data holds numbers only"
-            )
     try:
         array = np.asarray(data, dtype=dtype) if not isinstance(data, np.ndarray) else data.astype(dtype, copy=False)
     except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an integer beyond any float
@@ -122,17 +113,20 @@ def numeric_array(tensor: InputTensor) -> np.ndarray:
     return array.reshape(tensor.shape)
 
 
-def _numbers_only(data: list[Any]) -> bool:
-    """Whether JSON data (a flat list, or lists nested in the tensor's shape) holds numbers and nothing else;
-    cheap for the flat lists clients send (type() of each element, in C), and numpy's own reading of the
-    values for nested ones (which lets true beside numbers pass as 1)."""
-    if not data or not isinstance(data[0], list):
-        return set(map(type, data)) <= {int, float}
-    try:
-        kind = np.asarray(data).dtype.kind
-    except (TypeError, ValueError):  # ragged nesting
-        return False
-    return kind in "fiu"
+def check_json_numbers(tensor: InputTensor) -> None:
+    """JSON data of a numeric tensor holds numbers and nothing else: converted to the dtype, numpy would take
+    "1.5", true and null (as NaN) for numbers. Where the JSON is parsed (off the event loop when it is large);
+    gRPC's typed contents cannot hold anything else."""
+    data = tensor.data
+    if tensor.datatype not in NUMPY_OF_DATATYPE or not isinstance(data, list):
+        return
+    flat = data if not data or not isinstance(data[0], list) else _flatten(data, tensor)
+    if set(map(type, flat)) <= {int, float}:  # type() of each element, in C: bool is not int here
+        return
+    wrong = next(i for i, v in enumerate(flat) if isinstance(v, bool) or not isinstance(v, int | float | list))
+    raise InvalidInputError(
+        f"{named(tensor)}: element {wrong} is {brief(flat[wrong])}; {tensor.datatype} data holds numbers only"
+    )
 
 
 def _flatten(data: Any, tensor: InputTensor) -> list[Any]:
