@@ -340,3 +340,18 @@ async def test_overrides_no_image_processor_takes_are_invalid(
         await stub.Classify(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert fragment in (info.value.details() or "")
+
+
+async def test_millions_of_empty_inputs_are_refused_before_any_is_converted(
+    stub: pb_grpc.ImageClassifierServiceAsyncStub,
+) -> None:
+    """2 bytes each on the wire: a 2 MB message of them took seconds of the event loop to convert."""
+    request = pb.ClassifyRequest()
+    request.inputs.extend([pb.Input()] * 1_000_000)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Classify(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "request has 1000000 inputs, over the limit of 64"
+    assert loop.time() - started < 5

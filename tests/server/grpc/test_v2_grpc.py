@@ -324,6 +324,21 @@ async def test_request_parameters_mean_what_they_mean_in_imgcls_v1(
 # --- errors -------------------------------------------------------------------------------------
 
 
+async def test_millions_of_empty_inputs_are_refused_before_any_is_converted(
+    raw_stub: service_pb2_grpc.GRPCInferenceServiceStub,
+) -> None:
+    request = service_pb2.ModelInferRequest(model_name="lite_image")
+    request.inputs.extend([service_pb2.ModelInferRequest.InferInputTensor()] * 1_000_000)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await raw_stub.ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "request has 1000000 inputs, over the limit of 64"
+    request = service_pb2.ModelInferRequest(model_name="lite_image", raw_input_contents=[b""] * 100_000)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await raw_stub.ModelInfer(request)
+    assert info.value.details() == "request has 100000 raw_input_contents entries, over the limit of 64"
+
+
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [

@@ -115,3 +115,13 @@ def test_model_info_maps_the_description_field_by_field() -> None:
         "image_processor_type": "ViTImageProcessor",
         "size": {"height": 224, "width": 224},
     }
+
+
+def test_more_inputs_than_the_bound_are_refused_before_conversion() -> None:
+    request = pb.ClassifyRequest(inputs=[pb.Input(image=b"x")] * 5)
+    with pytest.raises(InvalidInputError, match="request has 5 inputs, over the limit of 4"):
+        converters.request_from_pb(request, max_inputs=4)
+    assert len(converters.request_from_pb(request, max_inputs=5).inputs) == 5
+    frame = converters.frame_from_pb(pb.ClassifyStreamRequest(inputs=[pb.Input()] * 5, request_id="f"), max_inputs=4)
+    assert frame.error is not None and frame.error.message == "request has 5 inputs, over the limit of 4"
+    assert frame.inputs == () and frame.request_id == "f"

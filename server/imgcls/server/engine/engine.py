@@ -271,6 +271,12 @@ class Engine:
                 log.exception("readiness listener failed")
 
     # -- admission -----------------------------------------------------------------
+    @property
+    def input_bound(self) -> int:
+        """The most inputs any served model takes in one request: a door refuses more before converting them
+        (each model's own limit is checked after)."""
+        return max(model.limits.max_inputs_per_request for model in self.models.values())
+
     def admit(self) -> None:
         """Every request passes here first, whatever door it came through."""
         self.last_call_at = time.monotonic()

@@ -32,7 +32,7 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
         with self._engine.observe(
             PROTOCOL, "Classify", request.model, request.request_id, len(request.inputs), owner=context.peer() or ""
         ) as call:
-            domain = converters.request_from_pb(request)
+            domain = converters.request_from_pb(request, self._engine.input_bound)
             answer = await self._engine.classify(domain, deadline=deadline_of(context), call=call)
         return converters.response_to_pb(request.request_id, answer.model, answer.rankings)
 
@@ -45,7 +45,7 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
         async with self._engine.open_stream(PROTOCOL, owner=context.peer() or "") as stream:
             # Headers at once: the client waits for them before sending frames (see AsyncClient).
             await context.send_initial_metadata(())
-            async for result in stream.run(_frames(request_iterator)):
+            async for result in stream.run(_frames(request_iterator, self._engine.input_bound)):
                 forget_frames(result.error)  # a frame's error is answered here: keep nothing it passed through
                 yield converters.frame_result_to_pb(result)
 
@@ -68,12 +68,14 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServiceServicer):
         )
 
 
-async def _frames(request_iterator: AsyncIterator[pb.ClassifyStreamRequest]) -> AsyncIterator[StreamFrame]:
+async def _frames(
+    request_iterator: AsyncIterator[pb.ClassifyStreamRequest], max_inputs: int
+) -> AsyncIterator[StreamFrame]:
     # No local keeps the message while the stream waits for the next one (it may be up to the message limit).
     messages = aiter(request_iterator)
     while True:
         try:
-            frame = converters.frame_from_pb(await anext(messages))  # a bad frame carries its error
+            frame = converters.frame_from_pb(await anext(messages), max_inputs)  # a bad frame carries its error
         except StopAsyncIteration:
             return
         yield frame

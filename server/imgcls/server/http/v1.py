@@ -49,7 +49,7 @@ def router(engine: Engine, limits: HttpLimits, parsing: JsonParsing) -> APIRoute
             call.model = engine.model_label(message.model)
             call.set_request_id(message.request_id)  # known only now, from the body
             call.inputs = len(message.inputs)
-            answer = await engine.classify(request_from_pb(message), deadline=deadline, call=call)
+            answer = await engine.classify(request_from_pb(message, engine.input_bound), deadline=deadline, call=call)
         response = pb.ClassifyResponse(
             request_id=message.request_id, model=answer.model, results=results_to_pb(answer.rankings)
         )

@@ -121,7 +121,16 @@ def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
         raise InvalidInputError("preprocessor_overrides: numbers must be finite") from None
 
 
-def request_from_pb(request: pb.ClassifyRequest) -> ClassifyRequest:
+def check_input_count(count: int, max_inputs: int | None) -> None:
+    """Before any input is converted: a message of millions of empty inputs (2 bytes each) took seconds of the
+    event loop to convert before the model's limit refused it."""
+    if max_inputs is not None and count > max_inputs:
+        raise InvalidInputError(f"request has {count} inputs, over the limit of {max_inputs}")
+
+
+def request_from_pb(request: pb.ClassifyRequest, max_inputs: int | None = None) -> ClassifyRequest:
+    """max_inputs: refuse more inputs than that before converting any (Engine.input_bound)."""
+    check_input_count(len(request.inputs), max_inputs)
     return ClassifyRequest(
         model=request.model,
         inputs=tuple(input_from_pb(item, i) for i, item in enumerate(request.inputs)),
@@ -131,10 +140,11 @@ def request_from_pb(request: pb.ClassifyRequest) -> ClassifyRequest:
     )
 
 
-def frame_from_pb(request: pb.ClassifyStreamRequest) -> StreamFrame:
+def frame_from_pb(request: pb.ClassifyStreamRequest, max_inputs: int | None = None) -> StreamFrame:
     """One stream message; never raises. A message that cannot be converted carries its first error
     (the frame is answered with it and the stream goes on), and its valid stream-level settings still
     count: a first frame with a bad input sets the stream's parameters all the same.
+    max_inputs: as request_from_pb's.
     """
     error: InvalidInputError | None = None
 
@@ -151,7 +161,8 @@ def frame_from_pb(request: pb.ClassifyStreamRequest) -> StreamFrame:
         # The frame is answered INVALID_ARGUMENT without it: an answer must not echo a large value back.
         error = InvalidInputError(f"request_id: {len(request_id)} characters, over the limit of {MAX_REQUEST_ID_CHARS}")
         request_id = ""
-    inputs = attempt(lambda: tuple(input_from_pb(item, i) for i, item in enumerate(request.inputs)))
+    attempt(lambda: check_input_count(len(request.inputs), max_inputs))
+    inputs = None if error else attempt(lambda: tuple(input_from_pb(item, i) for i, item in enumerate(request.inputs)))
     options = attempt(lambda: options_from_pb(request.parameters)) if request.HasField("parameters") else None
     overrides = (
         attempt(lambda: struct_to_dict(request.preprocessor_overrides))
