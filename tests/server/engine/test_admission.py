@@ -187,3 +187,35 @@ async def test_free_slots_go_to_light_and_new_owners_before_heavy_ones_and_struc
         releases[owner].set()
     await asyncio.gather(first, *waiters)
     assert order == ["holder", "light", "new", "heavy", "struck"]
+
+
+async def test_without_a_cap_per_owner_an_owner_s_idle_holder_is_cut_for_its_own_waiter() -> None:
+    """Streams: one client's cameras over one connection, three paused in every slot, the fourth sending; the
+    fourth waited for good (nobody else waited, so nobody was cut). Its own longest idle holder is cut, not
+    struck for it; with a cap per owner (unary calls) the connection's own waiter still waits its turn."""
+    gate = ReadGate(3, per_owner=3, max_waiting=100, max_waiting_per_owner=100, patience_s=0.2)
+    release = asyncio.Event()
+    order: list[str] = []
+    idle = [asyncio.create_task(hold(gate, "cameras", release, order)) for _ in range(3)]
+    await settle()
+    sending = asyncio.create_task(hold(gate, "cameras", asyncio.Event(), order))
+    await settle()
+    assert gate.busy == 3 and gate.waiting == 1
+    await asyncio.wait_for(asyncio.wait(idle, return_when=asyncio.FIRST_COMPLETED), 5)
+    await settle()
+    cut = [t for t in idle if t.done()]
+    assert len(cut) == 1 and isinstance(cut[0].exception(), OverloadedError)
+    assert len(order) == 4 and gate.cut_count == 1 and gate.in_good_standing("cameras")
+    sending.cancel()
+    release.set()
+    await asyncio.gather(*[t for t in idle if not t.done()])
+
+    capped = ReadGate(3, per_owner=1, max_waiting=100, max_waiting_per_owner=100, patience_s=0.05)
+    held = asyncio.create_task(hold(capped, "a", release := asyncio.Event(), []))
+    await settle()
+    waiter = asyncio.create_task(hold(capped, "a", asyncio.Event(), []))
+    await asyncio.sleep(0.3)  # past the patience: with a cap per owner, nothing is cut
+    assert capped.cut_count == 0 and not held.done() and capped.waiting == 1
+    waiter.cancel()
+    release.set()
+    await held

@@ -307,7 +307,14 @@ class ReadGate:
             return  # a free slot: whoever waits is held back by its own per-connection cap, not by others
         waiting_good = any(self._below_cap(o) and self.in_good_standing(o) for o in self._waiting)
         candidates = [t for t in self._holders if not t.cut and t.task is not None]
-        if not waiting_good or not candidates:
+        own = False
+        if not waiting_good and self.per_owner >= self.slots:
+            # A gate without a cap per owner (streams): an owner holding every slot, idle in them, while
+            # another of its own calls waits (one client's cameras over one connection, some paused) would
+            # wait for good. Its own longest idle holder is cut instead, and it is not struck for it.
+            candidates = [t for t in candidates if t.owner in self._waiting]
+            own = True
+        if not (waiting_good or own) or not candidates:
             return
         oldest = min(candidates, key=lambda t: t.since)
         due = oldest.since + self.patience_s
@@ -317,6 +324,7 @@ class ReadGate:
             return
         oldest.cut = True
         self.cut_count += 1
-        self.strike(oldest.owner)
+        if not own:
+            self.strike(oldest.owner)
         assert oldest.task is not None
         oldest.task.cancel()  # the holder's slot comes back when its task unwinds (slot() above)
