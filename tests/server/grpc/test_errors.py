@@ -355,3 +355,14 @@ async def test_millions_of_empty_inputs_are_refused_before_any_is_converted(
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details() == "request has 1000000 inputs, over the limit of 64"
     assert loop.time() - started < 5
+
+
+async def test_a_tensor_of_more_dims_than_any_model_takes_is_refused_before_they_are_read(
+    stub: pb_grpc.ImageClassifierServiceAsyncStub,
+) -> None:
+    """Counted before they become Python ints: 60M packed dims (60 MB) took 2 GB that way."""
+    request = pb.ClassifyRequest(inputs=[tensor([1] * 1_000_000, dtype=pb.DATA_TYPE_FLOAT32)])
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Classify(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "inputs[0]: tensor: 1000000 dims, over the limit of 16"

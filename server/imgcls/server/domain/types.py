@@ -6,6 +6,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+# Dims a tensor may have (a model input has four or so): refused beyond, before they are read one by one.
+MAX_TENSOR_RANK = 16
+
 
 class FunctionToApply(enum.Enum):
     """Applied to the model outputs before ranking (Hugging Face pipeline semantics)."""

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 from imgcls.server.domain.errors import InvalidInputError, UnimplementedError, forget_frames
+from imgcls.server.domain.types import MAX_TENSOR_RANK
 from imgcls.server.engine.engine import MAX_REQUEST_ID_CHARS, Engine
 from imgcls.server.engine.ordering import InOrder
 from imgcls.server.grpc.servicer import deadline_of
@@ -79,6 +80,17 @@ def request_from_pb(request: pb.ModelInferRequest, max_inputs: int | None = None
         )
     inputs = []
     for index, tensor in enumerate(request.inputs):
+        # Counted in C before anything is converted: 60M packed dims, or 30M empty BYTES elements, became GBs of
+        # Python objects.
+        if len(tensor.shape) > MAX_TENSOR_RANK:
+            raise InvalidInputError(
+                f"{named(tensor.name)}: {len(tensor.shape)} dims, over the limit of {MAX_TENSOR_RANK}"
+            )
+        if max_inputs is not None and len(tensor.contents.bytes_contents) > max_inputs:
+            raise InvalidInputError(
+                f"{named(tensor.name)}: {len(tensor.contents.bytes_contents)} BYTES elements, over the limit of "
+                f"{max_inputs} images"
+            )
         has_contents = tensor.HasField("contents")
         if raw and has_contents:
             raise InvalidInputError(f"{named(tensor.name)}: has both raw_input_contents and contents; send one")

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from google.protobuf import json_format, struct_pb2
 from imgcls.server.domain.errors import ErrorKind, InvalidInputError, RequestError
 from imgcls.server.domain.types import (
+    MAX_TENSOR_RANK,
     Base64Image,
     ClassifyOptions,
     ClassifyRequest,
@@ -89,6 +90,10 @@ def input_from_pb(message: pb.Input, index: int) -> ImageInput:
         if dtype is None:
             raise InvalidInputError(
                 f"inputs[{index}]: tensor.dtype {tensor.dtype} is not DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT16"
+            )
+        if len(tensor.dims) > MAX_TENSOR_RANK:  # counted in C: 60M packed dims became 2 GB of Python ints
+            raise InvalidInputError(
+                f"inputs[{index}]: tensor: {len(tensor.dims)} dims, over the limit of {MAX_TENSOR_RANK}"
             )
         return TensorInput(tuple(tensor.dims), dtype, tensor.raw_data, tensor.float_data)  # type: ignore[arg-type]
     raise InvalidInputError(f"inputs[{index}]: set one of image, image_base64, raw or tensor")
