@@ -332,21 +332,26 @@ async def test_millions_of_empty_inputs_are_refused_before_any_is_converted(
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await raw_stub.ModelInfer(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert info.value.details() == "request has 1000000 inputs, over the limit of 64"
-    request = service_pb2.ModelInferRequest(model_name="lite_image", raw_input_contents=[b""] * 100_000)
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await raw_stub.ModelInfer(request)
-    assert info.value.details() == "request has 100000 raw_input_contents entries, over the limit of 64"
+    assert (info.value.details() or "").startswith("request message has more than 65536 fields")
     request = service_pb2.ModelInferRequest(model_name="lite_image")
-    request.inputs.add(name="image", datatype="BYTES", shape=[1] * 100_000)
+    request.inputs.extend([service_pb2.ModelInferRequest.InferInputTensor()] * 60_000)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await raw_stub.ModelInfer(request)
-    assert info.value.details() == "input 'image': 100000 dims, over the limit of 16"
+    assert info.value.details() == "request has 60000 inputs, over the limit of 64"
+    request = service_pb2.ModelInferRequest(model_name="lite_image", raw_input_contents=[b""] * 60_000)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await raw_stub.ModelInfer(request)
+    assert info.value.details() == "request has 60000 raw_input_contents entries, over the limit of 64"
     request = service_pb2.ModelInferRequest(model_name="lite_image")
-    request.inputs.add(name="image", datatype="BYTES", shape=[1, 1]).contents.bytes_contents.extend([b""] * 100_000)
+    request.inputs.add(name="image", datatype="BYTES", shape=[1] * 20_000)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await raw_stub.ModelInfer(request)
-    assert info.value.details() == "input 'image': 100000 BYTES elements, over the limit of 64 images"
+    assert info.value.details() == "input 'image': 20000 dims, over the limit of 16"
+    request = service_pb2.ModelInferRequest(model_name="lite_image")
+    request.inputs.add(name="image", datatype="BYTES", shape=[1, 1]).contents.bytes_contents.extend([b""] * 60_000)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await raw_stub.ModelInfer(request)
+    assert info.value.details() == "input 'image': 60000 BYTES elements, over the limit of 64 images"
 
 
 @pytest.mark.parametrize(

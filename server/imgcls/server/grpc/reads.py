@@ -36,6 +36,7 @@ from imgcls.server.domain.errors import DeadlineExceededError, InvalidInputError
 from imgcls.server.engine.admission import ReadGate
 from imgcls.server.engine.engine import Engine
 from imgcls.server.grpc.status import status_of
+from imgcls.server.grpc.wire_cost import MAX_FIELDS, TooManyFields, parsed_cost
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,9 @@ class _Reader:
         self._limit = limit
         self._timeout = timeout
         self._deserialize = deserialize or (lambda raw: raw)
+        # The request type, for the walk that says what its parse will hold (None: raw bytes, or not protobuf).
+        message_class = getattr(deserialize, "__self__", None)
+        self._descriptor = getattr(message_class, "DESCRIPTOR", None)
 
     async def one(self, context: grpc.aio.ServicerContext) -> Any:
         """The unary request: received in a read-gate slot, within the message timeout."""
@@ -173,10 +177,19 @@ class _Reader:
             raise TooLargeError(
                 f"request message of {len(raw)} bytes is over the limit of {self._limit} bytes for {self._method}"
             )
+        parsed = len(raw)
+        if self._descriptor is not None and len(raw) > SMALL_MESSAGE_BYTES:
+            try:
+                estimate = parsed_cost(raw, self._descriptor)
+            except TooManyFields:
+                raise InvalidInputError(
+                    f"request message has more than {MAX_FIELDS} fields; no {self._method} request has that many"
+                ) from None
+            parsed = max(parsed, estimate or 0)
         if owner is None:
             return self._parse(raw)
         # The bytes and the parsed message are both in memory until the parse is done.
-        with self._engine.budget.lease(2 * len(raw), owner):
+        with self._engine.budget.lease(len(raw) + parsed, owner):
             return self._parse(raw)
 
     def _parse(self, raw: bytes) -> Any:
