@@ -78,21 +78,49 @@ def test_more_fields_than_any_request_has_are_refused_before_the_parse(message: 
     [
         pb.ClassifyRequest(inputs=[pb.Input(image=JPEG)]).SerializeToString()[:-10],  # cut short
         b"\x12\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",  # a varint of 11 bytes
-        b"\x13\x00",  # a group
+        b"\x4b\x08\x01",  # a group that never ends
+        b"\x4c",  # an end of a group never begun
         b"\x12",  # a key without its length
     ],
-    ids=["truncated", "overlong varint", "group", "no length"],
+    ids=["truncated", "overlong varint", "unended group", "unbegun group", "no length"],
 )
 def test_what_the_walk_cannot_read_is_left_to_the_parse(data: bytes) -> None:
     assert parsed_cost(data, pb.ClassifyRequest.DESCRIPTOR) is None
 
 
-def test_nesting_deeper_than_the_walk_goes_is_left_to_the_parse() -> None:
+def deep(levels: int) -> pb.ClassifyRequest:
     value = struct_pb2.Value(string_value="x")
-    for _ in range(40):
+    for _ in range(levels):
         outer = struct_pb2.Value()
         outer.list_value.values.append(value)
         value = outer
     request = pb.ClassifyRequest(inputs=[pb.Input(image=JPEG)])
     request.preprocessor_overrides.fields["deep"].CopyFrom(value)
-    assert parsed_cost(request.SerializeToString(), pb.ClassifyRequest.DESCRIPTOR) is None
+    return request
+
+
+def test_nesting_is_walked_as_deep_as_protobuf_parses() -> None:
+    """Every depth protobuf parses is walked (so nothing it takes can hide a flood behind it)."""
+    for levels in (0, 10, 20, 30, 40, 47):
+        data = deep(levels).SerializeToString()
+        pb.ClassifyRequest.FromString(data)
+        assert parsed_cost(data, pb.ClassifyRequest.DESCRIPTOR) is not None, levels
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [bytes([9 << 3 | 3, 9 << 3 | 4]), deep(30).SerializeToString()],
+    ids=["an empty group", "deep overrides"],
+)
+def test_a_prefix_protobuf_accepts_does_not_hide_a_flood_of_fields(prefix: bytes) -> None:
+    """What protobuf parses (groups, nesting to its own limit) is walked, so nothing in front turns the count
+    off (a reviewer's: an empty group before 10M empty inputs did)."""
+    data = prefix + b"\x12\x00" * (MAX_FIELDS + 1)
+    pb.ClassifyRequest.FromString(data[: len(prefix) + 200])  # protobuf takes it
+    with pytest.raises(TooManyFields):
+        parsed_cost(data, pb.ClassifyRequest.DESCRIPTOR)
+
+
+def test_packed_floats_cost_what_arrived_and_packed_varints_eight_bytes_each() -> None:
+    floats = pb.ClassifyRequest(inputs=[pb.Input(tensor=pb.Tensor(float_data=[0.5] * 1_000_000))]).SerializeToString()
+    assert len(floats) <= parsed_cost(floats, pb.ClassifyRequest.DESCRIPTOR) <= len(floats) + 1024  # type: ignore[operator]

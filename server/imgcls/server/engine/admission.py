@@ -312,7 +312,7 @@ class ReadGate:
             # A gate without a cap per owner (streams): an owner holding every slot, idle in them, while
             # another of its own calls waits (one client's cameras over one connection, some paused) would
             # wait for good. Its own longest idle holder is cut instead, and it is not struck for it.
-            candidates = [t for t in candidates if t.owner in self._waiting]
+            candidates = [t for t in candidates if t.owner in self._waiting and self._active.get(t.owner) == self._busy]
             own = True
         if not (waiting_good or own) or not candidates:
             return
