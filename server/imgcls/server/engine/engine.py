@@ -108,6 +108,9 @@ class Engine:
     def __init__(self, settings: ServerSettings, models: Iterable[ServedModel], pool: Executor) -> None:
         self.settings = settings
         self.models: dict[str, ServedModel] = {m.name: m for m in models}
+        # The most inputs any served model takes in one request: a door refuses more before converting them
+        # (each model's own limit is checked after). Once: the served models do not change.
+        self.input_bound = max((m.limits.max_inputs_per_request for m in self.models.values()), default=0)
         self.default_model = settings.default_model_name
         self._pool = pool
         self.budget = MemoryBudget(settings.resolved_memory_budget)
@@ -271,12 +274,6 @@ class Engine:
                 log.exception("readiness listener failed")
 
     # -- admission -----------------------------------------------------------------
-    @property
-    def input_bound(self) -> int:
-        """The most inputs any served model takes in one request: a door refuses more before converting them
-        (each model's own limit is checked after)."""
-        return max(model.limits.max_inputs_per_request for model in self.models.values())
-
     def admit(self) -> None:
         """Every request passes here first, whatever door it came through."""
         self.last_call_at = time.monotonic()

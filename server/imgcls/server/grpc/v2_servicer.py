@@ -20,6 +20,7 @@ from imgcls.server.engine.engine import MAX_REQUEST_ID_CHARS, Engine
 from imgcls.server.engine.ordering import InOrder
 from imgcls.server.grpc.servicer import deadline_of
 from imgcls.server.grpc.status import status_of, translate_stream, translate_unary
+from imgcls.server.v1.converters import check_input_count
 from imgcls.server.v2 import (
     GRPC_EXTENSIONS,
     InferRequest,
@@ -66,12 +67,8 @@ def parameters_from_pb(parameters: Any) -> dict[str, Any]:
 def request_from_pb(request: pb.ModelInferRequest, max_inputs: int | None = None) -> InferRequest:
     """max_inputs: refuse more inputs (or raw entries) than that before converting any (Engine.input_bound);
     6 MB of empty inputs took seconds of the event loop to convert before the model's limit refused them."""
-    for what, count in (
-        ("inputs", len(request.inputs)),
-        ("raw_input_contents entries", len(request.raw_input_contents)),
-    ):
-        if max_inputs is not None and count > max_inputs:
-            raise InvalidInputError(f"request has {count} {what}, over the limit of {max_inputs}")
+    check_input_count(len(request.inputs), max_inputs)
+    check_input_count(len(request.raw_input_contents), max_inputs, "raw_input_contents entries")
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInputError(

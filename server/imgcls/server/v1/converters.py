@@ -126,11 +126,11 @@ def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
         raise InvalidInputError("preprocessor_overrides: numbers must be finite") from None
 
 
-def check_input_count(count: int, max_inputs: int | None) -> None:
+def check_input_count(count: int, max_inputs: int | None, what: str = "inputs") -> None:
     """Before any input is converted: a message of millions of empty inputs (2 bytes each) took seconds of the
     event loop to convert before the model's limit refused it."""
     if max_inputs is not None and count > max_inputs:
-        raise InvalidInputError(f"request has {count} inputs, over the limit of {max_inputs}")
+        raise InvalidInputError(f"request has {count} {what}, over the limit of {max_inputs}")
 
 
 def request_from_pb(request: pb.ClassifyRequest, max_inputs: int | None = None) -> ClassifyRequest:
