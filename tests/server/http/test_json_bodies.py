@@ -124,23 +124,6 @@ async def test_large_json_is_parsed_on_the_json_thread_and_small_json_in_place()
     assert small == threading.current_thread().name and large.startswith("imgcls-json")
 
 
-async def test_a_light_body_is_not_parsed_behind_a_heavy_one() -> None:
-    """Six clients looping 16 MB bodies held an ordinary 100 KB one for 2 s on the one JSON thread."""
-    parsing = JsonParsing()
-    release = threading.Event()
-    try:
-        heavy = asyncio.ensure_future(parsing.run(bytes(json_bodies.LIGHT_JSON_BYTES + 1), release.wait, 30))
-        light = await asyncio.wait_for(
-            parsing.run(bytes(json_bodies.SMALL_JSON_BYTES + 1), lambda: threading.current_thread().name), 10
-        )
-        assert light.startswith("imgcls-json-light") and not heavy.done()
-        release.set()
-        assert await heavy is True
-    finally:
-        release.set()
-        parsing.close()
-
-
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 async def test_v2_json_numbers_over_the_limit_are_413_naming_the_binary_extension(chunked: bool) -> None:
     body = json.dumps(numbers_request((1, 3, 224, 224))).encode()  # ~1.2 MB of text

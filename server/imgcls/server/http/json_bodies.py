@@ -9,9 +9,8 @@ pointer to the forms that carry the same data without the parse; so is one with 
 strings than any request needs (MAX_JSON_CONTAINERS, MAX_JSON_STRINGS: numbers, the bulk of a JSON tensor,
 are not limited). One under both is charged to the memory budget by what its parse can hold (json_cost,
 from a count of its structural characters, measured against tracemalloc for every shape of value) and, when
-it is not small, counted, parsed and converted on a JSON thread, one body at a time (JsonParsing: bodies of
-at most LIGHT_JSON_BYTES on one, larger ones on another): concurrent large bodies queue there instead of
-taking turns with every other request on the event loop, and never before an ordinary one.
+it is not small, counted, parsed and converted on one thread of its own, one body at a time: concurrent
+large bodies queue there instead of taking turns with every other request on the event loop.
 """
 
 from __future__ import annotations
@@ -30,8 +29,6 @@ T = TypeVar("T")
 
 # Parsed where it is: the hop to the thread would cost more than the parse.
 SMALL_JSON_BYTES = 64 * 1024
-# Parsed on a thread of their own, never behind larger bodies: an ordinary photo as base64.
-LIGHT_JSON_BYTES = 2 * 1024 * 1024
 # What parsing holds beyond twice the text (json.loads decodes bytes to a str first, and a long string value
 # is a copy of its text), per structural character, each an upper bound over the values it can start
 # (tests/server/http/test_json_bodies.py measures them): a value (","), 24-28 bytes of number and its 8-byte
@@ -121,25 +118,20 @@ def refuse_declared(request: Request, limit: int) -> None:
 
 
 class JsonParsing:
-    """The threads JSON bodies are parsed on, one for bodies of at most LIGHT_JSON_BYTES (an ordinary photo as
-    base64) and one for larger ones, so an ordinary caller's body never queues behind 16 MiB ones (seen: six
-    clients looping 16 MB bodies held a 100 KB one 2 s); started on first use, stopped with the door."""
+    """The one thread large JSON bodies are parsed on; started on first use, stopped with the door."""
 
     def __init__(self) -> None:
-        self._executors: dict[bool, concurrent.futures.ThreadPoolExecutor] = {}
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     async def run(self, text: bytes, parse: Callable[..., T], *args: object) -> T:
-        """parse(*args), which reads text: where it is when text is small, else on a JSON thread."""
+        """parse(*args), which reads text: where it is when text is small, else on the JSON thread."""
         if len(text) <= SMALL_JSON_BYTES:
             return parse(*args)
-        light = len(text) <= LIGHT_JSON_BYTES
-        executor = self._executors.get(light)
-        if executor is None:
-            name = "imgcls-json-light" if light else "imgcls-json"
-            executor = self._executors[light] = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
-        return await asyncio.get_running_loop().run_in_executor(executor, lambda: parse(*args))
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="imgcls-json")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: parse(*args))
 
     def close(self) -> None:
-        for executor in self._executors.values():
-            executor.shutdown(wait=False, cancel_futures=True)
-        self._executors.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
